@@ -1,0 +1,212 @@
+"""Capture the residual stream of every decoder layer at the last prompt token.
+
+Hooks exist only inside `record_layers(...)`, are removed in `finally`, and only record calls made from the
+thread that opened the context, so concurrent requests on one shared model never see each other's captures.
+`capture_items` adds batching and a disk cache keyed by (model revision, prompt content, capture settings):
+a second run over the same calibration set reads every state from disk.
+
+>>> with record_layers(lm) as record:                         # doctest: +SKIP
+...     lm.backend("text").model(**inputs)
+>>> record.last_token(inputs["attention_mask"]).shape        # [batch, layers, hidden]   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Sequence
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .data import Instruction, Modality
+from .geometry import StateBatch
+from .models import LoadedModel
+from .render import Prompt, render
+
+__all__ = [
+    "CACHE_DIR",
+    "CaptureSettings",
+    "LayerRecord",
+    "capture_items",
+    "capture_prompts",
+    "last_token_index",
+    "layer_output",
+    "record_layers",
+    "render_for",
+]
+
+CACHE_DIR = Path(os.environ.get("SGE_CACHE_DIR", Path.home() / ".cache" / "safety-geometry-explorer"))
+Pooling = Literal["last", "template_mean"]
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What is captured: `last` prompt token, or the mean over the trailing chat-template tokens."""
+
+    pooling: Pooling = "last"
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.pooling not in ("last", "template_mean"):
+            raise ValueError(f"pooling must be 'last' or 'template_mean', got {self.pooling!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
+
+    def cache_key(self) -> str:
+        return f"pool={self.pooling}"
+
+
+def layer_output(output: object) -> torch.Tensor:
+    """The hidden-state tensor of a decoder layer's output (a tensor, or a tuple whose first item is one)."""
+    return output[0] if isinstance(output, tuple) else output  # type: ignore[return-value,index]
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, the index of the last real token, for left or right padding alike."""
+    length = attention_mask.shape[1]
+    return length - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
+
+
+class LayerRecord:
+    """Per-layer outputs of the forward passes made inside `record_layers`."""
+
+    def __init__(self, num_layers: int, first_call_only: bool) -> None:
+        self.outputs: list[torch.Tensor | None] = [None] * num_layers
+        self.first_call_only = first_call_only
+
+    def store(self, layer: int, hidden: torch.Tensor) -> None:
+        if self.first_call_only and self.outputs[layer] is not None:
+            return
+        self.outputs[layer] = hidden.detach()
+
+    def _stacked(self) -> torch.Tensor:
+        if any(o is None for o in self.outputs):
+            raise RuntimeError("no forward pass was recorded for some layers")
+        return torch.stack([o for o in self.outputs], dim=1)  # type: ignore[misc]  # [B, L, T, d]
+
+    def last_token(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[batch, layers, hidden] at each row's last real prompt token."""
+        stacked = self._stacked()
+        rows = torch.arange(stacked.shape[0], device=stacked.device)
+        index = last_token_index(attention_mask).to(stacked.device)
+        return stacked[rows, :, index].float().cpu()
+
+    def trailing_mean(self, attention_mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """[batch, layers, hidden]: mean over each row's last `n_tokens` real tokens."""
+        stacked = self._stacked()
+        last = last_token_index(attention_mask).to(stacked.device)
+        offsets = torch.arange(n_tokens, device=stacked.device)
+        index = (last[:, None] - offsets[None, :]).clamp(min=0)  # [B, n]
+        rows = torch.arange(stacked.shape[0], device=stacked.device)[:, None]
+        picked = stacked[rows, :, index]  # [B, n, L, d]
+        return picked.double().mean(dim=1).float().cpu()
+
+
+@contextmanager
+def record_layers(
+    model: LoadedModel, layers: Sequence[int] | None = None, first_call_only: bool = False
+) -> Iterator[LayerRecord]:
+    """Record every decoder layer's raw output during the forward passes run inside the block.
+
+    `first_call_only` keeps the prefill pass of a `generate` call (the prompt), not the decoding steps.
+    Only calls from the opening thread are recorded; the hooks are removed even if the block raises.
+    """
+    record = LayerRecord(model.num_layers, first_call_only)
+    owner = threading.get_ident()
+    wanted = range(model.num_layers) if layers is None else [model.layer_index(i) for i in layers]
+    handles = []
+
+    def make_hook(index: int):
+        def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
+            if threading.get_ident() == owner:
+                record.store(index, layer_output(output))
+
+        return hook
+
+    try:
+        for index in wanted:
+            handles.append(model.layers[index].register_forward_hook(make_hook(index)))
+        yield record
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def render_for(model: LoadedModel, item: Instruction | str, modality: Modality) -> Prompt:
+    """Render an instruction in `modality` the way this model reads it (the demo has its own grid/slots)."""
+    return render(item, modality, image_layout=model.image_layout, audio_style=model.audio_style)
+
+
+@torch.inference_mode()
+def capture_prompts(
+    model: LoadedModel, prompts: Sequence[Prompt], settings: CaptureSettings = CaptureSettings()
+) -> torch.Tensor:
+    """[n, layers, hidden] float32 states for prompts of one modality, batched with right padding."""
+    chunks = []
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = list(prompts[start : start + settings.batch_size])
+        inputs = model.encode(batch, padding_side="right")
+        backend = model.backend(batch[0].modality)
+        with record_layers(model) as record:
+            backend.model(**inputs, use_cache=False)
+        mask = inputs["attention_mask"]
+        if settings.pooling == "last":
+            chunks.append(record.last_token(mask))
+        else:
+            chunks.append(record.trailing_mean(mask, model.trailing_template_tokens(batch[0].modality)))
+    return torch.cat(chunks, dim=0)
+
+
+def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, cache_dir: Path) -> Path:
+    key = hashlib.sha256(f"{model.name}|{model.revision}|{prompt.key}|{settings.cache_key()}".encode()).hexdigest()
+    return cache_dir / "states" / key[:2] / f"{key}.safetensors"
+
+
+def _save_atomic(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
+    save_file({"states": tensor.contiguous()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)  # a Ctrl-C leaves either the old file or the new one, never half of one
+
+
+def capture_items(
+    model: LoadedModel,
+    items: Sequence[Instruction],
+    modality: Modality,
+    settings: CaptureSettings = CaptureSettings(),
+    cache_dir: Path | None = CACHE_DIR,
+    progress: bool = False,
+) -> StateBatch:
+    """States of `items` rendered in `modality`, read from the disk cache where present, else computed."""
+    prompts = [render_for(model, item, modality) for item in items]
+    states: list[torch.Tensor | None] = [None] * len(items)
+    paths = [_cache_path(model, p, settings, cache_dir) if cache_dir else None for p in prompts]
+    for i, path in enumerate(paths):
+        if path is not None and path.is_file():
+            states[i] = load_file(str(path))["states"]
+    todo = [i for i, s in enumerate(states) if s is None]
+    bar = tqdm(total=len(todo), desc=f"capture {modality}", disable=not progress or not todo, leave=False)
+    for start in range(0, len(todo), settings.batch_size):
+        chunk = todo[start : start + settings.batch_size]
+        computed = capture_prompts(model, [prompts[i] for i in chunk], settings)
+        for i, tensor in zip(chunk, computed):
+            states[i] = tensor
+            if paths[i] is not None:
+                meta = {"model": model.name, "item": items[i].id, "modality": modality, **asdict(settings)}
+                _save_atomic(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+        bar.update(len(chunk))
+    bar.close()
+    return StateBatch(
+        states=torch.stack(states) if states else torch.empty(0, model.num_layers, model.hidden_size),  # type: ignore[arg-type]
+        item_ids=[item.id for item in items],
+        labels=[item.label for item in items],
+        modalities=[modality] * len(items),
+        instructions=[item.instruction for item in items],
+    )

@@ -1,0 +1,124 @@
+"""Command line: `python -m explorer calibrate|eval ...` (a stable contract; see README "CLI").
+
+A thin layer: it parses arguments, calls `load_model`, `calibrate` and `evaluate`, and turns the library's
+`ValueError`s into one clear line and exit code 2. Ctrl-C exits 130; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence, get_args
+
+from .calibration import calibrate, load_calibration_items
+from .capture import CACHE_DIR, CaptureSettings
+from .data import Modality, load_builtin, load_prompts
+from .evaluate import EvalSettings, evaluate
+from .models import load_model
+from .regap import CorrectionConfig, Mode
+
+__all__ = ["main"]
+
+
+def _csv(kind: object, name: str):
+    allowed = get_args(kind)
+
+    def parse(text: str) -> tuple[str, ...]:
+        values = tuple(v.strip() for v in text.split(",") if v.strip())
+        bad = [v for v in values if v not in allowed]
+        if bad or not values:
+            raise argparse.ArgumentTypeError(f"{name}: {', '.join(bad) or 'empty'} not in {', '.join(allowed)}")
+        return values
+
+    return parse
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    """`12` or `10-13` (a window)."""
+    try:
+        if "-" in text.strip("-"):
+            first, last = text.split("-", 1)
+            return tuple(range(int(first), int(last) + 1))
+        return (int(text),)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--layers takes N or A-B, got {text!r}") from err
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m explorer", description="Safety Geometry Explorer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", default="demo", help="Hugging Face id, local folder, or 'demo' (default)")
+        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+        p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+        p.add_argument("--device-map", default=None, help="'auto' to spread a large model over several GPUs")
+        p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
+        p.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
+        p.add_argument("--calibration-limit", type=int, default=None, help="at most N items per label")
+        p.add_argument("--pooling", default="last", choices=["last", "template_mean"])
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+        p.add_argument("--modalities", type=_csv(Modality, "--modalities"), default=None,
+                       help="comma list of text,image,audio (default: all the model accepts)")
+
+    cal = sub.add_parser("calibrate", help="capture the calibration set and build/cache the profile")
+    model_args(cal)
+    cal.add_argument("--out", type=Path, default=None, help="also save the profile to this folder")
+
+    ev = sub.add_parser("eval", help="refusal / over-refusal with and without ReGap")
+    model_args(ev)
+    ev.add_argument("--prompts", default="builtin", help="'builtin' (the evaluation split) or a JSONL/CSV file")
+    ev.add_argument("--regap", type=_csv(Mode, "--regap"), default=("off", "fixed", "adaptive"))
+    ev.add_argument("--strength", type=float, default=1.0, help="α (fixed) or α_max (adaptive)")
+    ev.add_argument("--layers", type=_layers, default=(), help="corrected layer N or window A-B (default: calibrated)")
+    ev.add_argument("--probe-layer", type=int, default=None, help="adaptive probe layer (default: calibrated)")
+    ev.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    ev.add_argument("--rule", default="linear", choices=["linear", "sigmoid"])
+    ev.add_argument("--max-new-tokens", type=int, default=48)
+    ev.add_argument("--limit", type=int, default=None, help="at most N items per label")
+    ev.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                       trust_remote_code=args.trust_remote_code)
+    modalities = args.modalities or model.modalities
+    settings = CaptureSettings(pooling=args.pooling, batch_size=args.batch_size)
+    cal_items = load_calibration_items(args.calibration, args.calibration_limit)
+    calibration = calibrate(model, cal_items, modalities, settings, args.cache_dir, progress=True)
+    profile = calibration.profile
+    if args.command == "calibrate":
+        if args.out:
+            profile.save(args.out)
+        print(json.dumps({"model": model.name, "num_layers": model.num_layers, "items": len(cal_items),
+                          "auroc": {m: [round(x, 3) for x in v] for m, v in profile.metrics["auroc"].items()}}))
+        return 0
+    items = load_builtin("evaluation") if args.prompts == "builtin" else load_prompts(args.prompts)
+    if args.limit is not None:
+        items = [i for i in items if i.label == "harmful"][: args.limit] + [
+            i for i in items if i.label == "harmless"
+        ][: args.limit]
+    correction = CorrectionConfig(mode="adaptive", strength=args.strength, layers=args.layers,
+                                  probe_layer=args.probe_layer, positions=args.positions, rule=args.rule)
+    eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
+                                 max_new_tokens=args.max_new_tokens)
+    metrics = evaluate(model, items, profile, eval_settings, args.out)
+    print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
+                      "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

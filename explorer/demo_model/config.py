@@ -1,0 +1,161 @@
+"""One config for the built-in demo model: architecture, data mixture and training schedule.
+
+Why one dataclass: every number that shapes the toy (layer sizes, token counts per word, step counts,
+mixture weights) lives here, so the model card can print it and a test can shrink it (`tiny()`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+__all__ = [
+    "DemoConfig",
+    "SPECIAL_TOKENS",
+    "IMAGE_TOKEN",
+    "AUDIO_TOKEN",
+    "AUDIO_BOS",
+    "AUDIO_EOS",
+    "IM_START",
+    "IM_END",
+    "PAD_TOKEN",
+    "TEXT_REPEAT_PREFIX",
+    "MEDIA_REPEAT_PROMPT",
+]
+
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+IMAGE_TOKEN = "<image>"
+AUDIO_TOKEN = "<|AUDIO|>"
+AUDIO_BOS = "<|audio_bos|>"
+AUDIO_EOS = "<|audio_eos|>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, IM_START, IM_END, IMAGE_TOKEN, AUDIO_TOKEN, AUDIO_BOS, AUDIO_EOS)
+
+# Transcription prompts (benign tasks the model is trained on in every modality).
+TEXT_REPEAT_PREFIX = "Repeat the request:"
+MEDIA_REPEAT_PROMPT = "Repeat the request."
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that defines one demo-model training run.
+
+    Audio geometry: a 0.4 s word slot at 16 kHz with `audio_hop` = 800 samples spans 8 mel frames; the
+    Qwen2-Audio encoder halves twice (conv stride 2, then average pooling 2), so each word slot becomes
+    `8 / 4 = 2` audio tokens. `audio_chunk_seconds` must be an integer (WhisperFeatureExtractor multiplies it
+    by the sampling rate) and >= 16 slots x 0.4 s.
+    """
+
+    seed: int = 0
+    # --- language model (Qwen2 architecture) ---
+    hidden: int = 192
+    layers: int = 6
+    heads: int = 6
+    kv_heads: int = 2
+    intermediate: int = 512
+    max_positions: int = 256
+    # --- vision tower (CLIP) + LLaVA projector ---
+    image_size: int = 128
+    patch: int = 32
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    vision_intermediate: int = 256
+    # --- audio tower (Qwen2-Audio / Whisper-style encoder) ---
+    sampling_rate: int = 16000
+    slot_seconds: float = 0.4
+    audio_hop: int = 800
+    audio_n_fft: int = 800
+    mel_bins: int = 80
+    audio_chunk_seconds: int = 7
+    audio_hidden: int = 128
+    audio_layers: int = 2
+    audio_heads: int = 4
+    audio_intermediate: int = 256
+    # --- corpus ---
+    max_words: int = 16
+    random_min_words: int = 3
+    audio_pool_random: int = 2500  # pre-rendered random word sequences for speech (rendering is the slow part)
+    # --- stage 1: text SFT ---
+    steps_text: int = 1500
+    batch_text: int = 48
+    lr_text: float = 2e-3
+    mix_text: tuple[float, float, float] = (0.6, 0.2, 0.2)  # answer/refuse, repeat instruction, repeat random words
+    # --- stage 2: modality alignment ---
+    steps_align: int = 300  # phase A: LM frozen, towers learn to read (transcription + aux)
+    steps_modality: int = 1500  # phase B: everything trainable
+    batch_image: int = 16
+    batch_audio: int = 16
+    batch_replay: int = 16
+    lr_tower: float = 1e-3
+    lr_lm_modality: float = 1e-4
+    mix_media: tuple[float, float, float] = (0.35, 0.30, 0.35)  # transcribe instruction, transcribe random, follow harmless
+    aux_weight: float = 1.0
+    warmup_steps: int = 50
+    weight_decay: float = 0.0
+    threads: int = 2
+    log_every: int = 50
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of patch={self.patch}")
+        if self.hidden % self.heads or self.heads % self.kv_heads:
+            raise ValueError(f"hidden={self.hidden}, heads={self.heads}, kv_heads={self.kv_heads} do not divide")
+        if self.audio_chunk_seconds * self.sampling_rate < self.max_words * self.slot_seconds * self.sampling_rate:
+            raise ValueError(f"audio_chunk_seconds={self.audio_chunk_seconds} is shorter than 16 slots")
+        frames_per_slot = self.slot_seconds * self.sampling_rate / self.audio_hop
+        if abs(frames_per_slot - round(frames_per_slot)) > 1e-9 or round(frames_per_slot) % 4:
+            raise ValueError(
+                f"slot_seconds={self.slot_seconds} with audio_hop={self.audio_hop} gives {frames_per_slot} frames "
+                "per slot; it must be a multiple of 4 (the encoder downsamples by 4)"
+            )
+        if abs(sum(self.mix_text) - 1) > 1e-6 or abs(sum(self.mix_media) - 1) > 1e-6:
+            raise ValueError(f"mixtures must sum to 1: mix_text={self.mix_text}, mix_media={self.mix_media}")
+
+    @property
+    def audio_tokens_per_slot(self) -> int:
+        """Audio tokens the encoder emits per word slot (frames per slot / 4)."""
+        return round(self.slot_seconds * self.sampling_rate / self.audio_hop) // 4
+
+    @property
+    def audio_frames(self) -> int:
+        """Mel frames of one padded clip (the encoder's fixed input length)."""
+        return self.audio_chunk_seconds * self.sampling_rate // self.audio_hop
+
+    @property
+    def grid_cells(self) -> int:
+        """Word cells (= visual tokens) of one rendered image."""
+        return (self.image_size // self.patch) ** 2
+
+    def tiny(self) -> DemoConfig:
+        """A seconds-long smoke configuration with the same code paths."""
+        return replace(
+            self,
+            hidden=64,
+            layers=2,
+            heads=4,
+            kv_heads=2,
+            intermediate=128,
+            vision_hidden=32,
+            vision_layers=1,
+            vision_intermediate=64,
+            audio_hidden=32,
+            audio_layers=1,
+            audio_intermediate=64,
+            audio_pool_random=8,
+            steps_text=3,
+            batch_text=4,
+            steps_align=2,
+            steps_modality=2,
+            batch_image=2,
+            batch_audio=2,
+            batch_replay=2,
+            warmup_steps=1,
+            log_every=1,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable view for the model card and the saved training log."""
+        return asdict(self)

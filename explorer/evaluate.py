@@ -1,0 +1,247 @@
+"""Evaluate refusal and over-refusal per modality and correction mode; write metrics, generations and a report.
+
+Output folder (the CLI's stable contract, see README):
+- `generations.jsonl`: one line per item × modality × mode, appended as soon as it is generated, so an
+  interrupted run resumes where it stopped;
+- `states/<modality>/<mode>.safetensors`-style per-item files of the prompt's last-token states as corrected;
+- `metrics.json`: refusal rates, per-layer separability, the ReGap settings and per-item s(x), α(x);
+- `report.html`: the plots.
+Text inputs are never corrected (δ^text = 0), so text is generated once and its result stands for every mode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .capture import render_for
+from .data import Instruction, Modality
+from .geometry import Profile, auroc_per_layer, refusal_gap
+from .judge import RefusalJudge
+from .models import LoadedModel
+from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
+from .regap import CorrectionConfig, Mode, generate
+
+__all__ = ["EvalSettings", "evaluate"]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What `evaluate` runs. `correction` carries strength, layers, probe layer, positions and rule."""
+
+    modalities: tuple[Modality, ...] = ("text", "image")
+    modes: tuple[Mode, ...] = ("off", "adaptive")
+    correction: CorrectionConfig = CorrectionConfig()
+    max_new_tokens: int = 48
+    judge: RefusalJudge = RefusalJudge()
+
+    def __post_init__(self) -> None:
+        if not self.modalities or not self.modes:
+            raise ValueError("evaluate needs at least one modality and one mode")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
+        for mode in self.modes:
+            replace(self.correction, mode=mode)  # validates the mode name
+
+
+def _record_key(item_id: str, modality: str, mode: str) -> str:
+    return f"{modality}/{mode}/{item_id}"
+
+
+def _read_done(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by Ctrl-C: regenerate that one
+            done[_record_key(record["id"], record["modality"], record["mode"])] = record
+    return done
+
+
+def _states_path(out_dir: Path, modality: str, mode: str, item_id: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
+    return out_dir / "states" / modality / mode / f"{safe}.safetensors"
+
+
+def _group_stats(profile: Profile, states: torch.Tensor, labels: list[str]) -> dict[str, dict[str, list[float]]]:
+    scores = profile.score(states)
+    stats = {}
+    for label in ("harmful", "harmless"):
+        rows = [i for i, lab in enumerate(labels) if lab == label]
+        if rows:
+            chosen = scores[rows].double()
+            std = chosen.std(dim=0) if len(rows) > 1 else torch.zeros_like(chosen[0])
+            stats[label] = {"mean": chosen.mean(dim=0).tolist(), "std": std.tolist()}
+    return stats
+
+
+def evaluate(
+    model: LoadedModel,
+    items: Sequence[Instruction],
+    profile: Profile,
+    settings: EvalSettings,
+    out_dir: Path,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Generate for every item × modality × mode, judge, measure, and write the output folder."""
+    for modality in settings.modalities:
+        model.backend(modality)  # fail before any work if a modality is not accepted
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generations_path = out_dir / "generations.jsonl"
+    done = _read_done(generations_path)
+    started = time.perf_counter()
+    jobs = [(m, mode) for m in settings.modalities for mode in (settings.modes if m != "text" else settings.modes[:1])]
+    total = sum(len(items) for _ in jobs)
+    bar = tqdm(total=total, desc="eval", disable=not progress)
+    per_item: list[dict[str, Any]] = []
+    states_by_job: dict[tuple[str, str], torch.Tensor] = {}
+    with generations_path.open("a") as sink:
+        for modality, mode in jobs:
+            job_states = []
+            config = replace(settings.correction, mode=mode)
+            for item in items:
+                key = _record_key(item.id, modality, mode)
+                state_path = _states_path(out_dir, modality, mode, item.id)
+                if key in done and state_path.is_file():
+                    record = done[key]
+                    job_states.append(load_file(str(state_path))["states"])
+                else:
+                    result = generate(
+                        model, render_for(model, item, modality), profile, config,
+                        max_new_tokens=settings.max_new_tokens, capture_prompt_states=True,
+                    )
+                    assert result.prompt_states is not None
+                    state_path.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = state_path.with_suffix(".tmp")
+                    save_file({"states": result.prompt_states.contiguous()}, str(tmp))
+                    os.replace(tmp, state_path)
+                    record = {
+                        "id": item.id, "instruction": item.instruction, "label": item.label,
+                        "category": item.category, "lookalike": item.lookalike, "modality": modality, "mode": mode,
+                        "text": result.text, "refused": settings.judge.is_refusal(result.text),
+                        "score": result.score, "alpha": result.alpha,
+                        "layers": list(result.layers), "probe_layer": result.probe_layer,
+                    }
+                    sink.write(json.dumps(record) + "\n")
+                    sink.flush()
+                    done[key] = record
+                    job_states.append(result.prompt_states)
+                if record.get("score") is not None:
+                    per_item.append({"id": item.id, "modality": modality, "mode": mode,
+                                     "s": record["score"], "alpha": record["alpha"]})
+                bar.update(1)
+            states_by_job[(modality, mode)] = torch.stack(job_states)
+    bar.close()
+    metrics = _metrics(model, items, profile, settings, done, states_by_job, per_item)
+    metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_report(out_dir / "report.html", model, profile, metrics, states_by_job, [i.label for i in items])
+    return metrics
+
+
+def _metrics(
+    model: LoadedModel,
+    items: Sequence[Instruction],
+    profile: Profile,
+    settings: EvalSettings,
+    done: dict[str, dict[str, Any]],
+    states_by_job: dict[tuple[str, str], torch.Tensor],
+    per_item: list[dict[str, Any]],
+) -> dict[str, Any]:
+    labels = [item.label for item in items]
+    refusal_rate: dict[str, float] = {}
+    auroc: dict[str, list[float]] = {}
+    gap: dict[str, list[float]] = {}
+    for modality in settings.modalities:
+        for mode in settings.modes:
+            source_mode = mode if modality != "text" else settings.modes[0]
+            for label in ("harmful", "harmless"):
+                flags = [done[_record_key(i.id, modality, source_mode)]["refused"] for i in items if i.label == label]
+                if flags:
+                    refusal_rate[f"{modality}/{mode}/{label}"] = float(np.mean(flags))
+            projections = profile.project(states_by_job[(modality, source_mode)])
+            if len(set(labels)) == 2:
+                auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
+                gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
+    resolved = settings.correction.resolved(profile)
+    lookalikes = [i for i in items if i.lookalike]
+    return {
+        "model": model.name,
+        "num_layers": model.num_layers,
+        "hidden_size": model.hidden_size,
+        "num_items": len(items),
+        "calibration_hash": profile.calibration_hash,
+        "refusal_rate": refusal_rate,
+        "lookalike_refusal_rate": {
+            f"{m}/{mode}": float(np.mean([done[_record_key(i.id, m, mode if m != 'text' else settings.modes[0])]
+                                          ["refused"] for i in lookalikes]))
+            for m in settings.modalities for mode in settings.modes
+        } if lookalikes else {},
+        "per_layer": {
+            "auroc": auroc,
+            "refusal_gap": gap,
+            "drift_norm": {m: v for m, v in profile.metrics.get("drift_norm", {}).items()},
+            "cos_drift_refusal": {m: v for m, v in profile.metrics.get("cos_drift_refusal", {}).items()},
+            "collapse_ratio": {m: v for m, v in profile.metrics.get("collapse_ratio", {}).items()},
+        },
+        "regap": {
+            "layers": list(resolved.layers),
+            "strength": resolved.strength,
+            "probe_layer": resolved.probe_layer,
+            "positions": resolved.positions,
+            "rule": resolved.rule,
+            "per_item": per_item,
+        },
+        "max_new_tokens": settings.max_new_tokens,
+        "judge_phrases": list(settings.judge.phrases),
+    }
+
+
+def _write_report(
+    path: Path,
+    model: LoadedModel,
+    profile: Profile,
+    metrics: dict[str, Any],
+    states_by_job: dict[tuple[str, str], torch.Tensor],
+    labels: list[str],
+) -> None:
+    group_stats = {}
+    for (modality, mode), states in states_by_job.items():
+        suffix = "" if mode == "off" else f" ({mode})"
+        for label, stats in _group_stats(profile, states, labels).items():
+            group_stats[f"{modality}/{label}{suffix}"] = stats
+    per_layer = metrics["per_layer"]
+    figures = {
+        "Refusal rates": rates_figure(metrics["refusal_rate"]),
+        "Separability per layer": separability_figure(
+            per_layer["auroc"], per_layer["refusal_gap"], per_layer["drift_norm"], per_layer["cos_drift_refusal"]
+        ),
+        "Refusal axis per layer": refusal_axis_figure(group_stats),
+    }
+    captions = {
+        "Refusal rates": "Share of answers the judge counts as refusals: on harmful items (higher is safer) "
+        "and on harmless items (lower is better: over-refusal).",
+        "Separability per layer": "AUROC of the projection on the text refusal direction, harmful vs harmless, per "
+        "layer; the refusal gap; the modality drift's norm and its cosine with the refusal direction.",
+        "Refusal axis per layer": "Normalised refusal score per layer (0 = harmless text, 1 = harmful text), group "
+        "mean ± one standard deviation.",
+    }
+    summary = {
+        "model": model.name + (" (built-in toy demo model)" if model.is_demo else ""),
+        "layers": str(model.num_layers),
+        "items": str(metrics["num_items"]),
+        "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
+        f"{metrics['regap']['strength']}",
+    }
+    write_report(path, f"Safety geometry evaluation: {model.name}", figures, summary, captions)

@@ -1,0 +1,308 @@
+"""Tests for explorer.render: typographic images, spoken audio, safe media loading, Prompt."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+render_module = importlib.import_module("explorer.render")  # the module, not the re-exported function
+from explorer.data import Instruction
+from explorer.render import (
+    AUDIO_CARRIER,
+    DEFAULT_LAYOUT,
+    DEMO_LAYOUT,
+    IMAGE_CARRIER,
+    GridLayout,
+    MediaError,
+    Prompt,
+    load_audio,
+    load_image,
+    prompt_words,
+    render,
+    render_audio,
+    render_image,
+)
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
+)
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- render_image
+
+
+def test_prompt_words_strip_punctuation_keep_final_question_mark() -> None:
+    assert prompt_words("Hello, world! How are you?") == ["Hello", "world", "How", "are", "you?"]
+    assert prompt_words("Bake some bread.") == ["Bake", "some", "bread"]
+    with pytest.raises(ValueError, match="no words"):
+        prompt_words(" ?! ")
+
+
+@pytest.mark.parametrize("layout", [DEMO_LAYOUT, DEFAULT_LAYOUT])
+def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> None:
+    text = "How can I shoot a good photo at night?"
+    first, second = render_image(text, layout), render_image(text, layout)
+    assert first.mode == "RGB"
+    assert first.size == layout.size
+    assert first.tobytes() == second.tobytes()
+    assert _png_bytes(first) == _png_bytes(second)
+    pixels = np.asarray(first)
+    assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert pixels.min() < 100 and pixels.max() == 255  # dark text on a white background
+    assert first.tobytes() != render_image("How can I shoot a good photo at noon?", layout).tobytes()
+
+
+def test_layout_sizes() -> None:
+    assert DEMO_LAYOUT.size == (128, 128)
+    assert (DEFAULT_LAYOUT.cols, DEFAULT_LAYOUT.rows) == (4, 4)
+    assert DEFAULT_LAYOUT.size == (672 + 2 * DEFAULT_LAYOUT.margin, 224 + 2 * DEFAULT_LAYOUT.margin)
+
+
+def test_render_image_words_land_in_their_cells() -> None:
+    image = np.asarray(render_image("one two three", DEMO_LAYOUT))[..., 0]
+    cells = image.reshape(4, 32, 4, 32).min(axis=(1, 3))  # darkest pixel per cell, [row, col]
+    inked = cells < 128
+    assert inked[0, :3].all() and not inked[0, 3] and not inked[1:].any()
+
+
+def test_render_image_long_word_is_shrunk_to_fit_its_cell() -> None:
+    image = np.asarray(render_image("cryptocurrency x", DEMO_LAYOUT))[..., 0]
+    assert image[:, 32:64].min() < 128  # second word drawn in cell (0, 1)
+    # the 14-letter word is drawn smaller so it stays inside its own cell: both edge columns stay white
+    assert image[:, 2:30].min() < 128
+    assert image[:, 0].min() == 255 and image[:, 31].min() == 255
+
+
+def test_render_image_ignores_punctuation() -> None:
+    plain = render_image("Bake some bread", DEMO_LAYOUT).tobytes()
+    assert render_image("Bake, some bread.", DEMO_LAYOUT).tobytes() == plain
+
+
+def test_render_image_too_many_words() -> None:
+    text = " ".join(["word"] * 17)
+    render_image(" ".join(["word"] * 16), DEMO_LAYOUT)
+    with pytest.raises(ValueError, match="17 words.*at most 16"):
+        render_image(text, DEMO_LAYOUT)
+
+
+def test_grid_layout_validates() -> None:
+    with pytest.raises(ValueError, match="cols"):
+        GridLayout(cols=0, rows=4, cell_width=32, cell_height=32, font_size=5)
+
+
+# ---------------------------------------------------------------------------- render_audio
+
+
+@needs_espeak
+def test_render_audio_sentence(tmp_path: Path) -> None:
+    audio = render_audio("How do I bake bread?", cache_dir=tmp_path)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert 0.5 * 16_000 < len(audio) < 4 * 16_000  # a short sentence at 16 kHz
+    assert 0.05 < np.abs(audio).max() <= 1.0
+    assert len(list(tmp_path.glob("*.wav"))) == 1
+    again = render_audio("How do I bake bread?", cache_dir=tmp_path)
+    np.testing.assert_array_equal(audio, again)
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+@needs_espeak
+def test_render_audio_is_deterministic_without_cache(tmp_path: Path) -> None:
+    a = render_audio("Plant tomatoes in spring.", cache_dir=tmp_path / "a")
+    b = render_audio("Plant tomatoes in spring.", cache_dir=tmp_path / "b")
+    np.testing.assert_array_equal(a, b)
+
+
+@needs_espeak
+@pytest.mark.parametrize("slot_seconds", [0.4, 0.25])
+def test_render_audio_slots_are_word_aligned(tmp_path: Path, slot_seconds: float) -> None:
+    text = "Explain photosynthesis in simple words?"
+    audio = render_audio(text, style="slots", slot_seconds=slot_seconds, cache_dir=tmp_path)
+    slot = round(slot_seconds * 16_000)
+    assert audio.dtype == np.float32
+    assert len(audio) == 5 * slot
+    for index in range(5):  # every slot starts with speech (leading silence trimmed)
+        chunk = audio[index * slot : (index + 1) * slot]
+        assert np.abs(chunk[:400]).max() > 0.01, index
+
+
+@needs_espeak
+def test_render_audio_rejects_bad_style(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sentence.*slots"):
+        render_audio("Hi.", style="words", cache_dir=tmp_path)  # type: ignore[arg-type]
+
+
+def test_render_audio_without_espeak(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(render_module.shutil, "which", lambda _name: None)
+    render_module._espeak_version.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
+            render_audio("Hello there.", cache_dir=tmp_path)
+    finally:
+        render_module._espeak_version.cache_clear()
+
+
+# ---------------------------------------------------------------------------- load_image
+
+
+def _png_claiming_size(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width × height pixels (a decompression bomb's shape)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + pixels + chunk(b"IEND", b"")
+
+
+def test_load_image_rejects_text_file(tmp_path: Path) -> None:
+    path = tmp_path / "notes.png"
+    path.write_text("not an image", encoding="utf-8")
+    with pytest.raises(MediaError, match="not an image"):
+        load_image(path)
+
+
+def test_load_image_rejects_truncated_png(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    data = _png_bytes(Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match="corrupt or truncated"):
+        load_image(path)
+
+
+def test_load_image_rejects_50_megapixels_before_decoding() -> None:
+    with pytest.raises(MediaError, match=r"10000x5000 = 50\.0 megapixels.*limit of 20\.0"):
+        load_image(_png_claiming_size(10_000, 5_000))
+
+
+def test_load_image_maps_pillow_bomb_error() -> None:
+    with pytest.raises(MediaError, match="too large"):
+        load_image(_png_claiming_size(30_000, 30_000), max_pixels=10**12)
+
+
+def test_load_image_converts_and_downsizes(tmp_path: Path) -> None:
+    rgba = Image.new("RGBA", (3000, 1000), (0, 0, 0, 0))
+    path = tmp_path / "big.png"
+    rgba.save(path)
+    image = load_image(path)
+    assert image.mode == "RGB" and image.size == (1536, 512)
+    assert np.asarray(image).min() == 255  # transparent → white, not black
+    small = Image.new("L", (40, 30), 7)
+    assert load_image(_png_bytes(small)).getpixel((0, 0)) == (7, 7, 7)
+    assert load_image(small).size == (40, 30)
+    with pytest.raises(MediaError, match="not found"):
+        load_image(tmp_path / "missing.png")
+
+
+# ---------------------------------------------------------------------------- load_audio
+
+
+def test_load_audio_trims_long_clip_with_notice(tmp_path: Path) -> None:
+    path = tmp_path / "long.wav"
+    sf.write(path, np.full(40 * 8_000, 0.1, dtype=np.float32), 8_000)
+    audio, notice = load_audio(path, max_seconds=30.0)
+    assert notice == "Audio trimmed from 40.0 s to 30.0 s"
+    assert len(audio) == 30 * 16_000 and audio.dtype == np.float32
+    short, none = load_audio(path, max_seconds=60.0)
+    assert none is None and len(short) == 40 * 16_000
+
+
+def test_load_audio_rejects_garbage_mp3(tmp_path: Path) -> None:
+    path = tmp_path / "song.mp3"
+    path.write_bytes(b"this is not audio at all" * 10)
+    with pytest.raises(MediaError, match=r"song\.mp3 could not be decoded as audio"):
+        load_audio(path)
+
+
+def test_load_audio_resamples_and_mixes_to_mono(tmp_path: Path) -> None:
+    t = np.arange(44_100) / 44_100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = tmp_path / "stereo.flac"
+    sf.write(path, np.stack([tone, tone], axis=1), 44_100)
+    audio, notice = load_audio(path)
+    assert notice is None and audio.dtype == np.float32 and audio.ndim == 1
+    assert len(audio) == 16_000
+    assert abs(np.sqrt(np.mean(audio[1000:-1000] ** 2)) - 0.5 / np.sqrt(2)) < 0.01
+    from_bytes, _ = load_audio(path.read_bytes())
+    np.testing.assert_allclose(from_bytes, audio)
+
+
+def test_load_audio_tuple_int16_is_scaled() -> None:
+    samples = np.array([[32767, -32768]] * 16_000, dtype=np.int16)  # (frames, channels) like Gradio
+    audio, _ = load_audio((16_000, samples))
+    assert audio.shape == (16_000,) and audio.dtype == np.float32
+    np.testing.assert_allclose(audio, -0.5 / 32768, atol=1e-7)
+    full, _ = load_audio((16_000, np.full(100, -32768, dtype=np.int16)))
+    assert full.min() == -1.0
+
+
+def test_load_audio_rejects_empty(tmp_path: Path) -> None:
+    path = tmp_path / "empty.wav"
+    sf.write(path, np.zeros(0, dtype=np.float32), 16_000)
+    with pytest.raises(MediaError, match="empty"):
+        load_audio(path)
+    with pytest.raises(MediaError, match="empty"):
+        load_audio((16_000, np.zeros(0, dtype=np.int16)))
+
+
+# ---------------------------------------------------------------------------- Prompt and render
+
+
+def test_render_text_and_image() -> None:
+    item = Instruction("x-1", "How do I bake bread?", "harmless", "cooking", "evaluation")
+    text = render(item, "text")
+    assert text.text == item.instruction and text.image is None and text.audio is None
+    image = render("How do I bake bread?", "image", image_layout=DEMO_LAYOUT)
+    assert image.text == IMAGE_CARRIER and image.modality == "image"
+    assert image.image is not None and image.image.size == (128, 128)
+    assert image == render(item, "image", image_layout=DEMO_LAYOUT)
+    assert image.key != text.key and len(image.key) == 64
+    with pytest.raises(ValueError, match="text.*image.*audio"):
+        render(item, "video")  # type: ignore[arg-type]
+
+
+def test_render_uses_user_media(tmp_path: Path) -> None:
+    Image.new("RGB", (20, 10), (255, 0, 0)).save(tmp_path / "red.png")
+    sf.write(tmp_path / "clip.wav", np.full(8_000, 0.25, dtype=np.float32), 16_000)
+    item = Instruction("u-1", "Look at this.", "harmful", "custom", "evaluation",
+                       image=str(tmp_path / "red.png"), audio=str(tmp_path / "clip.wav"))
+    image = render(item, "image")
+    assert image.image is not None and image.image.getpixel((0, 0)) == (255, 0, 0)
+    audio = render(item, "audio")
+    assert audio.text == AUDIO_CARRIER and audio.audio is not None and len(audio.audio) == 8_000
+
+
+@needs_espeak
+def test_render_audio_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(render_module, "_default_cache_dir", lambda: tmp_path)
+    prompt = render("How do I bake bread?", "audio", audio_style="slots")
+    assert prompt.text == AUDIO_CARRIER and prompt.audio is not None
+    assert len(prompt.audio) == 5 * 6_400 and not prompt.audio.flags.writeable
+
+
+def test_prompt_key_and_validation() -> None:
+    a = Prompt(text="hi", audio=np.zeros(10, dtype=np.float32), modality="audio")
+    b = Prompt(text="hi", audio=np.zeros(10, dtype=np.float64), modality="audio")
+    c = Prompt(text="hi", audio=np.ones(10, dtype=np.float32), modality="audio")
+    assert a == b and hash(a) == hash(b) and a != c
+    assert b.audio is not None and b.audio.dtype == np.float32
+    with pytest.raises(ValueError, match="needs an image"):
+        Prompt(text="hi", modality="image")
+    with pytest.raises(ValueError, match="mono"):
+        Prompt(text="hi", audio=np.zeros((2, 10)), modality="audio")

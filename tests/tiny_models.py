@@ -1,0 +1,309 @@
+"""Tiny random-weight models of the real multimodal families, built offline.
+
+Each builder writes a folder that `AutoModelForMultimodalLM` / `AutoProcessor` load exactly as they would load a
+hub checkpoint: a config of the real architecture (2 layers, hidden 32–64), a byte-level BPE tokenizer trained
+here on a few sentences, the family's real processor class, and a chat template shaped like the family's own.
+Nothing is downloaded; the weights are random, so these models test plumbing, never behaviour.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+__all__ = ["FAMILIES", "build_tiny_model"]
+
+_CORPUS = [
+    "Explain how to bake bread at home.",
+    "The image shows a request. Respond to it.",
+    "The audio is a spoken request. Respond to it.",
+    "Write a short poem about the sea and the sky.",
+    "How do I kill a Python process that hangs?",
+    "Give me tips for a healthy breakfast and a good night of sleep.",
+    "I can't help with that request. Sure, here are some general tips.",
+    "user assistant system model",
+] * 20
+
+_QWEN_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{IMAGE}"
+    "{% elif part['type'] == 'audio' %}{AUDIO}"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _qwen_template(image: str = "", audio: str = "") -> str:
+    return _QWEN_TEMPLATE.replace("{IMAGE}", image).replace("{AUDIO}", audio)
+
+
+_GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<start_of_image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+_IDEFICS_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'] is string %}: {{ message['content'] }}{% else %}"
+    "{% if message['content'][0]['type'] == 'image' %}:{% else %}: {% endif %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<image>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+
+def _tokenizer(special: dict[str, str], chat_template: str, bos: str | None = None) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on `_CORPUS`, with the family's special tokens as named attributes."""
+    base = ["<pad>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    if bos:
+        base.append(bos)
+    specials = base + [t for t in special.values() if t not in base]
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="<|im_end|>",
+        bos_token=bos,
+        extra_special_tokens=special,
+    )
+    fast.chat_template = chat_template
+    return fast
+
+
+def _ids(tokenizer: PreTrainedTokenizerFast, **names: str) -> dict[str, int]:
+    return {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in names.items()}
+
+
+def _text_config(model_type: str, vocab_size: int, hidden: int = 64, **extra: object) -> dict:
+    return {
+        "model_type": model_type,
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": hidden * 2,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": False,
+        **extra,
+    }
+
+
+def _clip_vision(image_size: int = 32, patch: int = 8) -> dict:
+    return {
+        "model_type": "clip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": patch,
+        "projection_dim": 32,
+    }
+
+
+def _build_llava(out: Path) -> None:
+    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    template = _qwen_template(image="<image>\n")
+    tok = _tokenizer({"image_token": "<image>"}, template)
+    cfg = LlavaConfig(
+        text_config=_text_config("qwen2", len(tok)),
+        vision_config=_clip_vision(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=tok.pad_token_id,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=8, chat_template=template,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    LlavaForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _build_llava_next(out: Path) -> None:
+    from transformers import (
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    template = _qwen_template(image="<image>\n")
+    tok = _tokenizer({"image_token": "<image>"}, template)
+    cfg = LlavaNextConfig(
+        text_config=_text_config("qwen2", len(tok)),
+        vision_config=_clip_vision(),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
+        pad_token_id=tok.pad_token_id,
+    )
+    image_processor = LlavaNextImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
+        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=8, chat_template=template,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+    )
+    LlavaNextForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _qwen_vl_parts(version: str):
+    special = {
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_bos_token": "<|vision_start|>",
+        "vision_eos_token": "<|vision_end|>",
+    }
+    template = _qwen_template(image="<|vision_start|><|image_pad|><|vision_end|>")
+    tok = _tokenizer(special, template)
+    ids = _ids(
+        tok,
+        image_token_id="<|image_pad|>",
+        video_token_id="<|video_pad|>",
+        vision_start_token_id="<|vision_start|>",
+        vision_end_token_id="<|vision_end|>",
+    )
+    text = _text_config(
+        f"{version}_text", len(tok), rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 4],
+                                                      "rope_theta": 10000.0}
+    )
+    vision = {"depth": 2, "embed_dim": 32, "hidden_size": 64, "num_heads": 4, "in_chans": 3,
+              "spatial_merge_size": 2, "patch_size": 14, "temporal_patch_size": 2, "out_hidden_size": 64,
+              "intermediate_size": 64, "fullatt_block_indexes": [1], "window_size": 56}
+    return tok, template, ids, text, vision
+
+
+def _build_qwen_vl(out: Path, version: str) -> None:
+    import transformers as tf
+
+    tok, template, ids, text, vision = _qwen_vl_parts(version)
+    if version == "qwen2_vl":
+        config_cls, model_cls, proc_cls = tf.Qwen2VLConfig, tf.Qwen2VLForConditionalGeneration, tf.Qwen2VLProcessor
+    else:
+        config_cls = tf.Qwen2_5_VLConfig
+        model_cls, proc_cls = tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
+    cfg = config_cls(text_config=text, vision_config=vision, pad_token_id=tok.pad_token_id, **ids)
+    image_processor = tf.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    video_processor = tf.Qwen2VLVideoProcessor()
+    processor = proc_cls(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=template
+    )
+    model_cls(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _build_gemma3(out: Path) -> None:
+    import transformers as tf
+
+    special = {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}
+    tok = _tokenizer(special, _GEMMA_TEMPLATE, bos="<bos>")
+    ids = _ids(tok, boi_token_id="<start_of_image>", eoi_token_id="<end_of_image>",
+               image_token_id="<image_soft_token>")
+    text = _text_config("gemma3_text", len(tok), head_dim=16, sliding_window=64, layer_types=None)
+    vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
+    cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          pad_token_id=tok.pad_token_id, **ids)
+    image_processor = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}, do_pan_and_scan=False)
+    processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=4,
+                                   chat_template=_GEMMA_TEMPLATE)
+    tf.Gemma3ForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _build_smolvlm(out: Path) -> None:
+    import transformers as tf
+
+    grid = {f"row{r}col{c}": f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)}
+    special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+               "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>", **grid}
+    tok = _tokenizer(special, _IDEFICS_TEMPLATE)
+    text = _text_config("llama", len(tok))
+    vision = {"model_type": "smolvlm_vision", "hidden_size": 32, "intermediate_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
+    cfg = tf.SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=2,
+                           image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
+    image_processor = tf.SmolVLMImageProcessor(
+        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
+    )
+    video_processor = tf.SmolVLMVideoProcessor()
+    processor = tf.SmolVLMProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+                                    image_seq_len=4, chat_template=_IDEFICS_TEMPLATE)
+    tf.SmolVLMForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+def _whisper_features(max_source_positions: int):
+    from transformers import WhisperFeatureExtractor
+
+    n_frames = max_source_positions * 2
+    return WhisperFeatureExtractor(feature_size=32, sampling_rate=16000, hop_length=160,
+                                   chunk_length=n_frames * 160 // 16000, n_fft=400)
+
+
+def _build_qwen2_audio(out: Path) -> None:
+    import transformers as tf
+
+    special = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
+    template = _qwen_template(audio="Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n")
+    tok = _tokenizer(special, template)
+    audio = {"model_type": "qwen2_audio_encoder", "num_mel_bins": 32, "encoder_layers": 2, "d_model": 32,
+             "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": 100}
+    cfg = tf.Qwen2AudioConfig(audio_config=audio, text_config=_text_config("qwen2", len(tok)),
+                              audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"), pad_token_id=tok.pad_token_id)
+    processor = tf.Qwen2AudioProcessor(feature_extractor=_whisper_features(100), tokenizer=tok,
+                                       chat_template=template)
+    tf.Qwen2AudioForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+
+
+FAMILIES: dict[str, Callable[[Path], None]] = {
+    "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "qwen2_vl": lambda out: _build_qwen_vl(out, "qwen2_vl"),
+    "qwen2_5_vl": lambda out: _build_qwen_vl(out, "qwen2_5_vl"),
+    "gemma3": _build_gemma3,
+    "smolvlm": _build_smolvlm,
+    "qwen2_audio": _build_qwen2_audio,
+}
+
+
+def build_tiny_model(family: str, out: Path, seed: int = 0) -> Path:
+    """Write a tiny random-weight model of `family` to `out` (created) and return the folder."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; known: {sorted(FAMILIES)}")
+    torch.manual_seed(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    FAMILIES[family](out)
+    return out
