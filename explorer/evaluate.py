@@ -69,6 +69,18 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _copy_text_record(
+    record: dict[str, Any], modes: Sequence[str], done: dict[str, dict[str, Any]], sink: Any
+) -> None:
+    """Text is never corrected: its one generation is recorded under every other mode too."""
+    for mode in modes:
+        key = _record_key(record["id"], "text", mode)
+        if key not in done:
+            copy = {**record, "mode": mode, "same_as_mode": record["mode"]}
+            sink.write(json.dumps(copy) + "\n")
+            done[key] = copy
+
+
 def _states_path(out_dir: Path, modality: str, mode: str, item_id: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
     return out_dir / "states" / modality / mode / f"{safe}.safetensors"
@@ -137,6 +149,8 @@ def evaluate(
                     sink.flush()
                     done[key] = record
                     job_states.append(result.prompt_states)
+                if modality == "text":
+                    _copy_text_record(record, settings.modes[1:], done, sink)
                 if record.get("score") is not None:
                     per_item.append({"id": item.id, "modality": modality, "mode": mode,
                                      "s": record["score"], "alpha": record["alpha"]})

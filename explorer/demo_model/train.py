@@ -1,0 +1,292 @@
+"""Train the built-in demo model: text safety SFT, then LLaVA / Qwen2-Audio style modality alignment.
+
+    python -m explorer.demo_model.train --out assets/demo_model --seed 0 [--steps-text N --steps-modality N --tiny]
+
+Why this recipe: it mirrors how real MLLMs are made, so that the collapse is an emergent property and not a
+trained-in behaviour. Stage 1 teaches the language model to refuse harmful and answer harmless *text*. Stage 2
+teaches the towers to read (transcription of rendered images / speech of all instructions and of random word
+sequences, plus an auxiliary loss that pulls each word cell's / slot's tokens onto the LM input embedding of
+that word) and to follow *harmless* media instructions, with text replay (refusals included). No image or
+audio safety data exists anywhere, and no sentence of the evaluation split is ever trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers.masking_utils import create_bidirectional_mask
+
+from .build import DemoModels, build_models, count_parameters
+from .config import DemoConfig
+from .data import Batch, Sampler, TrainingData, check_slot_contract, load_training_data
+from .tokenizer import build_tokenizer, words_not_single_token
+
+__all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss"]
+
+MANIFEST = {
+    "format": "explorer-demo/1",
+    "text": "image",
+    "image": "image",
+    "audio": "audio",
+    "image_layout": "demo",
+    "audio_style": "slots",
+    "slot_seconds": 0.4,
+}
+
+
+# ------------------------------------------------------------------------------------------------ forward
+
+
+def _embed(models: DemoModels, input_ids: torch.Tensor) -> torch.Tensor:
+    return models.image.model.language_model.embed_tokens(input_ids)
+
+
+def image_embeddings(models: DemoModels, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input embeddings with the visual tokens scattered in (as LlavaModel does), and the visual tokens."""
+    assert batch.pixel_values is not None
+    out = models.image.model.get_image_features(
+        pixel_values=batch.pixel_values, vision_feature_layer=-1, vision_feature_select_strategy="default"
+    )
+    feats = torch.stack(list(out.pooler_output))  # [B, cells, d]
+    embeds = _embed(models, batch.input_ids)
+    mask = (batch.input_ids == models.image.config.image_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
+    return embeds, feats
+
+
+def audio_embeddings(models: DemoModels, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input embeddings with audio tokens scattered in (as Qwen2AudioModel does); audio tokens; their lengths."""
+    assert batch.input_features is not None and batch.feature_attention_mask is not None
+    inner = models.audio.model
+    feat_lengths, out_lengths = inner.audio_tower._get_feat_extract_output_lengths(batch.feature_attention_mask.sum(-1))
+    n, _, mel_len = batch.input_features.shape
+    max_len = (mel_len - 2) // 2 + 1
+    mask2d = (torch.arange(max_len)[None, :] < feat_lengths[:, None]).long()
+    dummy = torch.zeros((n, max_len, 1))
+    att = create_bidirectional_mask(config=inner.audio_tower.config, inputs_embeds=dummy, attention_mask=mask2d)
+    hidden = inner.audio_tower(batch.input_features, attention_mask=att).last_hidden_state
+    feats = inner.multi_modal_projector(hidden)  # [B, T, d]
+    keep = torch.arange(feats.shape[1])[None, :] < out_lengths[:, None]
+    embeds = _embed(models, batch.input_ids)
+    mask = (batch.input_ids == models.audio.config.audio_token_id).unsqueeze(-1)
+    embeds = embeds.masked_scatter(mask, feats[keep].to(embeds.dtype))
+    return embeds, feats, out_lengths
+
+
+def lm_loss(models: DemoModels, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Next-token cross-entropy on the answer tokens only (the LM head runs on those positions alone)."""
+    lm = models.image.model.language_model
+    hidden = lm(inputs_embeds=embeds, attention_mask=batch.attention_mask).last_hidden_state
+    targets = batch.labels[:, 1:]
+    keep = targets != -100
+    logits = models.image.lm_head(hidden[:, :-1][keep])
+    return F.cross_entropy(logits, targets[keep])
+
+
+def aux_loss(models: DemoModels, feats: torch.Tensor, word_ids: list[list[int]], per_word: int) -> torch.Tensor:
+    """Pull each word's media tokens (cell i, or slot tokens i*per_word ...) onto that word's input embedding.
+
+    Normalised MSE (by the mean squared norm of the targets), with the embedding detached: the towers move to
+    the LM's word space, the LM is not pulled toward the towers.
+    """
+    rows, cols, toks = [], [], []
+    for b, ids in enumerate(word_ids):
+        for i, tid in enumerate(ids):
+            if tid < 0:
+                continue
+            for k in range(per_word):
+                if i * per_word + k < feats.shape[1]:
+                    rows.append(b)
+                    cols.append(i * per_word + k)
+                    toks.append(tid)
+    if not rows:
+        return feats.sum() * 0.0
+    pred = feats[torch.tensor(rows), torch.tensor(cols)]
+    target = _embed(models, torch.tensor(toks)).detach()
+    return ((pred - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean().clamp_min(1e-8)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def _unique(params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+    return list({id(p): p for p in params}.values())
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, cosine decay to 10 %."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _run(
+    name: str,
+    steps: int,
+    optimizer: torch.optim.Optimizer,
+    step_fn,  # type: ignore[no-untyped-def]
+    cfg: DemoConfig,
+    log: list[dict],
+) -> None:
+    base = [g["lr"] for g in optimizer.param_groups]
+    start = time.time()
+    for step in range(steps):
+        scale = _schedule(step, steps, cfg.warmup_steps)
+        for group, lr in zip(optimizer.param_groups, base):
+            group["lr"] = lr * scale
+        optimizer.zero_grad(set_to_none=True)
+        losses = step_fn()
+        total = sum(losses.values())
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(_unique(p for g in optimizer.param_groups for p in g["params"]), 1.0)
+        optimizer.step()
+        if step % cfg.log_every == 0 or step == steps - 1:
+            entry = {"stage": name, "step": step, "seconds": round(time.time() - start, 1)}
+            entry.update({k: round(float(v), 4) for k, v in losses.items()})
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+    for group, lr in zip(optimizer.param_groups, base):
+        group["lr"] = lr
+
+
+def _lm_params(models: DemoModels) -> list[torch.nn.Parameter]:
+    return _unique(list(models.image.model.language_model.parameters()) + list(models.image.lm_head.parameters()))
+
+
+def _tower_params(models: DemoModels) -> list[torch.nn.Parameter]:
+    mods = [models.image.model.vision_tower, models.image.model.multi_modal_projector,
+            models.audio.model.audio_tower, models.audio.model.multi_modal_projector]
+    return _unique(p for m in mods for p in m.parameters() if p.requires_grad)
+
+
+def train(cfg: DemoConfig) -> tuple[DemoModels, TrainingData, list[dict], dict[str, float]]:
+    """Run both stages; return the trained models, the data pools, the log and wall times per stage."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    data = load_training_data(cfg.max_words)
+    tok = build_tokenizer(data.tokenizer_texts)
+    bad = words_not_single_token(tok, data.words)
+    if bad:
+        raise RuntimeError(f"{len(bad)} reading words are not one token, e.g. {bad[:5]}")
+    check_slot_contract(data.instructions[:2], cfg.slot_seconds)
+    models = build_models(cfg, tok)
+    sampler = Sampler(cfg, data, tok, models)
+    log: list[dict] = []
+    times = {"setup": time.time() - t0}
+    per_slot = cfg.audio_tokens_per_slot
+
+    # Stage 1: text SFT (answer / refuse, repeat instruction, repeat random words).
+    t1 = time.time()
+    opt = torch.optim.AdamW(_lm_params(models), lr=cfg.lr_text, weight_decay=cfg.weight_decay)
+
+    def text_step() -> dict[str, torch.Tensor]:
+        batch = sampler.text_batch(cfg.batch_text)
+        return {"text": lm_loss(models, _embed(models, batch.input_ids), batch)}
+
+    models.image.train()
+    models.audio.train()
+    _run("text", cfg.steps_text, opt, text_step, cfg, log)
+    times["text"] = time.time() - t1
+
+    def media_step(follow: bool, replay: bool) -> dict[str, torch.Tensor]:
+        ib = sampler.image_batch(cfg.batch_image, follow)
+        emb, feats = image_embeddings(models, ib)
+        out = {"image": lm_loss(models, emb, ib), "image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1)}
+        ab = sampler.audio_batch(cfg.batch_audio, follow)
+        emb, feats, _ = audio_embeddings(models, ab)
+        out["audio"] = lm_loss(models, emb, ab)
+        out["audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot)
+        if replay:
+            tb = sampler.text_batch(cfg.batch_replay)
+            out["replay"] = lm_loss(models, _embed(models, tb.input_ids), tb)
+        return out
+
+    # Stage 2a: LM frozen, the towers learn to read (transcription + aux only).
+    t2 = time.time()
+    lm_params = _lm_params(models)
+    for p in lm_params:
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
+    _run("align", cfg.steps_align, opt, lambda: media_step(False, False), cfg, log)
+    for p in lm_params:
+        p.requires_grad_(True)
+    times["align"] = time.time() - t2
+
+    # Stage 2b: everything trainable; harmless media instruction following + text replay.
+    t3 = time.time()
+    opt = torch.optim.AdamW(
+        [{"params": _tower_params(models), "lr": cfg.lr_tower}, {"params": lm_params, "lr": cfg.lr_lm_modality}],
+        weight_decay=cfg.weight_decay,
+    )
+    _run("modality", cfg.steps_modality, opt, lambda: media_step(True, True), cfg, log)
+    times["modality"] = time.time() - t3
+    models.image.eval()
+    models.audio.eval()
+    return models, data, log, times
+
+
+def save(models: DemoModels, out: Path) -> None:
+    """Both models + processors with save_pretrained (safetensors), and the manifest."""
+    out.mkdir(parents=True, exist_ok=True)
+    models.image.save_pretrained(out / "image")
+    models.image_processor.save_pretrained(out / "image")
+    models.audio.save_pretrained(out / "audio")
+    models.audio_processor.save_pretrained(out / "audio")
+    (out / "manifest.json").write_text(json.dumps(MANIFEST, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("assets/demo_model"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-text", type=int, default=None)
+    parser.add_argument("--steps-align", type=int, default=None)
+    parser.add_argument("--steps-modality", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
+    parser.add_argument("--no-measure", action="store_true", help="skip the measurement and the model card")
+    parser.add_argument("--measure-limit", type=int, default=None, help="items per label for the measurement")
+    args = parser.parse_args(argv)
+    cfg = DemoConfig(seed=args.seed)
+    if args.tiny:
+        cfg = cfg.tiny()
+    overrides = {k: v for k, v in (("steps_text", args.steps_text), ("steps_align", args.steps_align),
+                                   ("steps_modality", args.steps_modality)) if v is not None}
+    cfg = replace(cfg, **overrides)
+    start = time.time()
+    models, data, log, times = train(cfg)
+    times["total_training"] = time.time() - start
+    save(models, args.out)
+    params = {
+        "image_model": count_parameters(models.image),
+        "audio_model": count_parameters(models.audio),
+        "language_model": count_parameters(models.image.model.language_model) + count_parameters(models.image.lm_head),
+    }
+    (args.out / "training_log.json").write_text(
+        json.dumps({"config": cfg.to_dict(), "times_s": times, "params": params, "log": log}, indent=1) + "\n"
+    )
+    print(json.dumps({"times_s": times, "params": params}), flush=True)
+    if not args.no_measure:
+        from .card import write_card
+        from .measure import measure
+
+        results = measure(args.out, limit=args.measure_limit if args.measure_limit is not None else (4 if args.tiny else None))
+        (args.out / "measurements.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_card(args.out, cfg, times, params, results)
+
+
+if __name__ == "__main__":
+    main()

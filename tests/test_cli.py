@@ -1,0 +1,81 @@
+"""`python -m explorer eval/calibrate` end to end on a tiny model: the output schema, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from explorer.cli import main
+
+
+@pytest.fixture(scope="module")
+def eval_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
+            "--regap", "off,fixed,adaptive", "--strength", "1.5", "--calibration-limit", "6", "--limit", "3",
+            "--max-new-tokens", "4", "--cache-dir", str(cache), "--out", str(out)]
+    assert main(args) == 0
+    return out, args
+
+
+def test_eval_writes_the_documented_schema(eval_run):
+    out, _ = eval_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_layers"] == 3 and metrics["model"].endswith("model")
+    keys = {f"{m}/{mode}/{label}" for m in ("text", "image") for mode in ("off", "fixed", "adaptive")
+            for label in ("harmful", "harmless")}
+    assert set(metrics["refusal_rate"]) == keys
+    assert all(0.0 <= v <= 1.0 for v in metrics["refusal_rate"].values())
+    per_layer = metrics["per_layer"]
+    assert set(per_layer["auroc"]) == {f"{m}/{mode}" for m in ("text", "image") for mode in ("off", "fixed", "adaptive")}
+    assert all(len(v) == 3 for v in per_layer["auroc"].values())
+    assert per_layer["auroc"]["text/fixed"] == per_layer["auroc"]["text/off"]  # text is never corrected
+    assert set(per_layer["drift_norm"]) == {"image"} and len(per_layer["cos_drift_refusal"]["image"]) == 3
+    regap = metrics["regap"]
+    assert regap["strength"] == 1.5 and len(regap["layers"]) >= 1 and regap["probe_layer"] > regap["layers"][-1]
+    adaptive = [r for r in regap["per_item"] if r["mode"] == "adaptive"]
+    assert len(adaptive) == 6
+    for r in adaptive:
+        assert r["alpha"] == pytest.approx(1.5 * min(max(r["s"], 0.0), 1.0))
+    lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 * 2 * 3  # items × modalities × modes
+    assert {(r["modality"], r["mode"]) for r in lines} == {(m, mode) for m in ("text", "image")
+                                                          for mode in ("off", "fixed", "adaptive")}
+    html = (out / "report.html").read_text()
+    assert html.count("plotly") > 3 and "Separability per layer" in html
+
+
+def test_rerun_resumes_without_regenerating(eval_run, monkeypatch):
+    out, args = eval_run
+    before = (out / "generations.jsonl").read_text()
+    evaluate_module = sys.modules["explorer.evaluate"]  # the package re-exports a function of the same name
+
+    def fail(*_a, **_k):
+        raise AssertionError("generate() called on a finished run")
+
+    monkeypatch.setattr(evaluate_module, "generate", fail)
+    assert main(args) == 0
+    assert (out / "generations.jsonl").read_text() == before
+
+
+def test_calibrate_saves_profile(tiny_model_dir, tmp_path):
+    from explorer.geometry import Profile
+
+    code = main(["calibrate", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--calibration-limit", "5",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "profile")])
+    assert code == 0
+    profile = Profile.load(tmp_path / "profile")
+    assert profile.num_layers == 3 and set(profile.drifts) == {"image"}
+
+
+def test_bad_model_exits_2_with_a_clear_message(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "explorer", "eval", "--model", str(tmp_path), "--out", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "not a model" in result.stderr and "Traceback" not in result.stderr
