@@ -223,8 +223,13 @@ def generate(
     seed: int | None = None,
     streamer: Any = None,
     capture_prompt_states: bool = False,
+    min_new_tokens: int = 0,
 ) -> GenerationResult:
-    """Generate for one prompt with the configured correction (greedy unless a seed asks for sampling)."""
+    """Generate for one prompt with the configured correction (greedy unless a seed asks for sampling).
+
+    `capture_prompt_states` also returns the prompt's last-token states as corrected (from the same prefill
+    pass, at no extra forward cost); `min_new_tokens` is for like-for-like timing.
+    """
     if config.mode != "off" and profile is None:
         raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
     resolved = config.resolved(profile) if profile is not None and config.mode != "off" else config
@@ -247,6 +252,7 @@ def generate(
         output = backend.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens or None,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             streamer=streamer,
             **sampling,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Tests never write into the user's real cache (~/.cache/safety-geometry-explorer).
+os.environ.setdefault("SGE_CACHE_DIR", tempfile.mkdtemp(prefix="sge-test-cache-"))
 
 from tiny_models import build_tiny_model  # noqa: E402
 

@@ -78,7 +78,7 @@ class DemoConfig:
     random_min_words: int = 3
     audio_pool_random: int = 2500  # pre-rendered random word sequences for speech (rendering is the slow part)
     # --- stage 1: text SFT ---
-    steps_text: int = 1500
+    steps_text: int = 2000
     batch_text: int = 48
     lr_text: float = 2e-3
     mix_text: tuple[float, float, float] = (0.6, 0.2, 0.2)  # answer/refuse, repeat instruction, repeat random words

@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_model": count_parameters(models.image),
         "audio_model": count_parameters(models.audio),
         "language_model": count_parameters(models.image.model.language_model) + count_parameters(models.image.lm_head),
+        "vocab": int(models.image.config.text_config.vocab_size),
     }
     (args.out / "training_log.json").write_text(
         json.dumps({"config": cfg.to_dict(), "times_s": times, "params": params, "log": log}, indent=1) + "\n"
