@@ -27,6 +27,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from sklearn.metrics import roc_auc_score
 
+from .data import Label, Modality
+
 __all__ = [
     "LABELS",
     "MODALITIES",
@@ -47,9 +49,6 @@ __all__ = [
     "warm_up_umap",
 ]
 
-# Shared vocabulary of docs/contracts.md (structurally identical to the aliases in ``explorer.data``).
-Modality = Literal["text", "image", "audio"]
-Label = Literal["harmful", "harmless"]
 EmbedMethod = Literal["umap", "pca"]
 MODALITIES: tuple[Modality, ...] = get_args(Modality)
 LABELS: tuple[Label, ...] = get_args(Label)

@@ -288,6 +288,76 @@ def _build_qwen2_audio(out: Path) -> None:
     processor.save_pretrained(out)
 
 
+_OMNI_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif part['type'] == 'audio' %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif part['type'] == 'video' %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_qwen2_5_omni(out: Path) -> None:
+    """Qwen2.5-Omni without speech output: only the thinker (text, vision and audio encoders) has weights.
+
+    `Qwen2_5OmniForConditionalGeneration.from_pretrained` always reads `spk_dict.pt` (the talker's speaker
+    table), even with `enable_audio_output=False`, so a one-speaker table is written as well.
+    """
+    import transformers as tf
+
+    special = {
+        "image_token": "<|IMAGE|>",
+        "audio_token": "<|AUDIO|>",
+        "video_token": "<|VIDEO|>",
+        "vision_bos_token": "<|vision_bos|>",
+        "vision_eos_token": "<|vision_eos|>",
+        "audio_bos_token": "<|audio_bos|>",
+        "audio_eos_token": "<|audio_eos|>",
+    }
+    tok = _tokenizer(special, _OMNI_TEMPLATE)
+    ids = _ids(
+        tok,
+        image_token_index="<|IMAGE|>",
+        audio_token_index="<|AUDIO|>",
+        video_token_index="<|VIDEO|>",
+        vision_start_token_id="<|vision_bos|>",
+        vision_end_token_id="<|vision_eos|>",
+        audio_start_token_id="<|audio_bos|>",
+        audio_end_token_id="<|audio_eos|>",
+    )
+    text = _text_config(
+        "qwen2_5_omni_text", len(tok),
+        rope_parameters={"rope_type": "default", "mrope_section": [2, 2, 4], "rope_theta": 10000.0},
+        pad_token_id=tok.pad_token_id,
+    )
+    vision = {"model_type": "qwen2_5_omni_vision_encoder", "depth": 2, "hidden_size": 64, "num_heads": 4,
+              "in_channels": 3, "spatial_merge_size": 2, "patch_size": 14, "temporal_patch_size": 2,
+              "out_hidden_size": 64, "intermediate_size": 64, "fullatt_block_indexes": [1], "window_size": 56}
+    audio = {"model_type": "qwen2_5_omni_audio_encoder", "num_mel_bins": 32, "encoder_layers": 2, "d_model": 32,
+             "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": 100, "n_window": 50,
+             "output_dim": 64}
+    thinker = tf.Qwen2_5OmniThinkerConfig(
+        text_config=text, vision_config=vision, audio_config=audio,
+        user_token_id=tok.convert_tokens_to_ids("user"), **ids,
+    )
+    cfg = tf.Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
+    image_processor = tf.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    video_processor = tf.Qwen2VLVideoProcessor()
+    processor = tf.Qwen2_5OmniProcessor(
+        image_processor=image_processor, video_processor=video_processor, feature_extractor=_whisper_features(100),
+        tokenizer=tok, chat_template=_OMNI_TEMPLATE,
+    )
+    tf.Qwen2_5OmniForConditionalGeneration(cfg).save_pretrained(out)
+    processor.save_pretrained(out)
+    torch.save({"Chelsie": {"bos_token": tok.convert_tokens_to_ids("<|im_start|>")}}, out / "spk_dict.pt")
+
+
 FAMILIES: dict[str, Callable[[Path], None]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -296,6 +366,7 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "gemma3": _build_gemma3,
     "smolvlm": _build_smolvlm,
     "qwen2_audio": _build_qwen2_audio,
+    "qwen2_5_omni": _build_qwen2_5_omni,
 }
 
 

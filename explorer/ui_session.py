@@ -1,0 +1,306 @@
+"""State behind the web app: the loaded model with its calibration, and the analysis it serves.
+
+`AppState` holds the model currently served (a `ModelSession`); loading another one builds a new session
+and swaps it in only when it is complete, so a failed load leaves the previous model serving and requests
+already running keep the session they started with. A `ModelSession` caches what several requests share:
+calibration states re-captured with a correction on (once per correction), and 2-D embeddings.
+
+Corrections are applied only through `explorer.regap.corrected(...)` inside the calling thread, so an
+analysis steered for one user never touches another user's forward passes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .calibration import Calibration, calibrate, load_calibration_items
+from .capture import CACHE_DIR, CaptureSettings, capture_prompts
+from .geometry import MODALITIES, Profile, StateBatch, auroc_per_layer, embed_2d, refusal_gap, warm_up_umap
+from .judge import RefusalJudge
+from .models import LoadedModel, load_model
+from .regap import CorrectionConfig, adaptive_alpha, choose_defaults, corrected, correction_vectors
+from .render import Prompt
+
+__all__ = ["AppSettings", "AppState", "CorrectedPrompts", "ModelSession", "ProgressFn", "parse_layers"]
+
+ProgressFn = Callable[[float, str], None]
+_CACHE_ENTRIES = 8  # corrected calibration captures / embeddings kept per model session
+
+
+def parse_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
+    """"" → () (calibrated default); "2" → (2,); "2-3" or "2,3" → (2, 3). Raises ValueError with a hint."""
+    text = (text or "").strip()
+    if not text or text.lower() in ("default", "auto"):
+        return ()
+    hint = f'corrected layers must be one layer like "2" or a window like "2-3", within 0..{num_layers - 1}'
+    try:
+        if "-" in text.lstrip("-")[0:] and not text.startswith("-"):
+            start, end = (int(part) for part in text.split("-", 1))
+            layers = tuple(range(start, end + 1))
+        else:
+            layers = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
+    except ValueError as err:
+        raise ValueError(f"{hint}; got {text!r}") from err
+    if not layers or any(not 0 <= layer < num_layers for layer in layers):
+        raise ValueError(f"{hint}; got {text!r}")
+    if layers[-1] - layers[0] != len(layers) - 1:
+        raise ValueError(f"{hint} (a contiguous window); got {text!r}")
+    return layers
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    """How the app loads and calibrates models (the command-line arguments of app.py)."""
+
+    model: str = "demo"
+    device: str = "auto"
+    dtype: str = "auto"
+    calibration: str = "builtin"
+    calibration_limit: int | None = None
+    cache_dir: Path | None = CACHE_DIR
+    max_image_pixels: int = 20_000_000
+    max_audio_seconds: float = 30.0
+    max_prompt_chars: int = 2000
+    max_new_tokens_limit: int = 256
+
+
+@dataclass
+class CorrectedPrompts:
+    """States of prompts of one modality captured with a correction on, and the α each one got."""
+
+    states: torch.Tensor  # [n, L, d]
+    alphas: list[float]
+    scores: list[float | None]
+
+
+class ModelSession:
+    """One loaded model, its calibration profile and the caches derived from them."""
+
+    def __init__(self, model: LoadedModel, calibration: Calibration, source: str) -> None:
+        self.model = model
+        self.calibration = calibration
+        self.source = source  # the calibration file ("builtin" or a path)
+        self.defaults = choose_defaults(calibration.profile)
+        self.judge = RefusalJudge()
+        pooling = str(calibration.profile.capture_settings.get("pooling", "last"))
+        self.capture_settings = CaptureSettings(pooling=pooling)  # type: ignore[arg-type]
+        self._lock = threading.Lock()
+        self._corrected: OrderedDict[tuple, StateBatch] = OrderedDict()
+        self._embeddings: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    @property
+    def profile(self) -> Profile:
+        return self.calibration.profile
+
+    @property
+    def num_layers(self) -> int:
+        return self.model.num_layers
+
+    def default_layer(self) -> int:
+        """The layer shown first: the probe layer, where ReGap reads the refusal score."""
+        probe = self.defaults.probe_layer
+        return probe if probe is not None else self.defaults.layers[-1]
+
+    def layers_text(self, layers: Sequence[int] | None = None) -> str:
+        layers = tuple(layers if layers is not None else self.defaults.layers)
+        return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"
+
+    def describe(self) -> str:
+        """Markdown: model name, layer count, calibration size (and the demo disclaimer)."""
+        items = self.calibration.items
+        harmful = sum(item.label == "harmful" for item in items)
+        mods = self.profile.modalities
+        lines = [
+            f"**Model:** `{self.model.name}` · **layers:** {self.num_layers} · **inputs:** {', '.join(self.model.modalities)}"
+            f" · **calibration:** {len(items)} requests ({harmful} harmful, {len(items) - harmful} harmless) × "
+            f"{len(mods)} modalities = {len(self.calibration.states)} states"
+            f" · **default correction:** layer {self.layers_text()}, probe layer {self.defaults.probe_layer}",
+        ]
+        if self.model.is_demo:
+            lines.append(
+                "> ℹ️ This is the built-in **demo model**: a small model trained in-house to exhibit the mechanism "
+                "(a toy). Its answers are short and scripted; it shows the geometry, not a real assistant's behaviour."
+            )
+        return "\n\n".join(lines)
+
+    def config(self, mode: str, strength: float, layers: Sequence[int] = ()) -> CorrectionConfig:
+        """A validated, resolved correction config (empty layers → calibrated default). Raises ValueError."""
+        return CorrectionConfig(mode=mode, strength=float(strength), layers=tuple(layers)).resolved(self.profile)  # type: ignore[arg-type]
+
+    # ---------------------------------------------------------------------------------------------
+    # States
+
+    def capture(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """Uncorrected [n, L, d] states of prompts of one modality."""
+        return capture_prompts(self.model, prompts, self.capture_settings)
+
+    def capture_corrected(self, prompts: Sequence[Prompt], config: CorrectionConfig) -> CorrectedPrompts:
+        """States with the correction on, each prompt with the α that `regap.generate` would give it.
+
+        For adaptive mode a probe pass at α_max gives s(x) per prompt (as `self_rectification_score`); the
+        per-prompt α(x) is then applied in one batched pass by broadcasting α over the batch dimension of
+        the correction vectors. Text prompts are never corrected (their states are returned as they are).
+        """
+        modality = prompts[0].modality
+        n = len(prompts)
+        if config.mode == "off" or modality == "text":
+            return CorrectedPrompts(self.capture(prompts), [0.0] * n, [None] * n)
+        batch_size = self.capture_settings.batch_size
+        settings = CaptureSettings(pooling=self.capture_settings.pooling, batch_size=batch_size)
+        scores: list[float | None] = [None] * n
+        alphas = [config.strength] * n
+        if config.mode == "adaptive":
+            probe_vectors = correction_vectors(self.profile, modality, "fixed", config.layers)
+            probe_states = []
+            for start in range(0, n, batch_size):  # one `corrected` block per forward pass: "prompt" = 1st call
+                with corrected(self.model, probe_vectors, config.strength, "prompt"):
+                    probe_states.append(capture_prompts(self.model, prompts[start : start + batch_size], settings))
+            probe = config.probe_layer
+            assert probe is not None
+            raw = self.profile.score(torch.cat(probe_states))[:, probe].tolist()
+            scores = [float(s) for s in raw]
+            alphas = [adaptive_alpha(s, config) for s in scores]
+        mode = "fixed" if config.mode == "adaptive" else config.mode
+        vectors = correction_vectors(self.profile, modality, mode, config.layers)  # type: ignore[arg-type]
+        chunks = []
+        for start in range(0, n, batch_size):
+            part = prompts[start : start + batch_size]
+            scale = torch.tensor(alphas[start : start + batch_size], dtype=torch.float32)[:, None, None]
+            per_row = {layer: scale * vector[None, None, :] for layer, vector in vectors.items()}  # [B, 1, d]
+            with corrected(self.model, per_row, 1.0, config.positions):
+                chunks.append(capture_prompts(self.model, part, settings))
+        return CorrectedPrompts(torch.cat(chunks), alphas, scores)
+
+    def corrected_calibration(self, config: CorrectionConfig) -> StateBatch | None:
+        """The non-text calibration states re-captured with `config` on (cached per correction)."""
+        if config.mode == "off":
+            return None
+        key = (config.mode, round(config.strength, 4), config.layers, config.probe_layer, config.rule,
+               config.positions, config.threshold, config.temperature)
+        with self._lock:
+            if key in self._corrected:
+                self._corrected.move_to_end(key)
+                return self._corrected[key]
+        from .capture import render_for
+
+        batch: StateBatch | None = None
+        for modality in self.profile.modalities:
+            if modality == "text":
+                continue
+            items = self.calibration.items
+            prompts = [render_for(self.model, item, modality) for item in items]
+            states = self.capture_corrected(prompts, config).states
+            part = StateBatch(states, [i.id for i in items], [i.label for i in items], [modality] * len(items),
+                              [i.instruction for i in items])
+            batch = part if batch is None else batch.concat(part)
+        if batch is not None:
+            with self._lock:
+                self._corrected[key] = batch
+                while len(self._corrected) > _CACHE_ENTRIES:
+                    self._corrected.popitem(last=False)
+        return batch
+
+    def embedding(self, key: tuple, states: torch.Tensor, method: str) -> np.ndarray:
+        with self._lock:
+            if key in self._embeddings:
+                return self._embeddings[key]
+        coords = embed_2d(states, method=method, seed=0)  # type: ignore[arg-type]
+        with self._lock:
+            self._embeddings[key] = coords
+            while len(self._embeddings) > _CACHE_ENTRIES:
+                self._embeddings.popitem(last=False)
+        return coords
+
+    # ---------------------------------------------------------------------------------------------
+    # Metrics for the separability plot and the export
+
+    def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, dict[str, list[float]]]:
+        """Per-layer AUROC, gap, drift norm and cos(drift, refusal), keyed "<modality>/off" and "<modality>/<mode>"."""
+        profile = self.profile
+        out: dict[str, dict[str, list[float]]] = {"auroc": {}, "gap": {}, "drift_norm": {}, "cos_drift_refusal": {}}
+        for modality in profile.modalities:
+            out["auroc"][f"{modality}/off"] = list(profile.metrics["auroc"][modality])
+            out["gap"][f"{modality}/off"] = list(profile.metrics["refusal_gap"][modality])
+            if modality != "text":
+                out["drift_norm"][f"{modality}/off"] = list(profile.metrics["drift_norm"][modality])
+                out["cos_drift_refusal"][f"{modality}/off"] = list(profile.metrics["cos_drift_refusal"][modality])
+        if corrected_batch is None:
+            return out
+        text = self.calibration.states.select(modality="text")
+        text_mean = text.states.double().mean(dim=0)
+        r = profile.refusal_dirs.double()
+        for modality in MODALITIES:
+            part = corrected_batch.select(modality=modality)
+            if modality == "text" or len(part) == 0:
+                continue
+            proj = profile.project(part.states)
+            out["auroc"][f"{modality}/{mode}"] = auroc_per_layer(proj, part.labels)
+            out["gap"][f"{modality}/{mode}"] = refusal_gap(proj, part.labels)
+            drift = part.states.double().mean(dim=0) - text_mean  # same items as text: the set is paired
+            norm = drift.norm(dim=-1)
+            cos = (drift * r).sum(-1) / (norm * r.norm(dim=-1)).clamp_min(1e-12)
+            out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in norm]
+            out["cos_drift_refusal"][f"{modality}/{mode}"] = [float(x) for x in cos]
+        return out
+
+
+def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | None = None) -> ModelSession:
+    """Load and calibrate `model_id` (calibration states come from the disk cache when present)."""
+    say = progress or (lambda fraction, message: None)
+    say(0.05, f"loading {model_id}")
+    model = load_model(model_id, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
+    say(0.4, "calibrating: capturing the calibration set in every modality (cached on disk after the first run)")
+    items = load_calibration_items(settings.calibration, settings.calibration_limit)
+    calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
+    say(1.0, "ready")
+    return ModelSession(model, calibration, settings.calibration)
+
+
+@dataclass
+class AppState:
+    """What the running app shares between requests: the served model session and the export folder."""
+
+    settings: AppSettings
+    session: ModelSession
+    export_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sge-exports-")))
+    umap_ready: threading.Event = field(default_factory=threading.Event)
+    _load_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def start(cls, settings: AppSettings, warm_umap: bool = True, progress: ProgressFn | None = None) -> "AppState":
+        """Load the start-up model and, in the background, compile UMAP so it never blocks a request."""
+        state = cls(settings=settings, session=build_session(settings, settings.model, progress))
+        if warm_umap:
+            state.start_umap_warm_up()
+        return state
+
+    def start_umap_warm_up(self) -> threading.Thread:
+        def work() -> None:
+            try:
+                warm_up_umap()
+                self.umap_ready.set()
+            except Exception:  # noqa: BLE001 - UMAP is optional; PCA keeps working
+                pass
+
+        thread = threading.Thread(target=work, name="umap-warm-up", daemon=True)
+        thread.start()
+        return thread
+
+    def swap_model(self, model_id: str, progress: ProgressFn | None = None) -> ModelSession:
+        """Load `model_id` and serve it; on any error the previous session keeps serving (the error propagates)."""
+        with self._load_lock:
+            session = build_session(self.settings, model_id, progress)
+            self.session = session
+            return session
+
+
+def any_to_float_list(values: Any) -> list[float]:
+    return [float(v) for v in values]
