@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ def parse_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
         return ()
     hint = f'corrected layers must be one layer like "2" or a window like "2-3", within 0..{num_layers - 1}'
     try:
-        if "-" in text.lstrip("-")[0:] and not text.startswith("-"):
+        if "-" in text:
             start, end = (int(part) for part in text.split("-", 1))
             layers = tuple(range(start, end + 1))
         else:
@@ -300,7 +300,3 @@ class AppState:
             session = build_session(self.settings, model_id, progress)
             self.session = session
             return session
-
-
-def any_to_float_list(values: Any) -> list[float]:
-    return [float(v) for v in values]

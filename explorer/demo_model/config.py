@@ -6,7 +6,7 @@ mixture weights) lives here, so the model card can print it and a test can shrin
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 __all__ = [
@@ -76,7 +76,6 @@ class DemoConfig:
     # --- corpus ---
     max_words: int = 16
     random_min_words: int = 3
-    audio_pool_random: int = 2500  # pre-rendered random word sequences for speech (rendering is the slow part)
     # --- stage 1: text SFT ---
     steps_text: int = 2000
     batch_text: int = 48
@@ -96,7 +95,6 @@ class DemoConfig:
     weight_decay: float = 0.0
     threads: int = 2
     log_every: int = 50
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch:
@@ -144,7 +142,6 @@ class DemoConfig:
             audio_hidden=32,
             audio_layers=1,
             audio_intermediate=64,
-            audio_pool_random=8,
             steps_text=3,
             batch_text=4,
             steps_align=2,

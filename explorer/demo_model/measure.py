@@ -154,6 +154,8 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
         answers_s = generate(h, m, ev_harmless)
         res[f"{m}_refusal_harmful"] = judge.refusal_rate(answers_h)
         res[f"{m}_refusal_harmless"] = judge.refusal_rate(answers_s)
+        res[f"{m}_refused_harmful_ids"] = [judge.is_refusal(a) for a in answers_h]
+        res[f"{m}_refused_harmless_ids"] = [judge.is_refusal(a) for a in answers_s]
         examples[m] = {"harmful": list(zip(ev_harmful[:3], answers_h[:3])), "harmless": list(zip(ev_harmless[:3], answers_s[:3]))}
     for m in ("image", "audio"):
         shown = ev_harmful + ev_harmless

@@ -153,7 +153,7 @@ def _run(
         optimizer.step()
         if step % cfg.log_every == 0 or step == steps - 1:
             entry = {"stage": name, "step": step, "seconds": round(time.time() - start, 1)}
-            entry.update({k: round(float(v), 4) for k, v in losses.items()})
+            entry.update({k: round(float(v.detach()), 4) for k, v in losses.items()})
             log.append(entry)
             print(json.dumps(entry), flush=True)
     for group, lr in zip(optimizer.param_groups, base):
