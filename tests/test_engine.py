@@ -35,7 +35,7 @@ def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
     return _image_prompt(IMAGE_CARRIER + " " + text, seed)
 
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "qwen2_audio"]  # omni: test_omni.py
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio"]  # omni: test_omni.py
 
 
 @pytest.mark.parametrize("family", FAMILIES)

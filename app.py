@@ -1,0 +1,210 @@
+"""Safety Geometry Explorer: the web app. Layout and event wiring only; the handlers live in explorer/ui.py.
+
+    python app.py                        # the built-in demo model on http://127.0.0.1:7860
+    python app.py --model llava-hf/llava-1.5-7b-hf --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import tempfile
+from functools import wraps
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from explorer import ui
+from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_audio, render_image
+from explorer.ui_session import AppSettings, AppState
+
+MODEL_CONCURRENCY = 2  # model-running events share this many workers (hooks are per-thread, so this is safe)
+INTRO = """# Safety Geometry Explorer
+Why do multimodal models refuse a harmful request as **text** but answer it when the same words arrive as an
+**image** or **speech**? The input's modality shifts the hidden states off the refusal direction (*modality drift*).
+**ReGap** (Guo et al., arXiv 2605.18104) subtracts that drift, with a strength set by how harmful the probe finds
+the input. Type a request, render it as an image or speech, analyse, and compare the answers.
+"""
+CSS = """
+.sge-caption p {color: #444; font-size: 0.92em; margin-top: 0}
+.sge-badge p {font-size: 1.02em}
+"""
+
+
+def _skip_none(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """None in a handler's output tuple means "leave that component as it is"."""
+
+    def convert(values: Any) -> Any:
+        if isinstance(values, tuple):
+            return tuple(gr.skip() if v is None else v for v in values)
+        return gr.skip() if values is None else values
+
+    if inspect.isgeneratorfunction(fn):
+        @wraps(fn)
+        def gen(*args: Any) -> Any:
+            for values in fn(*args):
+                yield convert(values)
+        return gen
+
+    @wraps(fn)
+    def plain(*args: Any) -> Any:
+        return convert(fn(*args))
+    return plain
+
+
+def _example_media(state: AppState) -> tuple[str | None, str | None]:
+    """The example request rendered once, as the start-up model reads it, into the app's temp folder."""
+    folder = Path(tempfile.mkdtemp(prefix="sge-examples-"))
+    model = state.session.model
+    image_path = folder / "example_request.png"
+    render_image(ui.EXAMPLE_HARMFUL, model.image_layout).save(image_path)
+    try:
+        import soundfile as sf
+
+        audio_path = folder / "example_request.wav"
+        sf.write(audio_path, render_audio(ui.EXAMPLE_HARMFUL, style=model.audio_style), 16000, subtype="PCM_16")
+    except Exception:  # noqa: BLE001 - no espeak-ng: the audio example is left out
+        return str(image_path), None
+    return str(image_path), str(audio_path)
+
+
+def build_app(state: AppState) -> gr.Blocks:
+    """The app for one `AppState` (tests launch it on a tiny model)."""
+    session = state.session
+    image_example, audio_example = _example_media(state)
+    with gr.Blocks(title="Safety Geometry Explorer") as demo:
+        gr.Markdown(INTRO)
+        model_info = gr.Markdown(session.describe(), elem_id="model-info")
+        with gr.Accordion("Model", open=False):
+            with gr.Row():
+                model_box = gr.Textbox(value=session.model.name, label="Model (Hugging Face id, local folder, or demo)",
+                                       scale=4)
+                load_btn = gr.Button("Load", scale=1)
+            load_status = gr.Markdown()
+        sid = gr.State("")
+        with gr.Row():
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(label="Request", lines=2, placeholder="Type a request, e.g. a question",
+                                    elem_id="prompt")
+                with gr.Row():
+                    as_image_btn = gr.Button("Render as image", size="sm")
+                    as_audio_btn = gr.Button("Render as speech", size="sm")
+                with gr.Row():
+                    image = gr.Image(label="Image (optional)", type="pil", format="png", height=220,
+                                     sources=["upload", "clipboard", "webcam"], elem_id="image-input")
+                    audio = gr.Audio(label="Audio (optional)", sources=["upload", "microphone"], type="filepath",
+                                     format="wav", elem_id="audio-input")
+                examples = [[ui.EXAMPLE_HARMFUL, None, None]]
+                if image_example:
+                    examples.append([IMAGE_CARRIER, image_example, None])
+                if audio_example:
+                    examples.append([AUDIO_CARRIER, None, audio_example])
+                examples.append([ui.EXAMPLE_LOOKALIKE, None, None])
+                gr.Examples(examples, inputs=[prompt, image, audio], label="Examples (one click)")
+            with gr.Column(scale=4):
+                layer = gr.Slider(0, session.num_layers - 1, value=session.default_layer(), step=1, label="Layer shown")
+                mode = gr.Radio(list(ui.MODES), value="adaptive", label="Correction mode")
+                strength = gr.Slider(0, 3, value=1.0, step=0.05, label="Strength (α, or α_max for adaptive)",
+                                     elem_id="strength")
+                with gr.Row():
+                    layers_text = gr.Textbox(value=session.layers_text(), label='Corrected layers ("2" or "2-3")')
+                    method = gr.Radio(["UMAP", "PCA"], value="UMAP", label="2-D map")
+                with gr.Row():
+                    max_tokens = gr.Slider(1, state.settings.max_new_tokens_limit, value=48, step=1,
+                                           label="Max new tokens")
+                    seed = gr.Number(value=0, precision=0, label="Seed (0 = greedy)")
+                with gr.Row():
+                    analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-btn")
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                collapse_btn = gr.Button("Show the collapse", variant="secondary", elem_id="collapse-btn")
+        status = gr.Markdown(elem_id="status")
+        story = gr.Markdown(elem_id="story")
+        with gr.Row():
+            with gr.Column():
+                plain_text = gr.Textbox(label="Without correction", lines=4, interactive=False, elem_id="plain-out")
+                plain_info = gr.Markdown(elem_id="plain-info", elem_classes="sge-badge")
+            with gr.Column():
+                corr_text = gr.Textbox(label="With correction", lines=4, interactive=False, elem_id="corrected-out")
+                corr_info = gr.Markdown(elem_id="corrected-info", elem_classes="sge-badge")
+        fig_map = gr.Plot(label="Where prompts sit")
+        cap_map = gr.Markdown(elem_classes="sge-caption")
+        fig_axis = gr.Plot(label="Refusal axis per layer")
+        cap_axis = gr.Markdown(elem_classes="sge-caption")
+        fig_sep = gr.Plot(label="Separability and drift")
+        cap_sep = gr.Markdown(elem_classes="sge-caption")
+        with gr.Accordion("Export", open=False):
+            export_btn = gr.Button("Export metrics, directions, figures and report")
+            files = gr.File(label="Files", file_count="multiple", interactive=False)
+
+        media = [prompt, image, audio]
+        correction = [mode, strength, layers_text]
+        model_event = {"concurrency_id": "model", "concurrency_limit": MODEL_CONCURRENCY, "preprocess": False}
+        bind = lambda fn: _skip_none(lambda *args: fn(state, *args))  # noqa: E731
+
+        analyse_btn.click(bind(ui.analyse), media + [layer] + correction + [method],
+                          [fig_map, fig_axis, fig_sep, cap_map, cap_axis, cap_sep, status], api_name="analyse",
+                          **model_event)
+        generate_btn.click(bind(ui.generate_plain), media + [max_tokens, seed], [plain_text, plain_info],
+                           api_name="generate_plain", **model_event)
+        generate_btn.click(bind(ui.generate_corrected), media + correction + [max_tokens, seed], [corr_text, corr_info],
+                           api_name="generate_corrected", **model_event)
+        strength.release(bind(ui.generate_corrected), media + correction + [max_tokens, seed], [corr_text, corr_info],
+                         api_name="strength_release", trigger_mode="always_last", **model_event)
+        as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image")
+        as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio")
+
+        def load(model_id: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+            out = ui.load_model_ui(state, model_id, progress=lambda f, msg: progress(f, desc=msg))
+            slider = gr.Slider(0, out["num_layers"] - 1, value=out["layer"], step=1, label="Layer shown")
+            return out["status"], out["info"], slider, out["layers_text"]
+
+        load_btn.click(load, [model_box], [load_status, model_info, layer, layers_text], api_name="load_model",
+                       concurrency_id="load", concurrency_limit=1)
+
+        collapse_outputs = {"status": status, "story": story, "prompt": prompt, "image": image, "audio": audio,
+                            "mode": mode, "strength": strength, "layers_text": layers_text, "layer": layer,
+                            "fig_map": fig_map, "fig_axis": fig_axis, "fig_sep": fig_sep, "cap_map": cap_map,
+                            "cap_axis": cap_axis, "cap_sep": cap_sep, "plain_text": plain_text,
+                            "plain_info": plain_info, "corrected_text": corr_text, "corrected_info": corr_info}
+
+        def collapse(max_new_tokens: float, embed: str) -> tuple:
+            out = ui.show_collapse(state, max_new_tokens, embed)
+            return tuple(out.get(name, gr.skip()) if name in out else gr.skip() for name in collapse_outputs)
+
+        collapse_btn.click(collapse, [max_tokens, method], list(collapse_outputs.values()), api_name="show_collapse",
+                           concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
+        export_btn.click(bind(ui.export), [sid] + media + [layer] + correction +
+                         [method, plain_text, plain_info, corr_text, corr_info], [files, sid, status],
+                         api_name="export", **model_event)
+    return demo
+
+
+def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Safety Geometry Explorer web app")
+    parser.add_argument("--model", default="demo", help="Hugging Face id, local model folder, or 'demo' (default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
+    parser.add_argument("--calibration-limit", type=int, default=None, help="at most N calibration items per label")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse_args(argv)
+    settings = AppSettings(model=args.model, device=args.device, dtype=args.dtype, calibration=args.calibration,
+                           calibration_limit=args.calibration_limit)
+    print(f"Loading {args.model} and its calibration profile (cached on disk after the first run)…", flush=True)
+    state = AppState.start(settings, progress=lambda fraction, message: print(f"  {message}", flush=True))
+    demo = build_app(state)
+    demo.queue(default_concurrency_limit=MODEL_CONCURRENCY).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb", allowed_paths=[],
+        css=CSS, footer_links=["api"],
+    )
+
+
+if __name__ == "__main__":
+    main()
