@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import tempfile
-from functools import wraps
 from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
 from explorer import ui
+from explorer.models import ModelLoadError
 from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_audio, render_image
 from explorer.ui_session import AppSettings, AppState
 
@@ -32,8 +32,8 @@ CSS = """
 """
 
 
-def _skip_none(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """None in a handler's output tuple means "leave that component as it is"."""
+def _bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn(state, *inputs)` as an event handler; None in its output means "leave that component as it is"."""
 
     def convert(values: Any) -> Any:
         if isinstance(values, tuple):
@@ -41,16 +41,16 @@ def _skip_none(fn: Callable[..., Any]) -> Callable[..., Any]:
         return gr.skip() if values is None else values
 
     if inspect.isgeneratorfunction(fn):
-        @wraps(fn)
-        def gen(*args: Any) -> Any:
-            for values in fn(*args):
+        def stream(*inputs: Any) -> Any:
+            for values in fn(state, *inputs):
                 yield convert(values)
-        return gen
+        stream.__name__ = fn.__name__
+        return stream
 
-    @wraps(fn)
-    def plain(*args: Any) -> Any:
-        return convert(fn(*args))
-    return plain
+    def call(*inputs: Any) -> Any:
+        return convert(fn(state, *inputs))
+    call.__name__ = fn.__name__  # no functools.wraps: Gradio would read fn's signature, state included
+    return call
 
 
 def _example_media(state: AppState) -> tuple[str | None, str | None]:
@@ -140,7 +140,8 @@ def build_app(state: AppState) -> gr.Blocks:
         media = [prompt, image, audio]
         correction = [mode, strength, layers_text]
         model_event = {"concurrency_id": "model", "concurrency_limit": MODEL_CONCURRENCY, "preprocess": False}
-        bind = lambda fn: _skip_none(lambda *args: fn(state, *args))  # noqa: E731
+        def bind(fn: Callable[..., Any]) -> Callable[..., Any]:
+            return _bind(state, fn)
 
         analyse_btn.click(bind(ui.analyse), media + [layer] + correction + [method],
                           [fig_map, fig_axis, fig_sep, cap_map, cap_axis, cap_sep, status], api_name="analyse",
@@ -170,14 +171,14 @@ def build_app(state: AppState) -> gr.Blocks:
 
         def collapse(max_new_tokens: float, embed: str) -> tuple:
             out = ui.show_collapse(state, max_new_tokens, embed)
-            return tuple(out.get(name, gr.skip()) if name in out else gr.skip() for name in collapse_outputs)
+            return tuple(out[name] if name in out else gr.skip() for name in collapse_outputs)
 
         collapse_btn.click(collapse, [max_tokens, method], list(collapse_outputs.values()), api_name="show_collapse",
                            concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
         export_btn.click(bind(ui.export), [sid] + media + [layer] + correction +
                          [method, plain_text, plain_info, corr_text, corr_info], [files, sid, status],
                          api_name="export", **model_event)
-    return demo
+    return demo.queue(default_concurrency_limit=MODEL_CONCURRENCY)
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -198,9 +199,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = AppSettings(model=args.model, device=args.device, dtype=args.dtype, calibration=args.calibration,
                            calibration_limit=args.calibration_limit)
     print(f"Loading {args.model} and its calibration profile (cached on disk after the first run)…", flush=True)
-    state = AppState.start(settings, progress=lambda fraction, message: print(f"  {message}", flush=True))
+    try:
+        state = AppState.start(settings, progress=lambda fraction, message: print(f"  {message}", flush=True))
+    except (ModelLoadError, ValueError, OSError) as err:
+        raise SystemExit(f"error: cannot start with --model {args.model!r}: {err}") from None
     demo = build_app(state)
-    demo.queue(default_concurrency_limit=MODEL_CONCURRENCY).launch(
+    demo.launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb", allowed_paths=[],
         css=CSS, footer_links=["api"],
     )

@@ -19,12 +19,13 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 
-from .capture import layer_output, record_layers
+from .capture import CaptureSettings, capture_prompts, layer_output, record_layers
 from .geometry import Profile
 from .models import LoadedModel
 from .render import Prompt
 
 __all__ = [
+    "CorrectedStates",
     "CorrectionConfig",
     "GenerationResult",
     "Mode",
@@ -34,9 +35,12 @@ __all__ = [
     "correction_vectors",
     "corrected",
     "generate",
+    "capture_corrected",
     "self_rectification_score",
+    "self_rectification_scores",
 ]
 
+_SAMPLING_LOCK = threading.Lock()
 Mode = Literal["off", "fixed", "shiftdc", "cmrm", "adaptive"]
 PositionScope = Literal["all", "prompt", "generated"]
 Rule = Literal["linear", "sigmoid"]
@@ -153,35 +157,41 @@ def correction_vectors(profile: Profile, modality: str, mode: Mode, layers: Sequ
 
 @contextmanager
 def corrected(
-    model: LoadedModel, vectors: dict[int, torch.Tensor], alpha: float, positions: PositionScope = "all"
+    model: LoadedModel,
+    vectors: dict[int, torch.Tensor],
+    alpha: float | Sequence[float],
+    positions: PositionScope = "all",
 ) -> Iterator[None]:
     """Subtract `alpha * vectors[l]` from decoder layer l's output inside the block.
 
-    The first call of each layer is the prompt (prefill); later calls are cached decoding steps, one generated
-    token each. `positions` picks which of them are corrected. Only the opening thread is affected.
+    `alpha` is one number, or one per batch row (each prompt of a batch with its own α(x)). A forward pass over
+    more than one position is a prompt pass (prefill or plain forward); a one-position pass during cached
+    decoding is a generated token. `positions` picks which of them are corrected. Only the opening thread is
+    affected; the hooks are removed even if the block raises.
     """
     owner = threading.get_ident()
     handles = []
-    calls = {layer: 0 for layer in vectors}
+    per_row = not isinstance(alpha, (int, float))
+    scale = torch.tensor(list(alpha), dtype=torch.float32)[:, None, None] if per_row else float(alpha)  # type: ignore[arg-type]
 
-    def make_hook(layer: int, shift: torch.Tensor):
+    def make_hook(shift: torch.Tensor):
         def hook(_module: torch.nn.Module, _inputs: object, output: Any) -> Any:
             if threading.get_ident() != owner:
                 return None
-            is_prompt = calls[layer] == 0
-            calls[layer] += 1
+            hidden = layer_output(output)
+            is_prompt = hidden.shape[1] > 1
             if (positions == "prompt" and not is_prompt) or (positions == "generated" and is_prompt):
                 return None
-            hidden = layer_output(output)
             shifted = hidden - shift.to(hidden.device, hidden.dtype)
             return (shifted, *output[1:]) if isinstance(output, tuple) else shifted
 
         return hook
 
     try:
-        if alpha != 0:
+        if per_row or scale != 0:
             for layer, vector in vectors.items():
-                handles.append(model.layers[layer].register_forward_hook(make_hook(layer, alpha * vector)))
+                shift = scale * vector  # [B, 1, d] with one α per row, else [d]
+                handles.append(model.layers[layer].register_forward_hook(make_hook(shift)))
         yield
     finally:
         for handle in handles:
@@ -195,22 +205,65 @@ def adaptive_alpha(score: float, config: CorrectionConfig) -> float:
     return config.strength / (1.0 + math.exp(-(score - config.threshold) / config.temperature))
 
 
-@torch.inference_mode()
-def self_rectification_score(
-    model: LoadedModel, prompt: Prompt, profile: Profile, config: CorrectionConfig
-) -> float:
-    """s(x): the probe layer's normalised refusal score after a fixed-strength correction (formula 10)."""
+@dataclass
+class CorrectedStates:
+    """States of a batch of prompts captured with a correction on, and the s(x), α(x) each one got."""
+
+    states: torch.Tensor  # [n, layers, d]
+    alphas: list[float]
+    scores: list[float | None]
+
+
+def self_rectification_scores(
+    model: LoadedModel,
+    prompts: Sequence[Prompt],
+    profile: Profile,
+    config: CorrectionConfig,
+    settings: CaptureSettings = CaptureSettings(),
+) -> list[float]:
+    """s(x) per prompt: the probe layer's normalised refusal score after the fixed correction at α_max (10)."""
     config = config.resolved(profile)
-    vectors = correction_vectors(profile, prompt.modality, "fixed", config.layers)
-    inputs = model.encode([prompt])
-    with corrected(model, vectors, config.strength, "prompt"), record_layers(model, [config.probe_layer]) as rec:
-        model.backend(prompt.modality).model(**inputs, use_cache=False)
-    hidden = rec.outputs[config.probe_layer]
-    assert hidden is not None
-    state = hidden[0, -1].float().cpu()
-    full = torch.zeros(profile.num_layers, state.shape[-1])
-    full[config.probe_layer] = state
-    return float(profile.score(full[None])[0, config.probe_layer])
+    vectors = correction_vectors(profile, prompts[0].modality, "fixed", config.layers)
+    with corrected(model, vectors, config.strength, "prompt"):
+        states = capture_prompts(model, prompts, settings)
+    return [float(s) for s in profile.score(states)[:, config.probe_layer]]
+
+
+def self_rectification_score(model: LoadedModel, prompt: Prompt, profile: Profile, config: CorrectionConfig) -> float:
+    """s(x) for one prompt (formula 10)."""
+    return self_rectification_scores(model, [prompt], profile, config)[0]
+
+
+def capture_corrected(
+    model: LoadedModel,
+    prompts: Sequence[Prompt],
+    profile: Profile,
+    config: CorrectionConfig,
+    settings: CaptureSettings = CaptureSettings(),
+) -> CorrectedStates:
+    """Prompt states (one modality) with the correction on, each prompt at the α that `generate` gives it.
+
+    Adaptive mode: a probe pass gives s(x) per prompt, then one batched pass applies each row's α(x).
+    Text prompts are never corrected.
+    """
+    n = len(prompts)
+    modality = prompts[0].modality
+    if config.mode == "off" or modality == "text":
+        return CorrectedStates(capture_prompts(model, prompts, settings), [0.0] * n, [None] * n)
+    config = config.resolved(profile)
+    scores: list[float | None] = [None] * n
+    alphas = [config.strength] * n
+    if config.mode == "adaptive":
+        scores = list(self_rectification_scores(model, prompts, profile, config, settings))
+        alphas = [adaptive_alpha(s, config) for s in scores]  # type: ignore[arg-type]
+    mode: Mode = "fixed" if config.mode == "adaptive" else config.mode
+    vectors = correction_vectors(profile, modality, mode, config.layers)
+    chunks = []
+    for start in range(0, n, settings.batch_size):
+        end = start + settings.batch_size
+        with corrected(model, vectors, alphas[start:end], config.positions):
+            chunks.append(capture_prompts(model, prompts[start:end], settings))
+    return CorrectedStates(torch.cat(chunks), alphas, scores)
 
 
 @torch.inference_mode()
@@ -243,12 +296,15 @@ def generate(
     inputs = model.encode([prompt], padding_side="left")
     backend = model.backend(prompt.modality)
     sampling: dict[str, Any] = {"do_sample": False}
+    rng_guard: Any = nullcontext()
     if seed is not None:
-        torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
+        rng_guard = _SAMPLING_LOCK  # torch's RNG is global: seeded runs take turns, so each is reproducible
     tokenizer = backend.tokenizer
     recorder = record_layers(model, first_call_only=True) if capture_prompt_states else nullcontext()
-    with corrected(model, vectors, alpha, resolved.positions), recorder as rec:
+    with rng_guard, corrected(model, vectors, alpha, resolved.positions), recorder as rec:
+        if seed is not None:
+            torch.manual_seed(seed)
         output = backend.model.generate(
             **inputs,
             max_new_tokens=max_new_tokens,

@@ -19,19 +19,18 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from .geometry import MODALITIES
 from .models import ModelLoadError
-from .plots import embedding_figure, refusal_axis_figure, separability_figure, write_report
+from .plots import write_report
 from .regap import CorrectionConfig, GenerationResult, generate
 from .render import AUDIO_CARRIER, IMAGE_CARRIER, MediaError, Prompt, load_audio, load_image, render_audio, render_image
-from .ui_session import AppSettings, AppState, ModelSession, ProgressFn, parse_layers
+from .ui_session import (Analysis, AppSettings, AppState, ModelSession, ProgressFn, compute_analysis, describe_prompt,
+                         fmt, parse_layers)
 
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
@@ -146,128 +145,8 @@ def _layer(session: ModelSession, layer: Any) -> int:
         raise InputError(f"layer must be a whole number in 0..{session.num_layers - 1}; got {layer!r}") from err
 
 
-def _describe_prompt(prompt: Prompt) -> str:
-    return prompt.text + {"image": " [+ image]", "audio": " [+ audio]"}.get(prompt.modality, "")
-
-
 # ------------------------------------------------------------------------------------------------
 # Analysis (the three plots)
-
-
-@dataclass
-class Analysis:
-    figures: dict[str, Any]
-    captions: dict[str, str]
-    metrics: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-
-def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int,
-                     method: str = "UMAP") -> Analysis:
-    """Figures, captions and metrics for one prompt and correction (raises on bad input)."""
-    profile, cal = session.profile, session.calibration.states
-    notes: list[str] = []
-    before = session.capture([prompt])[0]
-    after, alpha, score = None, 0.0, None
-    if config.mode != "off" and prompt.modality != "text":
-        result = session.capture_corrected([prompt], config)
-        after, alpha, score = result.states[0], result.alphas[0], result.scores[0]
-    elif prompt.modality == "text" and config.mode != "off":
-        notes.append("Text input is never corrected (its drift from text is zero); compare an image or audio prompt.")
-    corr = session.corrected_calibration(config)
-
-    # (1) 2-D map of the selected layer
-    use_umap = method.lower() == "umap" and state.umap_ready.is_set()
-    if method.lower() == "umap" and not use_umap:
-        notes.append("UMAP is still compiling in the background (first start only); showing PCA for now.")
-    embed_method = "umap" if use_umap else "pca"
-    rows = [cal.states[:, layer]] + ([corr.states[:, layer]] if corr is not None else [])
-    rows += [before[layer][None]] + ([after[layer][None]] if after is not None else [])
-    key = (layer, embed_method, config, prompt.modality, prompt.key, after is not None)
-    coords = session.embedding(key, torch.cat(rows), embed_method)
-    n_cal, n_corr = len(cal), len(corr) if corr is not None else 0
-    instructions = cal.instructions + (corr.instructions if corr is not None else [])
-    modalities = cal.modalities + (corr.modalities if corr is not None else [])
-    labels = cal.labels + (corr.labels if corr is not None else [])
-    flags = [False] * n_cal + [True] * n_corr
-    shown = _describe_prompt(prompt)
-    highlights = [{"x": float(coords[n_cal + n_corr, 0]), "y": float(coords[n_cal + n_corr, 1]),
-                   "name": "your prompt", "text": shown, "corrected": False}]
-    if after is not None:
-        highlights.append({"x": float(coords[-1, 0]), "y": float(coords[-1, 1]), "name": "your prompt (corrected)",
-                           "text": shown, "corrected": True})
-    fig_map = embedding_figure(coords[: n_cal + n_corr], instructions, modalities, labels, flags, highlights,
-                               layer=layer, method="UMAP" if use_umap else "PCA")
-
-    # (2) refusal axis per layer
-    groups: dict[str, dict[str, list[float]]] = {}
-    for batch, suffix in ((cal, ""), (corr, " (corrected)")):
-        if batch is None:
-            continue
-        scores = profile.score(batch.states).double()
-        for modality in MODALITIES:
-            for label in ("harmful", "harmless"):
-                rows_idx = [i for i, (m, y) in enumerate(zip(batch.modalities, batch.labels)) if (m, y) == (modality, label)]
-                if rows_idx:
-                    part = scores[rows_idx]
-                    std = part.std(dim=0, unbiased=False)
-                    groups[f"{modality}/{label}{suffix}"] = {"mean": part.mean(0).tolist(), "std": std.tolist()}
-    trajectories = {"your prompt": profile.score(before[None])[0].tolist()}
-    if after is not None:
-        trajectories["your prompt (corrected)"] = profile.score(after[None])[0].tolist()
-    fig_axis = refusal_axis_figure(groups, trajectories)
-
-    # (3) separability
-    per_layer = session.layer_metrics(corr, config.mode)
-    fig_sep = separability_figure(per_layer["auroc"], per_layer["gap"], per_layer["drift_norm"],
-                                  per_layer["cos_drift_refusal"])
-
-    probe = config.probe_layer if config.probe_layer is not None else session.default_layer()
-    s_before = trajectories["your prompt"][probe]
-    s_after = trajectories.get("your prompt (corrected)", [None] * session.num_layers)[probe]
-    captions = _captions(session, prompt, config, layer, probe, s_before, s_after, per_layer, use_umap)
-    metrics = {
-        "model": session.model.name, "num_layers": session.num_layers, "calibration_states": len(cal),
-        "prompt": {"text": prompt.text, "modality": prompt.modality, "score_per_layer": trajectories["your prompt"],
-                   "score_per_layer_corrected": trajectories.get("your prompt (corrected)"),
-                   "s_x": score, "alpha_x": alpha},
-        "correction": {"mode": config.mode, "strength": config.strength, "layers": list(config.layers),
-                       "probe_layer": config.probe_layer, "positions": config.positions, "rule": config.rule},
-        "layer_shown": layer, "per_layer": per_layer, "embedding": "UMAP" if use_umap else "PCA",
-    }
-    figures = {"Where prompts sit (2-D map)": fig_map, "Refusal axis per layer": fig_axis,
-               "Separability and drift per layer": fig_sep}
-    return Analysis(figures, captions, metrics, notes)
-
-
-def _fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _captions(session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int, probe: int,
-              s_before: float, s_after: float | None, per_layer: dict, use_umap: bool) -> dict[str, str]:
-    side = "harmful" if s_before >= 0.5 else "harmless"
-    map_caption = (
-        f"Each point is one calibration request at layer {layer} ({'UMAP' if use_umap else 'PCA'} map); colour is "
-        f"how it was shown (text, image, audio), × harmful, ○ harmless; open markers were re-captured with the "
-        f"correction on. The star is your prompt, the diamond the same prompt after correction.")
-    axis_caption = (
-        f"The height is how far each layer pushes towards refusing: 0 is where harmless text requests sit, 1 where "
-        f"harmful text requests sit. At the probe layer {probe} your prompt scores {_fmt(s_before)} (the {side} side)"
-        + (f", {_fmt(s_after)} after the correction." if s_after is not None else "."))
-    other = [m for m in session.profile.modalities if m != "text"]
-    sep_bits = []
-    for modality in other:
-        text_auc = per_layer["auroc"]["text/off"][layer]
-        raw = per_layer["auroc"][f"{modality}/off"][layer]
-        fixed = per_layer["auroc"].get(f"{modality}/{config.mode}", [None] * session.num_layers)[layer]
-        sep_bits.append(f"at layer {layer} the refusal direction separates harmful from harmless {modality} requests "
-                        f"with AUROC {_fmt(raw)} (text: {_fmt(text_auc)})"
-                        + (f", {_fmt(fixed)} with the {config.mode} correction" if fixed is not None else ""))
-    sep_caption = ("AUROC 1 means the refusal direction tells every harmful request from every harmless one; 0.5 is "
-                   "chance. The drift panels show how far a modality moves the states away from text and whether "
-                   "that move points along the refusal direction. " + ("; ".join(sep_bits).capitalize() + "." if sep_bits else ""))
-    return {"map": map_caption, "axis": axis_caption, "separability": sep_caption}
 
 
 def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: Any, mode: str, strength: float,
@@ -284,7 +163,7 @@ def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: An
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
         return (None,) * 6 + (_warn(_problem(err)),)
     figs, caps = list(result.figures.values()), result.captions
-    status = " ".join(f"ℹ️ {note}" for note in notices + result.notes) or f"Analysed a {prompt.modality} prompt."
+    status = " ".join(f"ℹ️ {note}" for note in notices + result.notes) or f"Analysed the {prompt.modality} prompt."
     return (*figs, caps["map"], caps["axis"], caps["separability"], status)
 
 
@@ -330,9 +209,11 @@ def stream_generation(session: ModelSession, prompt: Prompt, config: CorrectionC
 
 def _badge(session: ModelSession, result: GenerationResult) -> str:
     refused = session.judge.is_refusal(result.text)
-    badge = "🛑 **refused**" if refused else "💬 **complied**"
+    word, colour = ("refused", "#b71c1c") if refused else ("complied", "#1b5e20")
     if not result.text.strip():
-        badge = "∅ **empty answer**"
+        word, colour = "empty answer", "#616161"
+    badge = (f'<span style="background:{colour};color:#fff;padding:1px 8px;border-radius:4px;'
+             f'font-weight:600">{word}</span>')
     if result.mode == "off":
         detail = "no correction"
     elif result.modality == "text":
@@ -444,7 +325,7 @@ def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | 
         ok = True
     except Exception as err:  # noqa: BLE001
         session = state.session
-        status = _warn(f"Could not load {model_id!r}: {_problem(err)} Still serving {session.model.name}.")
+        status = _warn(f"Could not load {model_id!r}: {_problem(err).rstrip('.')}. Still serving {session.model.name}.")
         ok = False
     return {"status": status, "info": session.describe(), "num_layers": session.num_layers,
             "layer": session.default_layer(), "layers_text": session.layers_text(), "ok": ok}
@@ -488,7 +369,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
     steps = [
         f"1. **As text**, “{COLLAPSE_REQUEST}” → {said(plain_text, verdicts[0])}",
         f"2. **The same words as {shown_as}** (prompt: “{media_prompt.text}”) → {said(plain_media, verdicts[1])}",
-        f"3. **{shown_as.capitalize()} with ReGap** (adaptive, s(x) = {_fmt(fixed_media.score)}, "
+        f"3. **{shown_as.capitalize()} with ReGap** (adaptive, s(x) = {fmt(fixed_media.score)}, "
         f"α(x) = {fixed_media.alpha:.2f}) → {said(fixed_media, verdicts[2])}",
     ]
     if verdicts == [True, False, True]:
@@ -561,9 +442,9 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
     summary = {
         "model": session.model.name, "layers": session.num_layers,
         "calibration": f"{len(session.calibration.items)} requests × {len(session.profile.modalities)} modalities",
-        "prompt": _describe_prompt(prompt), "correction": f"{config.mode}, strength {config.strength}, "
+        "prompt": describe_prompt(prompt), "correction": f"{config.mode}, strength {config.strength}, "
         f"layers {list(config.layers)}, probe {config.probe_layer}",
-        "s(x) / α(x)": f"{_fmt(result.metrics['prompt']['s_x'])} / {result.metrics['prompt']['alpha_x']:.2f}",
+        "s(x) / α(x)": f"{fmt(result.metrics['prompt']['s_x'])} / {result.metrics['prompt']['alpha_x']:.2f}",
         "answer without correction": f"{plain_text or '(not generated)'} [{plain_info or ''}]",
         "answer with correction": f"{corrected_text or '(not generated)'} [{corrected_info or ''}]",
         "exported": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -218,3 +218,24 @@ def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
         load_model(str(bare), device="cpu")
     with pytest.raises(ValueError, match="mode must be one of"):
         CorrectionConfig(mode="bogus")  # type: ignore[arg-type]
+
+
+def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
+    from explorer.regap import capture_corrected, self_rectification_score
+
+    profile = _profile_for(tiny_llava)
+    prompts = [_image_prompt(IMAGE_CARRIER + " " + t, i) for i, t in enumerate(TEXTS)]
+    # a steep sigmoid around the middle score, so the three rows get clearly different α(x)
+    probe = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2)
+    middle = sorted(self_rectification_score(tiny_llava, p, profile, probe) for p in prompts)[1]
+    config = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2, rule="sigmoid",
+                              threshold=middle, temperature=1e-3)
+    batched = capture_corrected(tiny_llava, prompts, profile, config, CaptureSettings(batch_size=3))
+    assert len(set(batched.alphas)) > 1  # the rows really get different α(x)
+    for i, prompt in enumerate(prompts):
+        assert batched.scores[i] == pytest.approx(self_rectification_score(tiny_llava, prompt, profile, config),
+                                                  abs=1e-4)
+        vectors = correction_vectors(profile, "image", "fixed", (0,))
+        with corrected(tiny_llava, vectors, batched.alphas[i]):
+            single = capture_prompts(tiny_llava, [prompt])[0]
+        torch.testing.assert_close(batched.states[i], single, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,121 @@
+"""The app in a real browser (Playwright + the system's Chromium; never downloads a browser)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from explorer.models import DEMO_MODEL_DIR
+from explorer.render import IMAGE_CARRIER, render_image
+from explorer.ui import EXAMPLE_HARMFUL
+from explorer.ui_session import AppSettings, AppState
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+pytestmark = [
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_model_dir, tmp_path_factory):
+    from app import build_app
+
+    cache = tmp_path_factory.mktemp("sge-cache")
+    if (DEMO_MODEL_DIR / "manifest.json").is_file():
+        settings = AppSettings(model="demo", device="cpu", calibration_limit=8, cache_dir=cache)
+    else:
+        settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8, cache_dir=cache)
+    state = AppState.start(settings, warm_umap=False)
+    demo = build_app(state)
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/", state
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(app_url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        page = context.new_page()
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def _badge(page, elem_id: str) -> str:
+    page.wait_for_function(
+        "id => /refused|complied|empty answer/.test(document.querySelector('#' + id)?.innerText || '')", arg=elem_id)
+    return page.locator(f"#{elem_id}").inner_text()
+
+
+def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
+    url, state = app_url
+    started = time.perf_counter()
+    page.goto(url)
+    page.locator("#prompt textarea").wait_for()
+    info = page.locator("#model-info").inner_text()
+    assert f"layers: {state.session.num_layers}" in info and "calibration:" in info  # rendered Markdown
+    image_path = tmp_path / "request.png"
+    render_image(EXAMPLE_HARMFUL, state.session.model.image_layout).save(image_path)
+    page.locator("#image-input input[type=file]").set_input_files(str(image_path))
+    page.locator("#image-input img").first.wait_for()
+    page.locator("#prompt textarea").fill(IMAGE_CARRIER)
+    strength = page.locator("#strength input[type=number]")
+    strength.fill("2")
+    strength.press("Enter")
+    page.locator("#analyse-btn").click()
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"plotly\"] .main-svg').length >= 3")
+    first_plots = time.perf_counter() - started
+    page.locator("#generate-btn").click()
+    plain, corrected = _badge(page, "plain-info"), _badge(page, "corrected-info")
+    assert "no correction" in plain
+    assert "α(x)" in corrected and "mode adaptive" in corrected.replace("`", "")
+    assert page.locator("#plain-out textarea").input_value().strip() != ""
+    assert "your prompt (corrected)" in page.locator('[data-testid="plotly"]').first.inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "app_analyse_generate.png"), full_page=True)
+    print(f"\nlaunch-free page load → first plots: {first_plots:.1f} s")
+
+
+def test_render_as_image_and_show_the_collapse(page, app_url):
+    url, _ = app_url
+    page.goto(url)
+    page.locator("#prompt textarea").fill(EXAMPLE_HARMFUL)
+    page.get_by_role("button", name="Render as image").click()
+    page.wait_for_function(
+        f"document.querySelector('#prompt textarea').value === {IMAGE_CARRIER!r}")
+    page.locator("#image-input img").first.wait_for()
+    page.locator("#collapse-btn").click()
+    page.wait_for_function("(document.querySelector('#story')?.innerText || '').includes('with ReGap')")
+    story = page.locator("#story").inner_text()
+    assert "As text" in story and "with ReGap" in story
+    page.wait_for_function("document.querySelectorAll('[data-testid=\"plotly\"] .main-svg').length >= 3")
+    _badge(page, "corrected-info")
+    page.screenshot(path=str(ARTIFACTS / "app_show_collapse.png"), full_page=True)
+
+
+def test_bad_upload_shows_a_message(page, app_url, tmp_path):
+    url, _ = app_url
+    page.goto(url)
+    page.locator("#prompt textarea").fill("")
+    page.locator("#analyse-btn").click()
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('prompt is empty')")
+    assert page.get_by_text("prompt is empty").first.is_visible()

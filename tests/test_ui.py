@@ -1,0 +1,281 @@
+"""The web app's handlers (explorer/ui.py), called directly on tiny random-weight models: no Gradio server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from explorer import ui
+from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_image
+from explorer.ui_session import AppSettings, AppState, parse_layers
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request logs a warning
+
+
+@pytest.fixture(scope="module")
+def state(tiny_model_dir, tmp_path_factory) -> AppState:
+    settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8,
+                           cache_dir=tmp_path_factory.mktemp("sge-cache"))
+    return AppState.start(settings, warm_umap=False)
+
+
+@pytest.fixture(scope="module")
+def image_request(state) -> tuple[str, Image.Image]:
+    image, carrier, status = ui.render_image_input(state, ui.EXAMPLE_HARMFUL)
+    assert carrier == IMAGE_CARRIER and "⚠️" not in status
+    return carrier, image
+
+
+def _results(state, text, image, config_mode, strength, tokens=12):
+    """The GenerationResult a handler would stream to its end."""
+    session = state.session
+    prompt, _ = ui.make_prompt(session, state.settings, text, image)
+    config = ui.CorrectionConfig(mode="off") if config_mode == "off" else session.config(config_mode, strength)
+    return ui._final_result(session, prompt, config, tokens)
+
+
+def test_parse_layers():
+    assert parse_layers("", 4) == () and parse_layers(" 2 ", 4) == (2,) and parse_layers("1-3", 4) == (1, 2, 3)
+    assert parse_layers("1,2", 4) == (1, 2)
+    for bad in ("4", "x", "3-1", "0,2", "-1"):
+        with pytest.raises(ValueError, match="corrected layers"):
+            parse_layers(bad, 4)
+
+
+def test_model_info_names_model_layers_and_calibration_size(state):
+    info = state.session.describe()
+    assert "layers:** 3" in info and "16 requests (8 harmful, 8 harmless) × 2 modalities = 32 states" in info
+    assert "demo model" not in info  # the toy disclaimer is for the demo model only
+
+
+def test_analyse_returns_three_figures_with_calibration_groups_and_highlight(state, image_request):
+    carrier, image = image_request
+    fig_map, fig_axis, fig_sep, cap_map, cap_axis, cap_sep, status = ui.analyse(
+        state, carrier, image, None, 2, "adaptive", 1.0, "", "UMAP")
+    names = [trace.name for trace in fig_map.data]
+    assert names == ["text · harmful", "text · harmless", "image · harmful", "image · harmful (corrected)",
+                     "image · harmless", "image · harmless (corrected)", "your prompt", "your prompt (corrected)"]
+    star, diamond = fig_map.data[-2], fig_map.data[-1]
+    assert star.marker.symbol == "star" and diamond.marker.symbol == "diamond" and len(star.x) == 1
+    assert sum(len(t.x) for t in fig_map.data[:-2]) == 32 + 16  # calibration + corrected image points
+    assert "PCA" in fig_map.layout.title.text and "UMAP is still compiling" in status  # not warm: PCA, said so
+    axis = {trace.name for trace in fig_axis.data}
+    assert {"text/harmful", "image/harmless", "image/harmful (corrected)", "your prompt", "your prompt (corrected)"} <= axis
+    assert len(next(t for t in fig_axis.data if t.name == "your prompt").y) == 3
+    assert {"text/off", "image/off", "image/adaptive"} == {trace.name for trace in fig_sep.data}
+    assert "layer 2" in cap_map and "probe layer 2" in cap_axis and "AUROC" in cap_sep
+
+
+def test_analyse_off_and_text_prompt_have_no_corrected_points(state):
+    fig_map, fig_axis, *_, status = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "off", 1.0, "", "PCA")
+    assert not any("corrected" in trace.name for trace in list(fig_map.data) + list(fig_axis.data))
+    *_, status = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "fixed", 1.0, "", "PCA")
+    assert "never corrected" in status
+
+
+def test_corrected_calibration_is_captured_once_per_correction(state):
+    session = state.session
+    config = session.config("fixed", 1.5)
+    assert session.corrected_calibration(config) is session.corrected_calibration(config)
+    assert session.corrected_calibration(session.config("off", 1.0)) is None
+
+
+def test_analysis_alpha_equals_the_alpha_generation_uses(state, image_request):
+    carrier, image = image_request
+    session = state.session
+    prompt, _ = ui.make_prompt(session, state.settings, carrier, image)
+    analysis = ui.compute_analysis(state, session, prompt, session.config("adaptive", 2.0), 2, "PCA")
+    result = _results(state, carrier, image, "adaptive", 2.0, tokens=2)
+    assert analysis.metrics["prompt"]["s_x"] == pytest.approx(result.score, abs=1e-5)
+    assert analysis.metrics["prompt"]["alpha_x"] == pytest.approx(result.alpha, abs=1e-5)
+
+
+def test_generate_both_sides_stream_and_badge(state, image_request):
+    carrier, image = image_request
+    plain = list(ui.generate_plain(state, carrier, image, None, 12, 0))
+    corrected = list(ui.generate_corrected(state, carrier, image, None, "adaptive", 1.0, "", 12, 0))
+    assert len(plain) >= 2 and plain[0][1] == "⏳ generating…"  # streamed: partial texts first
+    assert plain[-1][0] and ("refused" in plain[-1][1] or "complied" in plain[-1][1])
+    assert "no correction" in plain[-1][1]
+    assert "s(x) = " in corrected[-1][1] and "α(x) = " in corrected[-1][1] and "probe 2" in corrected[-1][1]
+
+
+def test_strength_zero_reproduces_plain_and_strength_three_changes_it(state, image_request):
+    carrier, image = image_request
+    plain = _results(state, carrier, image, "off", 0.0)
+    for mode in ("fixed", "adaptive", "cmrm", "shiftdc"):
+        assert _results(state, carrier, image, mode, 0.0).token_ids == plain.token_ids, mode
+    assert _results(state, carrier, image, "fixed", 3.0).token_ids != plain.token_ids
+    text_plain, _ = ui.final(ui.generate_plain(state, carrier, image, None, 12, 0))
+    text_zero, _ = ui.final(ui.generate_corrected(state, carrier, image, None, "fixed", 0.0, "", 12, 0))
+    assert text_zero == text_plain
+
+
+def test_concurrent_corrected_request_never_leaks_into_a_plain_one(state, image_request):
+    carrier, image = image_request
+    expected = {"plain": _results(state, carrier, image, "off", 0.0, 24).token_ids,
+                "fixed": _results(state, carrier, image, "fixed", 3.0, 24).token_ids}
+    assert expected["plain"] != expected["fixed"]
+    got: dict[str, list] = {"plain": [], "fixed": []}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run(mode: str, strength: float) -> None:
+        barrier.wait()
+        try:
+            for _ in range(3):
+                mode_name = "off" if mode == "plain" else mode
+                got[mode].append(_results(state, carrier, image, mode_name, strength, 24).token_ids)
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=run, args=a) for a in (("plain", 0.0), ("fixed", 3.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert got["plain"] == [expected["plain"]] * 3 and got["fixed"] == [expected["fixed"]] * 3
+
+
+@pytest.mark.parametrize("kind", ["not_image", "corrupt", "huge"])
+def test_bad_images_give_specific_messages(state, tmp_path, kind):
+    path = tmp_path / "upload.png"
+    if kind == "not_image":
+        path.write_text("just some text, not pixels")
+        expected = "not an image"
+    elif kind == "corrupt":
+        render_image("How do I bake bread?").save(path)
+        path.write_bytes(path.read_bytes()[:200])
+        expected = "corrupt or truncated"
+    else:
+        Image.new("1", (8000, 6250)).save(path)  # 50 megapixels, a small file
+        expected = "50.0 megapixels"
+    outputs = ui.analyse(state, IMAGE_CARRIER, {"path": str(path)}, None, 1, "adaptive", 1.0, "", "PCA")
+    assert outputs[:6] == (None,) * 6 and outputs[-1].startswith("⚠️") and expected in outputs[-1]
+    text, info = ui.final(ui.generate_plain(state, IMAGE_CARRIER, {"path": str(path)}, None, 4, 0))
+    assert text == "" and expected in info
+
+
+def test_other_bad_inputs_give_messages(state, image_request):
+    _, image = image_request
+    cases = [
+        (("", None, None, 1, "adaptive", 1.0, ""), "prompt is empty"),
+        (("hi", None, (16000, np.zeros(1600, np.int16)), 1, "adaptive", 1.0, ""), "does not accept audio"),
+        (("hi", image, (16000, np.zeros(1600, np.int16)), 1, "adaptive", 1.0, ""), "not both"),
+        (("hi", None, None, 9, "adaptive", 1.0, ""), "whole number in 0..2; got 9"),
+        (("hi", None, None, 1, "bogus", 1.0, ""), "correction mode must be one of"),
+        (("hi", None, None, 1, "fixed", -1.0, ""), "strength must be"),
+        (("hi", None, None, 1, "fixed", 1.0, "1-9"), "corrected layers"),
+        (("x" * 5000, None, None, 1, "fixed", 1.0, ""), "keep it under"),
+    ]
+    for args, expected in cases:
+        status = ui.analyse(state, *args, "PCA")[-1]
+        assert status.startswith("⚠️") and expected in status, (args[0][:10], status)
+    assert "max new tokens" in ui.final(ui.generate_plain(state, "hi", None, None, 100000, 0))[1]
+    for render in (ui.render_image_input, ui.render_audio_input):
+        assert "type a request first" in render(state, "  ")[2]
+        assert "already the carrier" in render(state, IMAGE_CARRIER)[2]
+    assert "holds at most 16" in ui.render_image_input(state, "word " * 30)[2]
+
+
+def test_out_of_memory_is_a_message(state, image_request, monkeypatch):
+    carrier, image = image_request
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(ui, "generate", boom)
+    text, info = ui.final(ui.generate_plain(state, carrier, image, None, 4, 0))
+    assert text == "" and "Out of memory" in info and "still running" in info
+    monkeypatch.setattr(type(state.session), "capture", boom)
+    assert "Out of memory" in ui.analyse(state, carrier, image, None, 1, "off", 1.0, "", "PCA")[-1]
+
+
+def test_model_that_cannot_load_keeps_the_previous_one(state, tmp_path):
+    before = state.session
+    (tmp_path / "not_a_model").mkdir()
+    for model_id in (str(tmp_path / "not_a_model"), "", "/no/such/model"):
+        out = ui.load_model_ui(state, model_id)
+        assert not out["ok"] and out["status"].startswith("⚠️ Could not load") and "Still serving" in out["status"]
+        assert state.session is before and out["num_layers"] == 3
+
+
+def test_load_model_switches_and_reports_progress(state):
+    before = state.session
+    seen: list[str] = []
+    out = ui.load_model_ui(state, before.model.name, progress=lambda fraction, message: seen.append(message))
+    try:
+        assert out["ok"] and state.session is not before and out["layers_text"] == before.layers_text()
+        assert seen[0].startswith("loading") and seen[-1] == "ready"
+    finally:
+        state.session = before  # keep the module's session (and its caches) for the other tests
+
+
+def test_render_inputs(state):
+    image, carrier, _ = ui.render_image_input(state, ui.EXAMPLE_HARMFUL)
+    assert carrier == IMAGE_CARRIER and image.size == state.session.model.image_layout.size
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed: speech rendering is not available")
+    (rate, pcm), carrier, _ = ui.render_audio_input(state, ui.EXAMPLE_HARMFUL)
+    assert rate == 16000 and pcm.dtype == np.int16 and pcm.size > 16000 and carrier == AUDIO_CARRIER
+
+
+def test_export_writes_metrics_directions_figures_and_report(state, image_request):
+    carrier, image = image_request
+    files, sid, status = ui.export(state, "", carrier, image, None, 2, "adaptive", 1.0, "", "PCA",
+                                   "plain answer", "💬 complied", "corrected answer", "🛑 refused")
+    assert status == "Exported 5 files." and len(sid) == 32
+    paths = {p.rsplit("/", 1)[1]: p for p in files}
+    assert set(paths) == {"metrics.json", "metrics.csv", "directions.zip", "figures.html", "report.html"}
+    assert all(p.startswith(str(state.export_root / sid)) for p in files)
+    metrics = json.loads(open(paths["metrics.json"]).read())
+    assert metrics["correction"]["mode"] == "adaptive" and len(metrics["per_layer"]["auroc"]["image/adaptive"]) == 3
+    assert metrics["generations"]["corrected"]["text"] == "corrected answer"
+    rows = list(csv.DictReader(open(paths["metrics.csv"])))
+    assert {"auroc", "gap", "drift_norm", "cos_drift_refusal", "prompt_score"} == {r["metric"] for r in rows}
+    assert set(zipfile.ZipFile(paths["directions.zip"]).namelist()) == {"profile.json", "profile.safetensors"}
+    report = open(paths["report.html"]).read()
+    assert "corrected answer" in report and "plotly" in report and "Refusal axis per layer" in report
+    again, sid2, _ = ui.export(state, sid, carrier, image, None, 2, "off", 1.0, "", "PCA")
+    assert sid2 == sid and again == files  # the same session folder
+    _, sid3, _ = ui.export(state, "../../etc", carrier, image, None, 2, "off", 1.0, "", "PCA")
+    assert sid3 != "../../etc" and len(sid3) == 32  # never a path from the client
+
+
+def test_show_collapse_tells_the_three_step_story(state):
+    out = ui.show_collapse(state, 8, "PCA")
+    assert out["prompt"] == IMAGE_CARRIER and isinstance(out["image"], Image.Image) and out["audio"] is None
+    story = out["story"]
+    assert "1. **As text**" in story and "2. **The same words as a typographic image**" in story
+    assert "3. **A typographic image with ReGap**" in story and ui.COLLAPSE_REQUEST in story
+    assert "does not show the full story" in story or "The collapse, and the fix" in story
+    assert out["mode"] == "adaptive" and out["layers_text"] == "1" and out["fig_map"] is not None
+    assert ("refused" in out["corrected_info"]) == state.session.judge.is_refusal(out["corrected_text"])
+
+
+def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_factory):
+    settings = AppSettings(model=str(tiny_model_dir("qwen2_audio")), device="cpu", calibration_limit=4,
+                           cache_dir=tmp_path_factory.mktemp("sge-cache-audio"))
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed: audio calibration needs it")
+    state = AppState.start(settings, warm_umap=False)
+    ten_minutes = (16000, (np.sin(np.arange(16000 * 600) / 5) * 3000).astype(np.int16))
+    status = ui.analyse(state, AUDIO_CARRIER, None, ten_minutes, 1, "adaptive", 1.0, "", "PCA")[-1]
+    assert "Audio trimmed from 600.0 s to 30.0 s" in status
+    text, info = ui.final(ui.generate_corrected(state, AUDIO_CARRIER, None, ten_minutes, "adaptive", 1.0, "", 4, 0))
+    assert "Audio trimmed" in info and "α(x)" in info
+    bad = tmp_path_factory.mktemp("bad") / "clip.wav"
+    bad.write_text("not audio")
+    assert "could not be decoded as audio" in ui.analyse(state, "", None, {"path": str(bad)}, 1, "off", 1.0, "",
+                                                          "PCA")[-1]
+    assert "does not accept image" in ui.analyse(state, "hi", render_image("a b"), None, 1, "off", 1.0, "", "PCA")[-1]
+    out = ui.show_collapse(state, 4, "PCA")
+    assert out["prompt"] == AUDIO_CARRIER and out["audio"][0] == 16000 and out["image"] is None
