@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Sequence, get_args
 
+import torch
+
 from .calibration import calibrate, load_calibration_items
 from .capture import CACHE_DIR, CaptureSettings
 from .data import Modality, load_builtin, load_prompts
@@ -119,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except torch.cuda.OutOfMemoryError:
+        print("error: out of GPU memory; lower --batch-size, use --dtype bfloat16, or --device-map auto. "
+              "Finished work is saved; rerun to resume.", file=sys.stderr)
+        return 3
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

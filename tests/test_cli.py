@@ -79,3 +79,16 @@ def test_bad_model_exits_2_with_a_clear_message(tmp_path):
     )
     assert result.returncode == 2
     assert "not a model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_out_of_memory_is_a_clear_message(monkeypatch, capsys):
+    import torch
+
+    cli = sys.modules["explorer.cli"]
+
+    def oom(_args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(cli, "_run", oom)
+    assert main(["eval", "--out", "x"]) == 3
+    assert "out of GPU memory" in capsys.readouterr().err
