@@ -32,8 +32,9 @@ from .tokenizer import CHAT_TEMPLATE
 
 __all__ = ["DemoModels", "build_models", "build_processors", "count_parameters", "share_language_model"]
 
-# CLIP-style normalisation for the grey word grids (white background -> +1, ink -> -1).
-_PIXEL_MEAN = [0.5, 0.5, 0.5]
+# Normalisation that maps the white background to 0 and ink to -2: only the glyphs carry signal, so a random-init
+# tower does not start out dominated by the (constant) page.
+_PIXEL_MEAN = [1.0, 1.0, 1.0]
 _PIXEL_STD = [0.5, 0.5, 0.5]
 
 

@@ -28,12 +28,22 @@ __all__ = [
     "Sampler",
     "TrainingData",
     "check_slot_contract",
+    "spoken_form",
     "load_training_data",
     "transcript",
     "user_messages",
 ]
 
 IGNORE = -100
+
+
+def spoken_form(words: str) -> str:
+    """Canonical spelling of a random word sequence heard as speech: lower case, no "?", first word capitalised
+    (how instructions are written), "I" kept upper case."""
+    out = [w.rstrip("?").lower() for w in words.split()]
+    out = ["I" if w == "i" else w for w in out]
+    out[0] = out[0][:1].upper() + out[0][1:]
+    return " ".join(out)
 
 
 def transcript(instruction: str) -> str:
@@ -114,8 +124,11 @@ class Sampler:
         self.audio_token_id = tok.convert_tokens_to_ids(AUDIO_TOKEN)
 
     # ---- pieces ----
-    def _random_sequence(self) -> str:
-        return random_words(self.data.words, self.rng, self.cfg.random_min_words, self.cfg.max_words)
+    def _random_sequence(self, spoken: bool = False) -> str:
+        """Random words; for speech in one canonical spelling (see `spoken_form`), since speech cannot show
+        case or a question mark and a transcription target must be determined by the input."""
+        seq = random_words(self.data.words, self.rng, self.cfg.random_min_words, self.cfg.max_words)
+        return spoken_form(seq) if spoken else seq
 
     def _word_ids(self, words: list[str]) -> list[int]:
         out = []
@@ -174,7 +187,7 @@ class Sampler:
         return Batch(ids, att, lab)
 
     # ---- media ----
-    def _media_task(self, follow: bool) -> tuple[str, str, str]:
+    def _media_task(self, follow: bool, spoken: bool = False) -> tuple[str, str, str]:
         """(content text shown, prompt text, target) for one media example (cfg.mix_media)."""
         a, b, _ = self.cfg.mix_media
         r = self.rng.random() * (1.0 if follow else a + b)
@@ -182,7 +195,7 @@ class Sampler:
             shown = self.rng.choice(self.data.instructions)
             return shown, MEDIA_REPEAT_PROMPT, transcript(shown)
         if r < a + b:
-            shown = self._random_sequence()
+            shown = self._random_sequence(spoken)
             return shown, MEDIA_REPEAT_PROMPT, transcript(shown)
         shown, category = self.rng.choice(self.data.harmless)
         return shown, "", answer_for(category)
@@ -203,7 +216,7 @@ class Sampler:
     def audio_batch(self, size: int, follow: bool = True) -> Batch:
         pairs, waves, word_ids = [], [], []
         for _ in range(size):
-            shown, prompt_text, target = self._media_task(follow)
+            shown, prompt_text, target = self._media_task(follow, spoken=True)
             wave = self._speech(shown)
             expanded = AUDIO_TOKEN * self._audio_tokens(len(wave))
             prompt = self._prompt(prompt_text or AUDIO_CARRIER, "audio").replace(AUDIO_TOKEN, expanded)

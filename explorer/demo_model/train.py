@@ -93,11 +93,15 @@ def lm_loss(models: DemoModels, embeds: torch.Tensor, batch: Batch) -> torch.Ten
     return F.cross_entropy(logits, targets[keep])
 
 
-def aux_loss(models: DemoModels, feats: torch.Tensor, word_ids: list[list[int]], per_word: int) -> torch.Tensor:
+def aux_loss(
+    models: DemoModels, feats: torch.Tensor, word_ids: list[list[int]], per_word: int, temperature: float
+) -> torch.Tensor:
     """Pull each word's media tokens (cell i, or slot tokens i*per_word ...) onto that word's input embedding.
 
-    Normalised MSE (by the mean squared norm of the targets), with the embedding detached: the towers move to
-    the LM's word space, the LM is not pulled toward the towers.
+    Two terms, with the embedding matrix detached (the towers move to the LM's word space, not the reverse):
+    cross-entropy of cosine similarities against the whole embedding matrix (makes each token *discriminate*
+    its word among all words; plain regression stalls at the mean on ~2,000 look-alike glyphs/sounds), plus an
+    MSE normalised by the targets' mean squared norm (matches the scale the LM expects).
     """
     rows, cols, toks = [], [], []
     for b, ids in enumerate(word_ids):
@@ -112,8 +116,12 @@ def aux_loss(models: DemoModels, feats: torch.Tensor, word_ids: list[list[int]],
     if not rows:
         return feats.sum() * 0.0
     pred = feats[torch.tensor(rows), torch.tensor(cols)]
-    target = _embed(models, torch.tensor(toks)).detach()
-    return ((pred - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean().clamp_min(1e-8)
+    table = models.image.model.language_model.embed_tokens.weight.detach()
+    target_ids = torch.tensor(toks)
+    target = table[target_ids]
+    logits = F.normalize(pred, dim=-1) @ F.normalize(table, dim=-1).T / temperature
+    mse = ((pred - target) ** 2).sum(-1).mean() / (target**2).sum(-1).mean().clamp_min(1e-8)
+    return F.cross_entropy(logits, target_ids) + mse
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -164,14 +172,43 @@ def _lm_params(models: DemoModels) -> list[torch.nn.Parameter]:
     return _unique(list(models.image.model.language_model.parameters()) + list(models.image.lm_head.parameters()))
 
 
+def _save_lm(models: DemoModels, path: Path, seconds: float) -> None:
+    """Stage-1 language model, with its training wall time in the metadata (for the model card)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {f"lm.{k}": v for k, v in models.image.model.language_model.state_dict().items()}
+    state.update({f"head.{k}": v for k, v in models.image.lm_head.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"seconds": f"{seconds:.1f}"})
+
+
+def _load_lm(models: DemoModels, path: Path) -> float:
+    """Load a stage-1 checkpoint; returns the wall time its training took."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        seconds = float((handle.metadata() or {}).get("seconds", "nan"))
+    state = load_file(str(path))
+    models.image.model.language_model.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("lm.")})
+    models.image.lm_head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+    return seconds
+
+
 def _tower_params(models: DemoModels) -> list[torch.nn.Parameter]:
     mods = [models.image.model.vision_tower, models.image.model.multi_modal_projector,
             models.audio.model.audio_tower, models.audio.model.multi_modal_projector]
     return _unique(p for m in mods for p in m.parameters() if p.requires_grad)
 
 
-def train(cfg: DemoConfig) -> tuple[DemoModels, TrainingData, list[dict], dict[str, float]]:
-    """Run both stages; return the trained models, the data pools, the log and wall times per stage."""
+def train(
+    cfg: DemoConfig, text_checkpoint: Path | None = None
+) -> tuple[DemoModels, TrainingData, list[dict], dict[str, float]]:
+    """Run both stages; return the trained models, the data pools, the log and wall times per stage.
+
+    `text_checkpoint`: a folder where the stage-1 language model is saved, or loaded from if already there
+    (for iterating on stage 2 only; a from-scratch run gives the same result).
+    """
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -191,25 +228,35 @@ def train(cfg: DemoConfig) -> tuple[DemoModels, TrainingData, list[dict], dict[s
 
     # Stage 1: text SFT (answer / refuse, repeat instruction, repeat random words).
     t1 = time.time()
-    opt = torch.optim.AdamW(_lm_params(models), lr=cfg.lr_text, weight_decay=cfg.weight_decay)
-
-    def text_step() -> dict[str, torch.Tensor]:
-        batch = sampler.text_batch(cfg.batch_text)
-        return {"text": lm_loss(models, _embed(models, batch.input_ids), batch)}
-
     models.image.train()
     models.audio.train()
-    _run("text", cfg.steps_text, opt, text_step, cfg, log)
+    lm_state = text_checkpoint / "stage1_lm.safetensors" if text_checkpoint else None
+    if lm_state is not None and lm_state.is_file():
+        times["text_resumed"] = _load_lm(models, lm_state)
+        log.append({"stage": "text", "resumed_from": str(lm_state)})
+    else:
+        opt = torch.optim.AdamW(_lm_params(models), lr=cfg.lr_text, weight_decay=cfg.weight_decay)
+
+        def text_step() -> dict[str, torch.Tensor]:
+            batch = sampler.text_batch(cfg.batch_text)
+            return {"text": lm_loss(models, _embed(models, batch.input_ids), batch)}
+
+        _run("text", cfg.steps_text, opt, text_step, cfg, log)
+        if lm_state is not None:
+            _save_lm(models, lm_state, time.time() - t1)
     times["text"] = time.time() - t1
+    # Stage 2 is seeded on its own, so resuming from a stage-1 checkpoint gives the same run.
+    torch.manual_seed(cfg.seed + 1)
+    sampler.rng.seed(cfg.seed + 1)
 
     def media_step(follow: bool, replay: bool) -> dict[str, torch.Tensor]:
         ib = sampler.image_batch(cfg.batch_image, follow)
         emb, feats = image_embeddings(models, ib)
-        out = {"image": lm_loss(models, emb, ib), "image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1)}
+        out = {"image": lm_loss(models, emb, ib), "image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1, cfg.aux_temperature)}
         ab = sampler.audio_batch(cfg.batch_audio, follow)
         emb, feats, _ = audio_embeddings(models, ab)
         out["audio"] = lm_loss(models, emb, ab)
-        out["audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot)
+        out["audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot, cfg.aux_temperature)
         if replay:
             tb = sampler.text_batch(cfg.batch_replay)
             out["replay"] = lm_loss(models, _embed(models, tb.input_ids), tb)
@@ -257,6 +304,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-align", type=int, default=None)
     parser.add_argument("--steps-modality", type=int, default=None)
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
+    parser.add_argument("--text-checkpoint", type=Path, default=None,
+                        help="folder to save the stage-1 LM in, or to resume from when it is already there")
     parser.add_argument("--no-measure", action="store_true", help="skip the measurement and the model card")
     parser.add_argument("--measure-limit", type=int, default=None, help="items per label for the measurement")
     args = parser.parse_args(argv)
@@ -267,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
                                    ("steps_modality", args.steps_modality)) if v is not None}
     cfg = replace(cfg, **overrides)
     start = time.time()
-    models, data, log, times = train(cfg)
-    times["total_training"] = time.time() - start
+    models, data, log, times = train(cfg, args.text_checkpoint)
+    times["total_training"] = time.time() - start + times.get("text_resumed", 0.0)
     save(models, args.out)
     params = {
         "image_model": count_parameters(models.image),
