@@ -78,7 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--layers", type=_layers, default=(), help="corrected layer N or window A-B (default: calibrated)")
     ev.add_argument("--probe-layer", type=int, default=None, help="adaptive probe layer (default: calibrated)")
     ev.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    ev.add_argument("--rule", default="linear", choices=["linear", "sigmoid"])
+    ev.add_argument("--rule", default="sigmoid", choices=["sigmoid", "linear"])
+    ev.add_argument("--probe-strength", type=float, default=1.0, help="α of adaptive's probe pass")
+    ev.add_argument("--threshold", type=float, default=0.5, help="τ of the sigmoid rule")
+    ev.add_argument("--temperature", type=float, default=0.1, help="T of the sigmoid rule")
     ev.add_argument("--max-new-tokens", type=int, default=48)
     ev.add_argument("--limit", type=int, default=None, help="at most N items per label")
     ev.add_argument("--out", type=Path, required=True)
@@ -105,7 +108,9 @@ def _run(args: argparse.Namespace) -> int:
             i for i in items if i.label == "harmless"
         ][: args.limit]
     correction = CorrectionConfig(mode="adaptive", strength=args.strength, layers=args.layers,
-                                  probe_layer=args.probe_layer, positions=args.positions, rule=args.rule)
+                                  probe_layer=args.probe_layer, positions=args.positions, rule=args.rule,
+                                  probe_strength=args.probe_strength, threshold=args.threshold,
+                                  temperature=args.temperature)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens)
     metrics = evaluate(model, items, profile, eval_settings, args.out)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,6 +69,26 @@ def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     return done
 
 
+def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings) -> None:
+    """Resume only a run made with the same model, calibration and settings; refuse to mix two runs."""
+    fingerprint = {
+        "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
+        "correction": asdict(settings.correction), "max_new_tokens": settings.max_new_tokens,
+        "judge": list(settings.judge.phrases),
+    }
+    path = out_dir / "run.json"
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != json.loads(json.dumps(fingerprint)):
+            changed = sorted(k for k in fingerprint if previous.get(k) != json.loads(json.dumps(fingerprint[k])))
+            raise ValueError(
+                f"{out_dir} holds a run with different settings ({', '.join(changed)}); "
+                "use another --out, or delete that folder to start over"
+            )
+    else:
+        path.write_text(json.dumps(fingerprint, indent=1))
+
+
 def _copy_text_record(
     record: dict[str, Any], modes: Sequence[str], done: dict[str, dict[str, Any]], sink: Any
 ) -> None:
@@ -110,6 +130,7 @@ def evaluate(
     for modality in settings.modalities:
         model.backend(modality)  # fail before any work if a modality is not accepted
     out_dir.mkdir(parents=True, exist_ok=True)
+    _check_same_run(out_dir, model, profile, settings)
     generations_path = out_dir / "generations.jsonl"
     done = _read_done(generations_path)
     started = time.perf_counter()

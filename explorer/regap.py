@@ -59,18 +59,21 @@ class CorrectionConfig:
     Attributes:
         mode: off, fixed (formula 7), shiftdc (8), cmrm (9), adaptive = ReGap (10).
         strength: α for fixed/shiftdc/cmrm; α_max for adaptive.
+        probe_strength: the fixed α of adaptive's probe pass (1 = remove the whole estimated drift).
         layers: corrected layers; one layer, or a contiguous window (increments, formula 7).
         probe_layer: l*, where adaptive reads the self-rectification score; must follow the corrected layers.
         positions: which positions are corrected: all (prompt + generated), prompt only, generated only.
-        rule: adaptive strength rule: linear α_max·clip(s,0,1), or sigmoid α_max·σ((s−τ)/T).
+        rule: adaptive strength rule: sigmoid α_max·σ((s−τ)/T) (default, τ = 0.5: halfway between where
+            harmless and harmful text sit), or linear α_max·clip(s,0,1).
     """
 
     mode: Mode = "adaptive"
     strength: float = 1.0
+    probe_strength: float = 1.0
     layers: tuple[int, ...] = ()
     probe_layer: int | None = None
     positions: PositionScope = "all"
-    rule: Rule = "linear"
+    rule: Rule = "sigmoid"
     threshold: float = 0.5
     temperature: float = 0.1
 
@@ -78,8 +81,10 @@ class CorrectionConfig:
         _check_choice("mode", self.mode, Mode)
         _check_choice("positions", self.positions, PositionScope)
         _check_choice("rule", self.rule, Rule)
-        if not math.isfinite(self.strength) or self.strength < 0:
-            raise ValueError(f"strength must be a finite number ≥ 0, got {self.strength!r}")
+        for name in ("strength", "probe_strength"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if list(self.layers) != sorted(set(self.layers)) or (
@@ -221,10 +226,10 @@ def self_rectification_scores(
     config: CorrectionConfig,
     settings: CaptureSettings = CaptureSettings(),
 ) -> list[float]:
-    """s(x) per prompt: the probe layer's normalised refusal score after the fixed correction at α_max (10)."""
+    """s(x) per prompt: the probe layer's normalised refusal score after the probe correction (formula 10)."""
     config = config.resolved(profile)
     vectors = correction_vectors(profile, prompts[0].modality, "fixed", config.layers)
-    with corrected(model, vectors, config.strength, "prompt"):
+    with corrected(model, vectors, config.probe_strength, "prompt"):
         states = capture_prompts(model, prompts, settings)
     return [float(s) for s in profile.score(states)[:, config.probe_layer]]
 

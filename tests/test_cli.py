@@ -16,7 +16,7 @@ def eval_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     cache = tmp_path_factory.mktemp("cache")
     args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
-            "--regap", "off,fixed,adaptive", "--strength", "1.5", "--calibration-limit", "6", "--limit", "3",
+            "--regap", "off,fixed,adaptive", "--strength", "1.5", "--rule", "linear", "--calibration-limit", "6", "--limit", "3",
             "--max-new-tokens", "4", "--cache-dir", str(cache), "--out", str(out)]
     assert main(args) == 0
     return out, args
@@ -92,3 +92,10 @@ def test_out_of_memory_is_a_clear_message(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_run", oom)
     assert main(["eval", "--out", "x"]) == 3
     assert "out of GPU memory" in capsys.readouterr().err
+
+
+def test_rerun_with_other_settings_is_refused(eval_run, capsys):
+    out, args = eval_run
+    changed = [("2.5" if a == "1.5" else a) for a in args]
+    assert main(changed) == 2
+    assert "different settings (correction)" in capsys.readouterr().err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,10 +158,18 @@ def test_window_uses_increments_and_cmrm_does_not(tiny_llava):
 def test_adaptive_exposes_score_and_alpha(tiny_llava):
     profile = _profile_for(tiny_llava)
     prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
-    config = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2)
+    config = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2, rule="linear")
     result = generate(tiny_llava, prompt, profile, config, max_new_tokens=4)
     assert result.score is not None and result.mode == "adaptive"
     assert result.alpha == pytest.approx(2.0 * min(max(result.score, 0.0), 1.0))
+    sigmoid = generate(tiny_llava, prompt, profile, replace(config, rule="sigmoid", threshold=2.0, temperature=0.5),
+                       max_new_tokens=4)
+    assert sigmoid.score == pytest.approx(result.score, abs=1e-5)  # the probe does not depend on the rule
+    assert sigmoid.alpha == pytest.approx(2.0 / (1.0 + math.exp(-(sigmoid.score - 2.0) / 0.5)))
+    # the probe runs at probe_strength, not at α_max
+    stronger = generate(tiny_llava, prompt, profile, replace(config, strength=3.0), max_new_tokens=4)
+    assert stronger.score == pytest.approx(result.score, abs=1e-5)
+    assert stronger.alpha == pytest.approx(3.0 * min(max(result.score, 0.0), 1.0))
     with pytest.raises(ValueError, match="probe_layer"):
         CorrectionConfig(mode="adaptive", layers=(2,), probe_layer=1).resolved(profile)
 
