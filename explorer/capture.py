@@ -86,36 +86,44 @@ class LayerRecord:
             return
         self.outputs[layer] = hidden.detach()
 
-    def _stacked(self) -> torch.Tensor:
+    def _recorded(self) -> list[torch.Tensor]:
         if any(o is None for o in self.outputs):
             raise RuntimeError("no forward pass was recorded for some layers")
-        return torch.stack([o for o in self.outputs], dim=1)  # type: ignore[misc]  # [B, L, T, d]
+        return self.outputs  # type: ignore[return-value]
 
     def last_token(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[batch, layers, hidden] at each row's last real prompt token."""
-        stacked = self._stacked()
-        rows = torch.arange(stacked.shape[0], device=stacked.device)
-        index = last_token_index(attention_mask).to(stacked.device)
-        return stacked[rows, :, index].float().cpu()
+        """[batch, layers, hidden] at each row's last real prompt token (gathered per layer, no big copy)."""
+        outputs = self._recorded()
+        rows = torch.arange(outputs[0].shape[0], device=outputs[0].device)
+        index = last_token_index(attention_mask).to(outputs[0].device)
+        return torch.stack([o[rows, index] for o in outputs], dim=1).float().cpu()
 
     def trailing_mean(self, attention_mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
         """[batch, layers, hidden]: mean over each row's last `n_tokens` real tokens."""
-        stacked = self._stacked()
-        last = last_token_index(attention_mask).to(stacked.device)
-        offsets = torch.arange(n_tokens, device=stacked.device)
-        index = (last[:, None] - offsets[None, :]).clamp(min=0)  # [B, n]
-        rows = torch.arange(stacked.shape[0], device=stacked.device)[:, None]
-        picked = stacked[rows, :, index]  # [B, n, L, d]
-        return picked.double().mean(dim=1).float().cpu()
+        outputs = self._recorded()
+        device = outputs[0].device
+        last = last_token_index(attention_mask).to(device)
+        index = (last[:, None] - torch.arange(n_tokens, device=device)[None, :]).clamp(min=0)  # [B, n]
+        rows = torch.arange(outputs[0].shape[0], device=device)[:, None]
+        return torch.stack([o[rows, index].double().mean(dim=1) for o in outputs], dim=1).float().cpu()
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass once the last wanted layer has run."""
 
 
 @contextmanager
 def record_layers(
-    model: LoadedModel, layers: Sequence[int] | None = None, first_call_only: bool = False
+    model: LoadedModel,
+    layers: Sequence[int] | None = None,
+    first_call_only: bool = False,
+    stop_early: bool = False,
 ) -> Iterator[LayerRecord]:
     """Record every decoder layer's raw output during the forward passes run inside the block.
 
     `first_call_only` keeps the prefill pass of a `generate` call (the prompt), not the decoding steps.
+    `stop_early` ends the forward pass right after the last recorded layer (the rest of the model and the
+    vocabulary projection are never computed); the block's forward call must then be its last statement.
     Only calls from the opening thread are recorded; the hooks are removed even if the block raises.
     """
     record = LayerRecord(model.num_layers, first_call_only)
@@ -123,10 +131,14 @@ def record_layers(
     wanted = range(model.num_layers) if layers is None else [model.layer_index(i) for i in layers]
     handles = []
 
+    last_wanted = max(wanted)
+
     def make_hook(index: int):
         def hook(_module: torch.nn.Module, _inputs: object, output: object) -> None:
             if threading.get_ident() == owner:
                 record.store(index, layer_output(output))
+                if stop_early and index == last_wanted:
+                    raise _StopForward
 
         return hook
 
@@ -134,6 +146,8 @@ def record_layers(
         for index in wanted:
             handles.append(model.layers[index].register_forward_hook(make_hook(index)))
         yield record
+    except _StopForward:
+        pass  # the forward pass ended early on purpose; everything wanted was recorded
     finally:
         for handle in handles:
             handle.remove()
@@ -154,7 +168,7 @@ def capture_prompts(
         batch = list(prompts[start : start + settings.batch_size])
         inputs = model.encode(batch, padding_side="right")
         backend = model.backend(batch[0].modality)
-        with record_layers(model) as record:
+        with record_layers(model, stop_early=True) as record:
             backend.model(**inputs, use_cache=False)
         mask = inputs["attention_mask"]
         if settings.pooling == "last":

@@ -19,8 +19,8 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 
-from .capture import CaptureSettings, capture_prompts, layer_output, record_layers
-from .geometry import Profile
+from .capture import CaptureSettings, capture_prompts, last_token_index, layer_output, record_layers
+from .geometry import Profile, normalised_score
 from .models import LoadedModel
 from .render import Prompt
 
@@ -228,10 +228,28 @@ def self_rectification_scores(
 ) -> list[float]:
     """s(x) per prompt: the probe layer's normalised refusal score after the probe correction (formula 10)."""
     config = config.resolved(profile)
+    probe = config.probe_layer
+    assert probe is not None
     vectors = correction_vectors(profile, prompts[0].modality, "fixed", config.layers)
-    with corrected(model, vectors, config.probe_strength, "prompt"):
-        states = capture_prompts(model, prompts, settings)
-    return [float(s) for s in profile.score(states)[:, config.probe_layer]]
+    backend = model.backend(prompts[0].modality)
+    unit = profile.unit_dirs[probe].double()
+    harmless = profile.proj_means["text/harmless"][probe : probe + 1]
+    harmful = profile.proj_means["text/harmful"][probe : probe + 1]
+    scores: list[float] = []
+    for start in range(0, len(prompts), settings.batch_size):
+        inputs = model.encode(prompts[start : start + settings.batch_size], padding_side="right")
+        # the forward stops at the probe layer: later layers and the vocabulary projection are not needed
+        with corrected(model, vectors, config.probe_strength, "prompt"), record_layers(
+            model, [probe], stop_early=True
+        ) as record:
+            backend.model(**inputs, use_cache=False)
+        hidden = record.outputs[probe]
+        assert hidden is not None
+        rows = torch.arange(hidden.shape[0])
+        state = hidden[rows, last_token_index(inputs["attention_mask"]).to(hidden.device)].float().cpu()
+        projection = (state.double() @ unit)[:, None]  # formula 2 at the probe layer
+        scores += normalised_score(projection, harmless, harmful)[:, 0].tolist()  # formula 6
+    return scores
 
 
 def self_rectification_score(model: LoadedModel, prompt: Prompt, profile: Profile, config: CorrectionConfig) -> float:
