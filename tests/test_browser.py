@@ -60,10 +60,17 @@ def page(app_url):
         browser.close()
 
 
-def _badge(page, elem_id: str) -> str:
-    page.wait_for_function(
-        "id => /refused|complied|empty answer/.test(document.querySelector('#' + id)?.innerText || '')", arg=elem_id)
-    return page.locator(f"#{elem_id}").inner_text()
+def _badge(page, elem_id: str, must: str = "") -> str:
+    """The badge's text once it is final (refused / complied) and contains `must`, read in the same check."""
+    handle = page.wait_for_function(
+        """([id, must]) => {
+            const text = document.querySelector('#' + id)?.innerText || '';
+            const final = /refused|complied|empty answer/.test(text) && !text.includes('generating');
+            return final && text.includes(must) ? text : false;
+        }""",
+        arg=[elem_id, must],
+    )
+    return handle.json_value()
 
 
 def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
@@ -85,7 +92,7 @@ def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
     page.wait_for_function("document.querySelectorAll('[data-testid=\"plotly\"] .main-svg').length >= 3")
     first_plots = time.perf_counter() - started
     page.locator("#generate-btn").click()
-    plain, corrected = _badge(page, "plain-info"), _badge(page, "corrected-info")
+    plain, corrected = _badge(page, "plain-info", "no correction"), _badge(page, "corrected-info", "α(x)")
     assert "no correction" in plain
     assert "α(x)" in corrected and "mode adaptive" in corrected.replace("`", "")
     assert page.locator("#plain-out textarea").input_value().strip() != ""
