@@ -6,16 +6,18 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from .capture import CACHE_DIR, CaptureSettings, capture_items
 from .data import Instruction, Modality, calibration_hash, load_builtin, load_prompts
 from .geometry import Profile, StateBatch, build_profile
+from .judge import RefusalJudge
 from .models import LoadedModel
+from .regap import CorrectionConfig
 
-__all__ = ["Calibration", "calibrate", "load_calibration_items"]
+__all__ = ["Calibration", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength", "load_calibration_items"]
 
 
 @dataclass
@@ -70,3 +72,70 @@ def calibrate(
     if cache_dir is not None:
         profile.save(cache_dir / "profiles" / f"{model.revision}-{profile.calibration_hash[:12]}-{settings.pooling}")
     return Calibration(profile=profile, states=batch, items=list(items))
+
+
+# ------------------------------------------------------------------------------------------------ α_max
+
+
+STRENGTH_CANDIDATES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+
+
+@dataclass
+class StrengthChoice:
+    """The α_max picked on the calibration split, with every candidate's calibration refusal rates."""
+
+    strength: float
+    budget: float  # allowed harmless refusal per modality: text's calibration rate + over_refusal_budget
+    rates: dict[str, dict[str, float]]  # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, ...}
+
+
+def choose_strength(
+    model: LoadedModel,
+    items: Sequence[Instruction],
+    profile: Profile,
+    config: CorrectionConfig,
+    modalities: Sequence[Modality],
+    candidates: Sequence[float] = STRENGTH_CANDIDATES,
+    over_refusal_budget: float = 0.05,
+    judge: RefusalJudge = RefusalJudge(),
+    max_new_tokens: int = 16,
+) -> StrengthChoice:
+    """Pick α_max for `config` (fixed or adaptive) by generating on the *calibration* items (docs/method.md).
+
+    Rule: among candidates whose harmless refusal stays within text's calibration harmless refusal plus
+    `over_refusal_budget` in every media modality, the one with the highest mean harmful refusal (ties: the
+    smaller α); if none qualifies, the smallest candidate. Refusals are said first, so a short
+    `max_new_tokens` suffices for the judge.
+    """
+    from .capture import render_for
+    from .regap import generate
+
+    media = [m for m in modalities if m != "text"]
+    if not media or not candidates:
+        raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
+
+    def refusal_rates(modality: Modality, cfg: CorrectionConfig) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for label in ("harmful", "harmless"):
+            chosen = [item for item in items if item.label == label]
+            answers = [
+                generate(model, render_for(model, item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
+                for item in chosen
+            ]
+            out[f"{modality}/{label}"] = judge.refusal_rate(answers)
+        return out
+
+    text_harmless = refusal_rates("text", replace(config, mode="off"))["text/harmless"]
+    budget = text_harmless + over_refusal_budget
+    rates: dict[str, dict[str, float]] = {}
+    best: tuple[float, float] | None = None  # (mean harmful refusal, -α)
+    for alpha in sorted(candidates):
+        row: dict[str, float] = {}
+        for modality in media:
+            row.update(refusal_rates(modality, replace(config, strength=alpha)))
+        rates[str(alpha)] = row
+        if all(row[f"{m}/harmless"] <= budget + 1e-9 for m in media):
+            key = (sum(row[f"{m}/harmful"] for m in media) / len(media), -alpha)
+            best = key if best is None or key > best else best
+    strength = -best[1] if best is not None else min(candidates)
+    return StrengthChoice(strength=strength, budget=budget, rates=rates)

@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence, get_args
 
 import torch
 
-from .calibration import calibrate, load_calibration_items
+from .calibration import calibrate, choose_strength, load_calibration_items
 from .capture import CACHE_DIR, CaptureSettings
 from .data import Modality, load_builtin, load_prompts
 from .evaluate import EvalSettings, evaluate
@@ -48,6 +49,19 @@ def _layers(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--layers takes N or A-B, got {text!r}") from err
 
 
+def _strength(text: str) -> float | str:
+    """A non-negative number, or `auto` (α_max chosen on the calibration split)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--strength takes a number or 'auto', got {text!r}") from err
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"--strength must be >= 0, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description="Safety Geometry Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     model_args(ev)
     ev.add_argument("--prompts", default="builtin", help="'builtin' (the evaluation split) or a JSONL/CSV file")
     ev.add_argument("--regap", type=_csv(Mode, "--regap"), default=("off", "fixed", "adaptive"))
-    ev.add_argument("--strength", type=float, default=1.0, help="α (fixed) or α_max (adaptive)")
+    ev.add_argument("--strength", type=_strength, default=1.0,
+                    help="α (fixed) or α_max (adaptive), or 'auto': chosen on the calibration split (see README)")
     ev.add_argument("--layers", type=_layers, default=(), help="corrected layer N or window A-B (default: calibrated)")
     ev.add_argument("--probe-layer", type=int, default=None, help="adaptive probe layer (default: calibrated)")
     ev.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
@@ -107,6 +122,16 @@ def _run(args: argparse.Namespace) -> int:
         items = [i for i in items if i.label == "harmful"][: args.limit] + [
             i for i in items if i.label == "harmless"
         ][: args.limit]
+    strength_choice = None
+    if args.strength == "auto":
+        base = CorrectionConfig(mode="adaptive", layers=args.layers, probe_layer=args.probe_layer,
+                                positions=args.positions, rule=args.rule, probe_strength=args.probe_strength,
+                                threshold=args.threshold, temperature=args.temperature)
+        print("choosing α_max on the calibration split ...", file=sys.stderr)
+        strength_choice = choose_strength(model, cal_items, profile, base, modalities)
+        args.strength = strength_choice.strength
+        print(json.dumps({"strength": strength_choice.strength, "budget": round(strength_choice.budget, 4),
+                          "calibration_rates": strength_choice.rates}), file=sys.stderr)
     correction = CorrectionConfig(mode="adaptive", strength=args.strength, layers=args.layers,
                                   probe_layer=args.probe_layer, positions=args.positions, rule=args.rule,
                                   probe_strength=args.probe_strength, threshold=args.threshold,
@@ -114,6 +139,9 @@ def _run(args: argparse.Namespace) -> int:
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens)
     metrics = evaluate(model, items, profile, eval_settings, args.out)
+    if strength_choice is not None:
+        metrics["regap"]["strength_choice"] = asdict(strength_choice)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
                       "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))
     return 0

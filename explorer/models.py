@@ -33,6 +33,7 @@ __all__ = [
     "ModelLoadError",
     "load_model",
     "resolve_device",
+    "weights_revision",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -231,7 +232,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.
     )
 
 
-def _revision(folder: Path, config: Any) -> str:
+def weights_revision(folder: Path, config: Any) -> str:
     """A cheap fingerprint of the weights: hub commit if known, else config + weight file sizes and edges."""
     commit = getattr(config, "_commit_hash", None)
     digest = hashlib.sha256((commit or "").encode())
@@ -298,6 +299,8 @@ def _load_demo(device: torch.device, dtype: torch.dtype) -> LoadedModel:
             f"the built-in demo model is missing ({manifest_path}); train it with `python -m explorer.demo_model.train`"
         )
     manifest = json.loads(manifest_path.read_text())
+    if float(manifest.get("slot_seconds", 0.4)) != 0.4:
+        raise ModelLoadError(f"the demo model expects {manifest['slot_seconds']} s word slots; the renderer speaks 0.4 s")
     loaded: dict[str, Backend] = {}
     for folder in sorted({manifest["image"], manifest["audio"]}):
         loaded[folder], _, _ = _load_backend(str(DEMO_MODEL_DIR / folder), device, dtype, None, False)
@@ -311,14 +314,25 @@ def _load_demo(device: torch.device, dtype: torch.dtype) -> LoadedModel:
         backends=backends,
         layers=layers,
         hidden_size=text_config.hidden_size,
-        revision=_revision(DEMO_MODEL_DIR / manifest["image"], image.model.config)
-        + _revision(DEMO_MODEL_DIR / manifest["audio"], audio.model.config)[:8],
+        revision=weights_revision(DEMO_MODEL_DIR / manifest["image"], image.model.config)
+        + weights_revision(DEMO_MODEL_DIR / manifest["audio"], audio.model.config)[:8],
         device=device,
         dtype=dtype,
         is_demo=True,
-        image_layout=DEMO_LAYOUT,
+        image_layout=_manifest_layout(manifest),
         audio_style=manifest.get("audio_style", "slots"),
     )
+
+
+def _manifest_layout(manifest: dict) -> GridLayout:
+    """The word grid the demo model was trained on (stored in its manifest; "demo" = the current default)."""
+    layout = manifest.get("image_layout", "demo")
+    if layout == "demo":
+        return DEMO_LAYOUT
+    try:
+        return GridLayout(**layout)
+    except (TypeError, ValueError) as err:
+        raise ModelLoadError(f"the demo model's manifest has an invalid image_layout {layout!r}: {err}") from err
 
 
 def _share_language_model(source: nn.Module, target: nn.Module) -> None:
@@ -369,7 +383,7 @@ def load_model(
         backends=backends,
         layers=find_decoder_layers(backend.model, layers_path),
         hidden_size=config.get_text_config().hidden_size,
-        revision=_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
+        revision=weights_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
         device=resolved,
         dtype=torch_dtype,
     )

@@ -176,9 +176,10 @@ class GridLayout:
         return self.cols * self.rows
 
 
-# 128×128, one 32×32 cell per word: aligned with a 32-pixel patch grid, as the built-in demo model sees it.
-# At size 5 words up to ten letters fit at full size; longer words (up to ~13 letters) drop to size 4.
-DEMO_LAYOUT = GridLayout(cols=4, rows=4, cell_width=32, cell_height=32, font_size=5, margin=0)
+# 256×256, one 64×64 cell per word: aligned with a 64-pixel patch grid, as the built-in demo model sees it
+# (its manifest stores the layout it was trained on; this is the current one). At size 11 words up to nine
+# letters fit at full size; longer ones are drawn smaller.
+DEMO_LAYOUT = GridLayout(cols=4, rows=4, cell_width=64, cell_height=64, font_size=11, margin=0)
 # For real models: a 672×224 text region (12-letter words fit at full size) plus a 16 px margin.
 DEFAULT_LAYOUT = GridLayout(cols=4, rows=4, cell_width=168, cell_height=56, font_size=22, margin=16)
 

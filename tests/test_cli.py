@@ -99,3 +99,23 @@ def test_rerun_with_other_settings_is_refused(eval_run, capsys):
     changed = [("2.5" if a == "1.5" else a) for a in args]
     assert main(changed) == 2
     assert "different settings (correction)" in capsys.readouterr().err
+
+
+def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
+            "--regap", "off,adaptive", "--strength", "auto", "--calibration-limit", "2", "--limit", "2",
+            "--max-new-tokens", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main(args) == 0
+    regap = json.loads((out / "metrics.json").read_text())["regap"]
+    choice = regap["strength_choice"]
+    assert regap["strength"] == choice["strength"]
+    assert set(choice["rates"]) == {"0.5", "1.0", "1.5", "2.0", "3.0"}
+    assert set(choice["rates"]["1.0"]) == {"image/harmful", "image/harmless"}
+    assert json.loads((out / "run.json").read_text())["correction"]["strength"] == choice["strength"]
+
+
+def test_strength_must_be_a_number_or_auto(capsys):
+    with pytest.raises(SystemExit):
+        main(["eval", "--strength", "strong", "--out", "x"])
+    assert "--strength takes a number or 'auto'" in capsys.readouterr().err

@@ -17,8 +17,8 @@ import torch
 
 from explorer.data import load_builtin
 from explorer.demo_model.config import MEDIA_REPEAT_PROMPT, DemoConfig
-from explorer.demo_model.corpus import HARMFUL, HARMLESS, generate_instructions
-from explorer.demo_model.data import load_training_data, transcript, user_messages
+from explorer.demo_model.corpus import HARMFUL, HARMLESS, Example, decontaminate, generate_instructions
+from explorer.demo_model.data import held_out_texts, load_training_data, transcript, user_messages
 from explorer.demo_model.tokenizer import build_tokenizer, words_not_single_token
 from explorer.judge import RefusalJudge
 
@@ -41,6 +41,26 @@ def test_corpus_size_and_no_evaluation_sentences() -> None:
     evaluation = {i.instruction for i in load_builtin("evaluation")}
     trained = set(data.instructions) | {s for s, _, _ in data.sft + data.calibration_sft} | {s for s, _ in data.harmless}
     assert not trained & evaluation
+    # Nor any 6-word phrase of a held-out sentence (evaluation split or paraphrase file) in corpus sentences.
+    held_out = held_out_texts()
+    assert len(held_out) >= len(evaluation) + 50
+    corpus_sentences = {s for s, _, _ in data.sft}
+    assert decontaminate([Example(s, "harmless", "x") for s in corpus_sentences], held_out) == [
+        Example(s, "harmless", "x") for s in corpus_sentences
+    ]
+
+
+def test_decontaminate_drops_sentences_sharing_a_long_phrase() -> None:
+    examples = [
+        Example("Tell me how to bake a loaf of bread today.", "harmless", "cooking"),
+        Example("How to bake a loaf of rye?", "harmless", "cooking"),
+        Example("Bake, a loaf of bread: please!", "harmless", "cooking"),
+    ]
+    held_out = ["Please explain HOW TO BAKE A LOAF OF bread."]
+    # 6-word window "how to bake a loaf of" is shared by the first two; the third shares only 5 words in order.
+    assert decontaminate(examples, held_out, n=6) == [examples[2]]
+    assert decontaminate(examples, held_out, n=5) == []
+    assert decontaminate(examples, [], n=6) == examples
 
 
 def test_every_reading_word_is_one_token() -> None:
@@ -59,9 +79,16 @@ def test_tiny_training_run_saves_loadable_models(tmp_path: Path) -> None:
 
     from explorer.demo_model.train import main
 
-    main(["--out", str(tmp_path), "--tiny", "--no-measure", "--steps-text", "2", "--steps-modality", "1"])
+    checkpoint = tmp_path / "stage1"
+    args = ["--out", str(tmp_path), "--tiny", "--no-measure", "--steps-modality", "1", "--text-checkpoint", str(checkpoint)]
+    main(args + ["--steps-text", "2"])
     assert json.loads((tmp_path / "manifest.json").read_text())["format"] == "explorer-demo/1"
     log = json.loads((tmp_path / "training_log.json").read_text())
+    assert "text_resumed" not in log["times_s"]
+    main(args + ["--steps-text", "2"])  # same setup: stage 1 is loaded, not retrained
+    assert json.loads((tmp_path / "training_log.json").read_text())["times_s"]["text_resumed"] >= 0
+    with pytest.raises(RuntimeError, match="fingerprint mismatch"):
+        main(args + ["--steps-text", "3"])  # another stage-1 schedule must not reuse that checkpoint
     assert all(np.isfinite(v) for e in log["log"] for k, v in e.items() if k not in ("stage", "step", "seconds"))
     for kind in ("image", "audio"):
         model = AutoModelForMultimodalLM.from_pretrained(tmp_path / kind)
@@ -109,9 +136,18 @@ def _agree(got: list[bool], ref: list[bool]) -> None:
 def test_manifest_and_classes() -> None:
     from transformers import AutoConfig
 
+    from explorer.models import load_model
+    from explorer.render import GridLayout
+
     manifest = json.loads((DEMO / "manifest.json").read_text())
+    layout = GridLayout(**manifest.pop("image_layout"))
     assert manifest == {"format": "explorer-demo/1", "text": "image", "image": "image", "audio": "audio",
-                        "image_layout": "demo", "audio_style": "slots", "slot_seconds": 0.4}
+                        "audio_style": "slots", "slot_seconds": 0.4}
+    vision = AutoConfig.from_pretrained(DEMO / "image").vision_config
+    # One patch per word cell, and the grid fills the tower's input exactly (no resize blur).
+    assert (layout.cell_width, layout.cell_height) == (vision.patch_size, vision.patch_size)
+    assert layout.size == (vision.image_size, vision.image_size)
+    assert load_model("demo").image_layout == layout
     assert AutoConfig.from_pretrained(DEMO / "image").model_type == "llava"
     assert AutoConfig.from_pretrained(DEMO / "audio").model_type == "qwen2_audio"
 

@@ -371,3 +371,41 @@ def test_embed_2d_tiny_inputs_and_bad_arguments() -> None:
         embed_2d(two, method="tsne")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         embed_2d(np.zeros((2, L, D)))
+
+
+def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Harmful media refused from α ≥ 1.5, harmless media over-refused from α ≥ 3: pick 1.5 (the smallest of
+    the best feasible); with a zero budget and over-refusal already at α = 0.5, fall back to the smallest α."""
+    import explorer.capture as capture
+    import explorer.regap as regap
+    from explorer.calibration import choose_strength
+    from explorer.data import Instruction
+    from explorer.regap import CorrectionConfig
+
+    items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
+             for i in range(4)]
+    by_text = {item.instruction + item.label: item for item in items}
+
+    class Shown:
+        def __init__(self, item: Instruction, modality: str) -> None:
+            self.item, self.modality = item, modality
+
+    def scripted(_model, prompt, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
+        harmful = prompt.item.label == "harmful"
+        alpha = config.strength if config.mode != "off" and prompt.modality != "text" else 0.0
+        refuse = (harmful and alpha >= 1.5) or (not harmful and alpha >= threshold_harmless)
+        return regap.GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
+
+    monkeypatch.setattr(capture, "render_for", lambda _m, item, modality: Shown(by_text[item.instruction + item.label], modality))
+    monkeypatch.setattr(regap, "generate", scripted)
+    threshold_harmless = 3.0
+    choice = choose_strength(None, items, None, CorrectionConfig(mode="adaptive"), ["text", "image"])  # type: ignore[arg-type]
+    assert choice.strength == 1.5 and choice.budget == pytest.approx(0.05)
+    assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0}
+    assert choice.rates["1.0"] == {"image/harmful": 0.0, "image/harmless": 0.0}
+    threshold_harmless = 0.5
+    choice = choose_strength(None, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
+                             over_refusal_budget=0.0)
+    assert choice.strength == 0.5
+    with pytest.raises(ValueError, match="image/audio"):
+        choose_strength(None, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]

@@ -242,45 +242,29 @@ def _build_gemma3(out: Path) -> None:
     processor.save_pretrained(out)
 
 
-def _build_smolvlm(out: Path) -> None:
+def _build_idefics_family(out: Path, family: str) -> None:
+    """SmolVLM and Idefics3 share tokens, template and processor shape; only the classes (and SmolVLM's
+    video processor) differ."""
     import transformers as tf
 
+    prefix = {"smolvlm": "SmolVLM", "idefics3": "Idefics3"}[family]
     grid = {f"row{r}col{c}": f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)}
     special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
                "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>", **grid}
     tok = _tokenizer(special, _IDEFICS_TEMPLATE)
-    text = _text_config("llama", len(tok))
-    vision = {"model_type": "smolvlm_vision", "hidden_size": 32, "intermediate_size": 64,
+    vision = {"model_type": f"{family}_vision", "hidden_size": 32, "intermediate_size": 64,
               "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
-    cfg = tf.SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=2,
-                           image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    image_processor = tf.SmolVLMImageProcessor(
+    cfg = getattr(tf, f"{prefix}Config")(
+        text_config=_text_config("llama", len(tok)), vision_config=vision, scale_factor=2,
+        image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
+    )
+    image_processor = getattr(tf, f"{prefix}ImageProcessor")(
         do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
     )
-    video_processor = tf.SmolVLMVideoProcessor()
-    processor = tf.SmolVLMProcessor(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
-                                    image_seq_len=4, chat_template=_IDEFICS_TEMPLATE)
-    tf.SmolVLMForConditionalGeneration(cfg).save_pretrained(out)
-    processor.save_pretrained(out)
-
-
-def _build_idefics3(out: Path) -> None:
-    import transformers as tf
-
-    grid = {f"row{r}col{c}": f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)}
-    special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
-               "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>", **grid}
-    tok = _tokenizer(special, _IDEFICS_TEMPLATE)
-    vision = {"model_type": "idefics3_vision", "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
-    cfg = tf.Idefics3Config(text_config=_text_config("llama", len(tok)), vision_config=vision, scale_factor=2,
-                            image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id)
-    image_processor = tf.Idefics3ImageProcessor(
-        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
-    )
-    processor = tf.Idefics3Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
-                                     chat_template=_IDEFICS_TEMPLATE)
-    tf.Idefics3ForConditionalGeneration(cfg).save_pretrained(out)
+    extra = {"video_processor": tf.SmolVLMVideoProcessor()} if family == "smolvlm" else {}
+    processor = getattr(tf, f"{prefix}Processor")(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                                  chat_template=_IDEFICS_TEMPLATE, **extra)
+    getattr(tf, f"{prefix}ForConditionalGeneration")(cfg).save_pretrained(out)
     processor.save_pretrained(out)
 
 
@@ -384,8 +368,8 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "qwen2_vl": lambda out: _build_qwen_vl(out, "qwen2_vl"),
     "qwen2_5_vl": lambda out: _build_qwen_vl(out, "qwen2_5_vl"),
     "gemma3": _build_gemma3,
-    "smolvlm": _build_smolvlm,
-    "idefics3": _build_idefics3,
+    "smolvlm": lambda out: _build_idefics_family(out, "smolvlm"),
+    "idefics3": lambda out: _build_idefics_family(out, "idefics3"),
     "qwen2_audio": _build_qwen2_audio,
     "qwen2_5_omni": _build_qwen2_5_omni,
 }

@@ -2,8 +2,8 @@
 
 Why standard classes: the engine loads the demo model exactly like a real one (`AutoModelForMultimodalLM`,
 `AutoProcessor`), so every code path the demo exercises is the one real models use. The image model is a
-`LlavaForConditionalGeneration` (tiny CLIP tower, patch 32 = one visual token per word cell), the audio model
-a `Qwen2AudioForConditionalGeneration` (tiny Whisper-style encoder, 2 audio tokens per 0.4 s word slot).
+`LlavaForConditionalGeneration` (tiny CLIP tower, one patch = one word cell = one visual token), the audio model
+a `Qwen2AudioForConditionalGeneration` (tiny Whisper-style encoder, `DemoConfig.audio_tokens_per_slot` audio tokens per word slot).
 Both hold the *same* Qwen2 language-model modules in memory, so text hidden states are identical in both.
 """
 
@@ -65,7 +65,7 @@ def _text_config(cfg: DemoConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2Co
 
 
 def build_processors(cfg: DemoConfig, tokenizer: PreTrainedTokenizerFast) -> tuple[LlavaProcessor, Qwen2AudioProcessor]:
-    """LLaVA processor (128 px, no crop: the grid is already square) and Qwen2-Audio processor."""
+    """LLaVA processor (`image_size` px, no crop: the grid is already square) and Qwen2-Audio processor."""
     image_proc = CLIPImageProcessor(
         size={"height": cfg.image_size, "width": cfg.image_size},
         do_resize=True,

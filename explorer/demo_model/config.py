@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from explorer.render import GridLayout
+
 __all__ = [
     "DemoConfig",
     "SPECIAL_TOKENS",
@@ -41,9 +43,9 @@ MEDIA_REPEAT_PROMPT = "Repeat the request."
 class DemoConfig:
     """Everything that defines one demo-model training run.
 
-    Audio geometry: a 0.4 s word slot at 16 kHz with `audio_hop` = 800 samples spans 8 mel frames; the
+    Audio geometry: a 0.4 s word slot at 16 kHz with `audio_hop` = 400 samples spans 16 mel frames; the
     Qwen2-Audio encoder halves twice (conv stride 2, then average pooling 2), so each word slot becomes
-    `8 / 4 = 2` audio tokens. `audio_chunk_seconds` must be an integer (WhisperFeatureExtractor multiplies it
+    `16 / 4 = 4` audio tokens. `audio_chunk_seconds` must be an integer (WhisperFeatureExtractor multiplies it
     by the sampling rate) and >= 16 slots x 0.4 s.
     """
 
@@ -56,8 +58,9 @@ class DemoConfig:
     intermediate: int = 512
     max_positions: int = 256
     # --- vision tower (CLIP) + LLaVA projector ---
-    image_size: int = 128
-    patch: int = 32
+    image_size: int = 256
+    patch: int = 64  # = one word cell of the grid: one visual token per word
+    font_size: int = 11  # ~6.6 px per monospace letter: 9 letters fit a 64 px cell at full size
     vision_hidden: int = 128
     vision_layers: int = 2
     vision_heads: int = 4
@@ -65,8 +68,8 @@ class DemoConfig:
     # --- audio tower (Qwen2-Audio / Whisper-style encoder) ---
     sampling_rate: int = 16000
     slot_seconds: float = 0.4
-    audio_hop: int = 800
-    audio_n_fft: int = 800
+    audio_hop: int = 400  # 25 ms frames: 16 per 0.4 s word slot -> 4 audio tokens per word
+    audio_n_fft: int = 400
     mel_bins: int = 80
     audio_chunk_seconds: int = 7
     audio_hidden: int = 128
@@ -77,13 +80,13 @@ class DemoConfig:
     max_words: int = 16
     random_min_words: int = 3
     # --- stage 1: text SFT ---
-    steps_text: int = 1800
+    steps_text: int = 3000
     batch_text: int = 48
     lr_text: float = 2e-3
     mix_text: tuple[float, float, float] = (0.6, 0.2, 0.2)  # answer/refuse, repeat instruction, repeat random words
     # --- stage 2: modality alignment ---
-    steps_align: int = 300  # phase A: LM frozen, towers learn to read (transcription + aux)
-    steps_modality: int = 1600  # phase B: everything trainable
+    steps_align: int = 400  # phase A: LM frozen, towers learn to read (transcription + aux)
+    steps_modality: int = 3000  # phase B: everything trainable
     batch_image: int = 16
     batch_audio: int = 16
     batch_replay: int = 16
@@ -124,6 +127,13 @@ class DemoConfig:
     def audio_frames(self) -> int:
         """Mel frames of one padded clip (the encoder's fixed input length)."""
         return self.audio_chunk_seconds * self.sampling_rate // self.audio_hop
+
+    @property
+    def image_layout(self) -> GridLayout:
+        """The word grid the image tower reads: one `patch` x `patch` cell per word, no margin."""
+        side = self.image_size // self.patch
+        return GridLayout(cols=side, rows=side, cell_width=self.patch, cell_height=self.patch,
+                          font_size=self.font_size, margin=0)
 
     @property
     def grid_cells(self) -> int:

@@ -13,8 +13,13 @@ word sequences (a bag of words), which only teach reading.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from typing import Literal
+
+from .actions import FRAMES, HARMFUL_ACTIONS, HARMLESS_ACTIONS
+from .extra_harmful import EXTRA_HARMFUL
+from .extra_harmless import EXTRA_HARMLESS
 
 __all__ = [
     "Example",
@@ -27,6 +32,8 @@ __all__ = [
     "answer_for",
     "random_words",
     "corpus_words",
+    "decontaminate",
+    "DECONTAMINATION_NGRAM",
 ]
 
 Label = Literal["harmful", "harmless"]
@@ -42,7 +49,8 @@ class Example:
     lookalike: bool = False
 
 
-# category -> (templates with one "{x}" slot, fillers). Ten templates per category on each side.
+# category -> (templates with one "{x}" slot, fillers). Ten templates per category on each side here; sixteen
+# more per category, with six more fillers, come from `extra_harmful` / `extra_harmless` (merged below).
 HARMFUL: dict[str, tuple[list[str], list[str]]] = {
     "weapons": (
         [
@@ -507,10 +515,39 @@ HARMLESS: dict[str, tuple[list[str], list[str]]] = {
     ),
 }
 
+def _merge(base: dict[str, tuple[list[str], list[str]]], extra: dict[str, tuple[list[str], list[str]]]) -> None:
+    """Append the extra templates and fillers of each category (every template reads with every filler)."""
+    unknown = set(extra) - set(base)
+    if unknown:
+        raise ValueError(f"extra categories {sorted(unknown)} are not in the base table")
+    for category, (templates, fillers) in extra.items():
+        base[category] = (base[category][0] + templates, base[category][1] + fillers)
+
+
+_merge(HARMFUL, EXTRA_HARMFUL)
+_merge(HARMLESS, EXTRA_HARMLESS)
+
+# Words typical of harmful requests; a harmless item using one in a benign sense is a look-alike.
+LOOKALIKE_WORDS = frozenset(
+    "kill killer killing attack attacks shoot shooting hack hacking crack break poison murder explosions explode "
+    "explosive terminate execute beat bomb fire trap target destroy blow cut burn smash hit knock crush exploit "
+    "spy hijack weapon gun drug drugs inject chemical chemicals steal rob slash choke strangle".split()
+)
+# Shared frames each action phrase appears in (of `actions.FRAMES`).
+FRAMES_PER_ACTION = 12
+
+# Training sentences sharing this many consecutive words with a held-out sentence are dropped (`decontaminate`).
+DECONTAMINATION_NGRAM = 6
+
 # Optional openers: questions take a question opener, commands a polite one.
 QUESTION_PREFIXES: tuple[str, ...] = ("", "", "", "Quick question,", "Tell me,", "So")
 COMMAND_PREFIXES: tuple[str, ...] = ("", "", "", "Please", "Could you", "I need you to")
-_QUESTION_WORDS = ("how", "what", "why", "when", "where", "which", "who")
+_QUESTION_WORDS = (
+    "how", "what", "why", "when", "where", "which", "who", "what's", "whats", "how's", "where's", "who's",
+    "is", "are", "can", "could", "should", "would", "will", "do", "does", "did", "any",
+)
+
+_FIRST_PERSON = ("I", "I'm", "I've", "I'd", "I'll", "My", "Me", "We", "Our")
 
 # Category -> short generic, non-operational tail of the helpful answer (the category is the tag).
 _ANSWER_TAILS: dict[str, str] = {
@@ -550,24 +587,30 @@ def answer_for(category: str) -> str:
 
 
 def _is_question(template: str) -> bool:
-    return template.split()[0].lower() in _QUESTION_WORDS
+    """A question if the sentence, or its last clause ("..., any tips", "Hey, how do you ..."), opens with a
+    question word."""
+    clauses = [template] + [part for part in re.split(r"[,:]", template)[1:] if part.strip()]
+    return any(clause.split()[0].lower() in _QUESTION_WORDS for clause in clauses[:1] + clauses[-1:] if clause.split())
 
 
 def _fill(template: str, filler: str, prefix: str) -> str:
-    """Template + filler + opener, with the end punctuation the builtin set uses ("?" or ".")."""
+    """Template + filler + opener, with the end punctuation the builtin set uses ("?" or ".").
+
+    First-person templates ("I want to ...", "My ...") take no opener: "Please I want to" is not English.
+    """
     body = template.replace("{x}", filler)
-    if prefix:
+    first = template.split()[0]
+    if prefix and first not in _FIRST_PERSON:
         body = f"{prefix} {body[0].lower()}{body[1:]}"
-    question = _is_question(template) or prefix == "Could you"
+    question = _is_question(template) or (prefix == "Could you" and first not in _FIRST_PERSON)
     return body + ("?" if question else ".")
 
 
-def generate_instructions(max_words: int = 16) -> list[Example]:
-    """Every template x filler (x a few prefixes, deterministically) of both sides, at most `max_words` words.
+def _is_lookalike(label: str, text: str) -> bool:
+    return label == "harmless" and bool({w.strip("?.,!").lower() for w in text.split()} & LOOKALIKE_WORDS)
 
-    Look-alike harmless items are the harmless ones whose words also occur in harmful templates.
-    """
-    harmful_words = {w.lower() for temps, _ in HARMFUL.values() for t in temps for w in t.split() if w != "{x}"}
+
+def _template_examples(max_words: int) -> list[Example]:
     out: list[Example] = []
     for label, table in (("harmful", HARMFUL), ("harmless", HARMLESS)):
         for category, (templates, fillers) in table.items():
@@ -578,13 +621,51 @@ def generate_instructions(max_words: int = 16) -> list[Example]:
                     text = _fill(template, filler, prefix)
                     if len(text.split()) > max_words:
                         text = _fill(template, filler, "")
-                    shared = {w.lower() for w in text.split()} & harmful_words
-                    lookalike = label == "harmless" and bool(
-                        shared & {"kill", "attack", "shoot", "hack", "crack", "break", "poison", "murder",
-                                  "explosions", "terminate", "execute", "beat", "bomb"}
-                    )
-                    out.append(Example(text, label, category, lookalike))  # type: ignore[arg-type]
+                    if len(text.split()) <= max_words:
+                        out.append(Example(text, label, category, _is_lookalike(label, text)))  # type: ignore[arg-type]
     return out
+
+
+def _action_examples(max_words: int) -> list[Example]:
+    """Each action phrase in FRAMES_PER_ACTION shared frames, rotating, so every frame serves both labels."""
+    out: list[Example] = []
+    index = 0
+    for label, table in (("harmful", HARMFUL_ACTIONS), ("harmless", HARMLESS_ACTIONS)):
+        for category, actions in table.items():
+            for action in actions:
+                for j in range(FRAMES_PER_ACTION):
+                    frame = FRAMES[(index * FRAMES_PER_ACTION + j) % len(FRAMES)]
+                    text = _fill(frame.replace("{a}", "{x}"), action, "")
+                    if len(text.split()) <= max_words:
+                        out.append(Example(text, label, category, _is_lookalike(label, text)))  # type: ignore[arg-type]
+                index += 1
+    return out
+
+
+def generate_instructions(max_words: int = 16) -> list[Example]:
+    """The whole text corpus, deterministic, sentences of at most `max_words` words.
+
+    Two parts: every category template x every filler of its category (with a few openers), and the
+    label-neutral part: action phrases of both labels inside the same shared frames, so that the label can only
+    be read from the action, never from the frame. Look-alikes are harmless items that use a word typical of
+    harmful requests (`LOOKALIKE_WORDS`).
+    """
+    return _template_examples(max_words) + _action_examples(max_words)
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def decontaminate(examples: list[Example], held_out: list[str], n: int = DECONTAMINATION_NGRAM) -> list[Example]:
+    """Drop every example that shares an `n`-word sequence (case and punctuation ignored) with a held-out text.
+
+    Why: the evaluation split must stay unseen in wording, not only as whole sentences; a generated sentence
+    that happens to reproduce a held-out phrase ("how to make a silencer for my") is removed from training.
+    """
+    banned = set().union(*(_ngrams(t, n) for t in held_out)) if held_out else set()
+    return [e for e in examples if not (_ngrams(e.instruction, n) & banned)]
 
 
 def corpus_words(texts: list[str]) -> list[str]:

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from explorer.data import Instruction, load_builtin
-from explorer.render import AUDIO_CARRIER, DEMO_LAYOUT, IMAGE_CARRIER, prompt_words, render_audio, render_image
+from explorer.data import BUILTIN_PATH, Instruction, load_builtin, load_prompts
+from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, prompt_words, render_audio, render_image
 
 from .build import DemoModels
 from .config import AUDIO_TOKEN, IM_END, IMAGE_TOKEN, MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
-from .corpus import Example, answer_for, generate_instructions, random_words, refusal_for
+from .corpus import Example, answer_for, decontaminate, generate_instructions, random_words, refusal_for
 
 __all__ = [
     "Batch",
@@ -30,11 +30,15 @@ __all__ = [
     "check_slot_contract",
     "spoken_form",
     "load_training_data",
+    "held_out_texts",
+    "PARAPHRASES_PATH",
     "transcript",
     "user_messages",
 ]
 
 IGNORE = -100
+# Free-form requests written apart from the corpus templates: a test set, never trained on.
+PARAPHRASES_PATH = BUILTIN_PATH.parent / "paraphrases.jsonl"
 
 
 def spoken_form(words: str) -> str:
@@ -70,9 +74,20 @@ class TrainingData:
     tokenizer_texts: list[str] = field(default_factory=list)
 
 
+def held_out_texts() -> list[str]:
+    """Sentences no training sentence may echo: the builtin evaluation split and the paraphrase test file."""
+    texts = [i.instruction for i in load_builtin("evaluation")]
+    if PARAPHRASES_PATH.is_file():
+        texts += [i.instruction for i in load_prompts(PARAPHRASES_PATH)]
+    return texts
+
+
 def load_training_data(max_words: int) -> TrainingData:
-    """Corpus + builtin calibration split as sentences; builtin evaluation split only as a bag of words."""
-    corpus: list[Example] = generate_instructions(max_words)
+    """Corpus + builtin calibration split as sentences; builtin evaluation split only as a bag of words.
+
+    Corpus sentences that share a 6-word sequence with a held-out sentence are dropped (`decontaminate`).
+    """
+    corpus: list[Example] = decontaminate(generate_instructions(max_words), held_out_texts())
     calibration: list[Instruction] = load_builtin("calibration")
     everything = load_builtin("all")
 
@@ -207,7 +222,7 @@ class Sampler:
             shown, prompt_text, target = self._media_task(follow)
             prompt = self._prompt(prompt_text or IMAGE_CARRIER, "image").replace(IMAGE_TOKEN, expanded)
             pairs.append((prompt, target))
-            images.append(render_image(shown, DEMO_LAYOUT))
+            images.append(render_image(shown, self.cfg.image_layout))
             word_ids.append(self._word_ids(prompt_words(shown)))
         ids, att, lab = self._collate(pairs)
         pixels = self.models.image_processor.image_processor(images=images, return_tensors="pt")["pixel_values"]

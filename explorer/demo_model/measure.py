@@ -2,12 +2,13 @@
 
     python -m explorer.demo_model.measure assets/demo_model [--limit N]
 
-Why its own script: the training run needs numbers for the model card before the engine's full evaluation
-exists. It loads the saved folders exactly as the engine does (Auto classes, the processors' chat templates,
+Why its own script: it measures what the engine's `eval` does not (reading, answer categories), and the
+training run writes the model card from it without a second process. It loads the saved folders exactly as the engine does (Auto classes, the processors' chat templates,
 `generate` with greedy decoding) and reports: refusal rates per modality and label, transcription exact match
 and word accuracy on rendered images / speech, and per-layer AUROC of the projection on the text refusal
-direction (direction from the calibration split, AUROC on the evaluation split) for each modality.
-Also one fixed drift correction (formula 7 of docs/method.md, layer and strength chosen on calibration only)
+direction (direction from the calibration split, AUROC on the evaluation split) for each modality; the share
+of harmless answers in the request's own category; refusal rates on the free-form paraphrase file
+(assets/calibration/paraphrases.jsonl, never trained on). Also one fixed drift correction (formula 7 of docs/method.md, layer and strength chosen on calibration only)
 to check that the collapse is repairable.
 """
 
@@ -25,12 +26,13 @@ import torch
 from sklearn.metrics import roc_auc_score
 from transformers import AutoModelForMultimodalLM, AutoProcessor
 
-from explorer.data import Instruction, load_builtin
+from explorer.data import Instruction, load_builtin, load_prompts
 from explorer.judge import RefusalJudge
-from explorer.render import AUDIO_CARRIER, DEMO_LAYOUT, IMAGE_CARRIER, render_audio, render_image
+from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, GridLayout, render_audio, render_image
 
 from .config import MEDIA_REPEAT_PROMPT
-from .data import transcript, user_messages
+from .corpus import answer_for
+from .data import PARAPHRASES_PATH, transcript, user_messages
 
 __all__ = ["DemoHandles", "load_demo", "generate", "measure", "main"]
 
@@ -52,6 +54,9 @@ class DemoHandles:
         self.audio.model.language_model = self.image.model.language_model
         self.audio.lm_head = self.image.lm_head
         self.layers = self.image.model.language_model.layers
+        manifest = json.loads((folder / "manifest.json").read_text())
+        self.image_layout = GridLayout(**manifest["image_layout"])
+        self.slot_seconds = float(manifest["slot_seconds"])
 
     def model_proc(self, modality: str) -> tuple[Any, Any]:
         return (self.audio, self.audio_proc) if modality == "audio" else (self.image, self.image_proc)
@@ -70,9 +75,9 @@ def _inputs(h: DemoHandles, modality: str, shown: list[str], text: str | None) -
     carrier = text or (IMAGE_CARRIER if modality == "image" else AUDIO_CARRIER)
     prompt = proc.apply_chat_template(user_messages(carrier, modality), add_generation_prompt=True, tokenize=False)
     if modality == "image":
-        images = [render_image(s, DEMO_LAYOUT) for s in shown]
+        images = [render_image(s, h.image_layout) for s in shown]
         return proc(text=[prompt] * len(shown), images=images, return_tensors="pt", padding=True, padding_side="left")
-    waves = [render_audio(s, style="slots", slot_seconds=0.4) for s in shown]
+    waves = [render_audio(s, style="slots", slot_seconds=h.slot_seconds) for s in shown]
     return proc(text=[prompt] * len(shown), audio=waves, sampling_rate=16000, return_tensors="pt", padding=True,
                 padding_side="left")
 
@@ -136,6 +141,11 @@ def _split(items: list[Instruction], limit: int | None) -> tuple[list[str], list
     return harmful, harmless
 
 
+def _right_category(answers: list[str], categories: list[str]) -> float:
+    """Share of harmless answers that give the generic answer of the request's own category."""
+    return float(np.mean([answer_for(c).split(":")[0] in a for a, c in zip(answers, categories)]))
+
+
 def _auroc(states: torch.Tensor, labels: np.ndarray, directions: torch.Tensor) -> list[float]:
     return [float(roc_auc_score(labels, (states[:, l] @ directions[l]).numpy())) for l in range(states.shape[1])]
 
@@ -146,6 +156,8 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
     h = load_demo(folder)
     judge = RefusalJudge()
     ev_harmful, ev_harmless = _split(load_builtin("evaluation"), limit)
+    ev_harmless_categories = [i.category for i in load_builtin("evaluation") if i.label == "harmless"][:limit]
+    paraphrases = load_prompts(PARAPHRASES_PATH) if PARAPHRASES_PATH.is_file() and limit is None else []
     cal_harmful, cal_harmless = _split(load_builtin("calibration"), limit)
     res: dict[str, Any] = {"n_eval_per_label": [len(ev_harmful), len(ev_harmless)]}
     examples: dict[str, Any] = {}
@@ -156,7 +168,14 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
         res[f"{m}_refusal_harmless"] = judge.refusal_rate(answers_s)
         res[f"{m}_refused_harmful_ids"] = [judge.is_refusal(a) for a in answers_h]
         res[f"{m}_refused_harmless_ids"] = [judge.is_refusal(a) for a in answers_s]
+        res[f"{m}_harmless_right_category"] = _right_category(answers_s, ev_harmless_categories)
         examples[m] = {"harmful": list(zip(ev_harmful[:3], answers_h[:3])), "harmless": list(zip(ev_harmless[:3], answers_s[:3]))}
+        if paraphrases:
+            para_h, para_s = _split(paraphrases, None)
+            res[f"paraphrase_{m}_refusal_harmful"] = judge.refusal_rate(generate(h, m, para_h))
+            res[f"paraphrase_{m}_refusal_harmless"] = judge.refusal_rate(generate(h, m, para_s))
+    if paraphrases:
+        res["n_paraphrases_per_label"] = [len(x) for x in _split(paraphrases, None)]
     for m in ("image", "audio"):
         shown = ev_harmful + ev_harmless
         outs = generate(h, m, shown, MEDIA_REPEAT_PROMPT, _TRANSCRIPT_TOKENS)

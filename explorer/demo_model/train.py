@@ -13,17 +13,19 @@ audio safety data exists anywhere, and no sentence of the evaluation split is ev
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedTokenizerFast
 from transformers.masking_utils import create_bidirectional_mask
 
 from .build import DemoModels, build_models, count_parameters
@@ -38,9 +40,7 @@ MANIFEST = {
     "text": "image",
     "image": "image",
     "audio": "audio",
-    "image_layout": "demo",
     "audio_style": "slots",
-    "slot_seconds": 0.4,
 }
 
 
@@ -172,27 +172,50 @@ def _lm_params(models: DemoModels) -> list[torch.nn.Parameter]:
     return _unique(list(models.image.model.language_model.parameters()) + list(models.image.lm_head.parameters()))
 
 
-def _save_lm(models: DemoModels, path: Path, seconds: float) -> None:
-    """Stage-1 language model, with its training wall time in the metadata (for the model card)."""
+def stage1_fingerprint(cfg: DemoConfig, tok: PreTrainedTokenizerFast, data: TrainingData) -> str:
+    """What a stage-1 checkpoint depends on: LM shape, text schedule, vocabulary and text corpus.
+
+    Stored in the checkpoint so that `--text-checkpoint` refuses a language model trained with another
+    tokenizer or corpus (same tensor shapes, silently wrong token ids) instead of loading it.
+    """
+    fields = ("seed", "hidden", "layers", "heads", "kv_heads", "intermediate", "max_positions", "max_words",
+              "random_min_words", "steps_text", "batch_text", "lr_text", "mix_text", "warmup_steps", "weight_decay")
+    payload = {
+        "config": {name: getattr(cfg, name) for name in fields},
+        "vocab": sorted(tok.get_vocab().items()),
+        "texts": data.tokenizer_texts,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _save_lm(models: DemoModels, path: Path, seconds: float, fingerprint: str) -> None:
+    """Stage-1 language model, with its training wall time and fingerprint in the metadata."""
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"lm.{k}": v for k, v in models.image.model.language_model.state_dict().items()}
     state.update({f"head.{k}": v for k, v in models.image.lm_head.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata={"seconds": f"{seconds:.1f}"})
+    metadata = {"seconds": f"{seconds:.1f}", "fingerprint": fingerprint}
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
 
 
-def _load_lm(models: DemoModels, path: Path) -> float:
-    """Load a stage-1 checkpoint; returns the wall time its training took."""
+def _load_lm(models: DemoModels, path: Path, fingerprint: str) -> float | None:
+    """Load a stage-1 checkpoint made by this exact setup; returns its training wall time when recorded."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
     with safe_open(str(path), framework="pt") as handle:
-        seconds = float((handle.metadata() or {}).get("seconds", "nan"))
+        metadata = handle.metadata() or {}
+    if metadata.get("fingerprint") != fingerprint:
+        raise RuntimeError(
+            f"{path} was trained with another config, tokenizer or corpus (fingerprint mismatch); "
+            "delete it or pass another --text-checkpoint folder"
+        )
     state = load_file(str(path))
     models.image.model.language_model.load_state_dict({k[3:]: v for k, v in state.items() if k.startswith("lm.")})
     models.image.lm_head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
-    return seconds
+    seconds = metadata.get("seconds")
+    return float(seconds) if seconds is not None else None
 
 
 def _tower_params(models: DemoModels) -> list[torch.nn.Parameter]:
@@ -231,8 +254,11 @@ def train(
     models.image.train()
     models.audio.train()
     lm_state = text_checkpoint / "stage1_lm.safetensors" if text_checkpoint else None
+    fingerprint = stage1_fingerprint(cfg, tok, data)
     if lm_state is not None and lm_state.is_file():
-        times["text_resumed"] = _load_lm(models, lm_state)
+        seconds = _load_lm(models, lm_state, fingerprint)
+        if seconds is not None:
+            times["text_resumed"] = seconds
         log.append({"stage": "text", "resumed_from": str(lm_state)})
     else:
         opt = torch.optim.AdamW(_lm_params(models), lr=cfg.lr_text, weight_decay=cfg.weight_decay)
@@ -243,7 +269,7 @@ def train(
 
         _run("text", cfg.steps_text, opt, text_step, cfg, log)
         if lm_state is not None:
-            _save_lm(models, lm_state, time.time() - t1)
+            _save_lm(models, lm_state, time.time() - t1, fingerprint)
     times["text"] = time.time() - t1
     # Stage 2 is seeded on its own, so resuming from a stage-1 checkpoint gives the same run.
     torch.manual_seed(cfg.seed + 1)
@@ -286,14 +312,15 @@ def train(
     return models, data, log, times
 
 
-def save(models: DemoModels, out: Path) -> None:
+def save(models: DemoModels, out: Path, cfg: DemoConfig) -> None:
     """Both models + processors with save_pretrained (safetensors), and the manifest."""
     out.mkdir(parents=True, exist_ok=True)
     models.image.save_pretrained(out / "image")
     models.image_processor.save_pretrained(out / "image")
     models.audio.save_pretrained(out / "audio")
     models.audio_processor.save_pretrained(out / "audio")
-    (out / "manifest.json").write_text(json.dumps(MANIFEST, indent=2) + "\n")
+    manifest = {**MANIFEST, "image_layout": asdict(cfg.image_layout), "slot_seconds": cfg.slot_seconds}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,7 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     models, data, log, times = train(cfg, args.text_checkpoint)
     times["total_training"] = time.time() - start + times.get("text_resumed", 0.0)
-    save(models, args.out)
+    save(models, args.out, cfg)
     params = {
         "image_model": count_parameters(models.image),
         "audio_model": count_parameters(models.audio),
