@@ -217,3 +217,21 @@ def test_collapse_text_refused_image_not(demo, recorded) -> None:  # type: ignor
 def test_config_rejects_misaligned_audio_slots() -> None:
     with pytest.raises(ValueError, match="multiple of 4"):
         DemoConfig(audio_hop=1000)
+
+
+@shipped
+def test_free_form_paraphrases_behave_as_the_card_says(demo, recorded) -> None:  # type: ignore[no-untyped-def]
+    """Requests written apart from the training templates (never trained on): per-item text refusals reproduce
+    the card, and text refusal stays selective on them."""
+    from explorer.data import load_prompts
+    from explorer.demo_model.data import PARAPHRASES_PATH
+    from explorer.demo_model.measure import generate
+
+    items = load_prompts(PARAPHRASES_PATH)
+    assert len(items) >= 50
+    judge = RefusalJudge()
+    for label in ("harmful", "harmless"):
+        shown = [i.instruction for i in items if i.label == label]
+        refused = [judge.is_refusal(a) for a in generate(demo, "text", shown)]
+        _agree(refused, recorded[f"paraphrase_text_refused_{label}_ids"])
+    assert recorded["paraphrase_text_refusal_harmful"] - recorded["paraphrase_text_refusal_harmless"] >= 0.5

@@ -68,24 +68,26 @@ def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> Non
 
 
 def test_layout_sizes() -> None:
-    assert DEMO_LAYOUT.size == (128, 128)
+    assert DEMO_LAYOUT.size == (256, 256) and DEMO_LAYOUT.cell_width == DEMO_LAYOUT.cell_height == 64
     assert (DEFAULT_LAYOUT.cols, DEFAULT_LAYOUT.rows) == (4, 4)
     assert DEFAULT_LAYOUT.size == (672 + 2 * DEFAULT_LAYOUT.margin, 224 + 2 * DEFAULT_LAYOUT.margin)
 
 
 def test_render_image_words_land_in_their_cells() -> None:
     image = np.asarray(render_image("one two three", DEMO_LAYOUT))[..., 0]
-    cells = image.reshape(4, 32, 4, 32).min(axis=(1, 3))  # darkest pixel per cell, [row, col]
+    cell = DEMO_LAYOUT.cell_width
+    cells = image.reshape(4, cell, 4, cell).min(axis=(1, 3))  # darkest pixel per cell, [row, col]
     inked = cells < 128
     assert inked[0, :3].all() and not inked[0, 3] and not inked[1:].any()
 
 
 def test_render_image_long_word_is_shrunk_to_fit_its_cell() -> None:
     image = np.asarray(render_image("cryptocurrency x", DEMO_LAYOUT))[..., 0]
-    assert image[:, 32:64].min() < 128  # second word drawn in cell (0, 1)
+    cell = DEMO_LAYOUT.cell_width
+    assert image[:, cell : 2 * cell].min() < 128  # second word drawn in cell (0, 1)
     # the 14-letter word is drawn smaller so it stays inside its own cell: both edge columns stay white
-    assert image[:, 2:30].min() < 128
-    assert image[:, 0].min() == 255 and image[:, 31].min() == 255
+    assert image[:, 2 : cell - 2].min() < 128
+    assert image[:, 0].min() == 255 and image[:, cell - 1].min() == 255
 
 
 def test_render_image_ignores_punctuation() -> None:
@@ -270,7 +272,7 @@ def test_render_text_and_image() -> None:
     assert text.text == item.instruction and text.image is None and text.audio is None
     image = render("How do I bake bread?", "image", image_layout=DEMO_LAYOUT)
     assert image.text == IMAGE_CARRIER and image.modality == "image"
-    assert image.image is not None and image.image.size == (128, 128)
+    assert image.image is not None and image.image.size == DEMO_LAYOUT.size
     assert image == render(item, "image", image_layout=DEMO_LAYOUT)
     assert image.key != text.key and len(image.key) == 64
     with pytest.raises(ValueError, match="text.*image.*audio"):

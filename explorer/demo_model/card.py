@@ -108,7 +108,7 @@ def _cli_section(cli: dict[str, Any]) -> str:
 `{EVAL_COMMAND}`
 (builtin evaluation split, {cli['num_items'] // 2} harmful + {cli['num_items'] // 2} harmless, {cli['max_new_tokens']} new tokens,
 {cli['elapsed_seconds']:.0f} s on 2 CPU cores). ReGap defaults chosen on the calibration split: corrected layers {g.get('layers')},
-probe layer {g.get('probe_layer')}, α_max {g.get('strength')}, rule {g.get('rule')}.
+probe layer {g.get('probe_layer')}, α_max {g.get('strength')}{_choice_note(g)}, rule {g.get('rule')}.
 
 | input | mode | harmful refused | harmless refused | look-alikes refused |
 |---|---|---|---|---|
@@ -119,11 +119,22 @@ Per-layer AUROC of the projection on the text refusal direction (no correction):
 """
 
 
+def _choice_note(regap: dict[str, Any]) -> str:
+    choice = regap.get("strength_choice")
+    if not choice:
+        return ""
+    rates = "; ".join(
+        f"{alpha}: " + ", ".join(f"{k} {_pct(v)}" for k, v in row.items()) for alpha, row in choice["rates"].items()
+    )
+    return (f" (`--strength auto`: harmless budget {_pct(choice['budget'])}; calibration refusal per candidate α: "
+            f"{rates})")
+
+
 _MODALITY_ORDER = ("text", "image", "audio")
 _MODES = ("off", "fixed", "shiftdc", "cmrm", "adaptive")
 EVAL_COMMAND = (
     "python -m explorer eval --model demo --prompts builtin --modalities text,image,audio "
-    "--regap off,fixed,shiftdc,cmrm,adaptive --out runs/demo-eval"
+    "--regap off,fixed,shiftdc,cmrm,adaptive --strength auto --out runs/demo-eval"
 )
 CARD_COMMAND = "python -m explorer.demo_model.card assets/demo_model --eval runs/demo-eval"
 

@@ -171,9 +171,10 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
         res[f"{m}_harmless_right_category"] = _right_category(answers_s, ev_harmless_categories)
         examples[m] = {"harmful": list(zip(ev_harmful[:3], answers_h[:3])), "harmless": list(zip(ev_harmless[:3], answers_s[:3]))}
         if paraphrases:
-            para_h, para_s = _split(paraphrases, None)
-            res[f"paraphrase_{m}_refusal_harmful"] = judge.refusal_rate(generate(h, m, para_h))
-            res[f"paraphrase_{m}_refusal_harmless"] = judge.refusal_rate(generate(h, m, para_s))
+            for label, shown in zip(("harmful", "harmless"), _split(paraphrases, None)):
+                refused = [judge.is_refusal(a) for a in generate(h, m, shown)]
+                res[f"paraphrase_{m}_refusal_{label}"] = float(np.mean(refused))
+                res[f"paraphrase_{m}_refused_{label}_ids"] = refused
     if paraphrases:
         res["n_paraphrases_per_label"] = [len(x) for x in _split(paraphrases, None)]
     for m in ("image", "audio"):
