@@ -114,25 +114,20 @@ def choose_strength(
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
-    def refusal_rates(modality: Modality, cfg: CorrectionConfig) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for label in ("harmful", "harmless"):
-            chosen = [item for item in items if item.label == label]
-            answers = [
-                generate(model, render_for(model, item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
-                for item in chosen
-            ]
-            out[f"{modality}/{label}"] = judge.refusal_rate(answers)
-        return out
+    def refusal_rate(modality: Modality, label: str, cfg: CorrectionConfig) -> float:
+        answers = [
+            generate(model, render_for(model, item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
+            for item in items
+            if item.label == label
+        ]
+        return judge.refusal_rate(answers)
 
-    text_harmless = refusal_rates("text", replace(config, mode="off"))["text/harmless"]
-    budget = text_harmless + over_refusal_budget
+    budget = refusal_rate("text", "harmless", replace(config, mode="off")) + over_refusal_budget
     rates: dict[str, dict[str, float]] = {}
     best: tuple[float, float] | None = None  # (mean harmful refusal, -α)
     for alpha in sorted(candidates):
-        row: dict[str, float] = {}
-        for modality in media:
-            row.update(refusal_rates(modality, replace(config, strength=alpha)))
+        corrected = replace(config, strength=alpha)
+        row = {f"{m}/{label}": refusal_rate(m, label, corrected) for m in media for label in ("harmful", "harmless")}
         rates[str(alpha)] = row
         if all(row[f"{m}/harmless"] <= budget + 1e-9 for m in media):
             key = (sum(row[f"{m}/harmful"] for m in media) / len(media), -alpha)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence, get_args
 
@@ -122,20 +122,17 @@ def _run(args: argparse.Namespace) -> int:
         items = [i for i in items if i.label == "harmful"][: args.limit] + [
             i for i in items if i.label == "harmless"
         ][: args.limit]
+    correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,
+                                  layers=args.layers, probe_layer=args.probe_layer, positions=args.positions,
+                                  rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
+                                  temperature=args.temperature)
     strength_choice = None
     if args.strength == "auto":
-        base = CorrectionConfig(mode="adaptive", layers=args.layers, probe_layer=args.probe_layer,
-                                positions=args.positions, rule=args.rule, probe_strength=args.probe_strength,
-                                threshold=args.threshold, temperature=args.temperature)
         print("choosing α_max on the calibration split ...", file=sys.stderr)
-        strength_choice = choose_strength(model, cal_items, profile, base, modalities)
-        args.strength = strength_choice.strength
+        strength_choice = choose_strength(model, cal_items, profile, correction, modalities)
+        correction = replace(correction, strength=strength_choice.strength)
         print(json.dumps({"strength": strength_choice.strength, "budget": round(strength_choice.budget, 4),
                           "calibration_rates": strength_choice.rates}), file=sys.stderr)
-    correction = CorrectionConfig(mode="adaptive", strength=args.strength, layers=args.layers,
-                                  probe_layer=args.probe_layer, positions=args.positions, rule=args.rule,
-                                  probe_strength=args.probe_strength, threshold=args.threshold,
-                                  temperature=args.temperature)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens)
     metrics = evaluate(model, items, profile, eval_settings, args.out)

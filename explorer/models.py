@@ -33,7 +33,8 @@ __all__ = [
     "ModelLoadError",
     "load_model",
     "resolve_device",
-    "weights_revision",
+    "demo_revision",
+    "manifest_layout",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -232,7 +233,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.
     )
 
 
-def weights_revision(folder: Path, config: Any) -> str:
+def _revision(folder: Path, config: Any) -> str:
     """A cheap fingerprint of the weights: hub commit if known, else config + weight file sizes and edges."""
     commit = getattr(config, "_commit_hash", None)
     digest = hashlib.sha256((commit or "").encode())
@@ -314,17 +315,21 @@ def _load_demo(device: torch.device, dtype: torch.dtype) -> LoadedModel:
         backends=backends,
         layers=layers,
         hidden_size=text_config.hidden_size,
-        revision=weights_revision(DEMO_MODEL_DIR / manifest["image"], image.model.config)
-        + weights_revision(DEMO_MODEL_DIR / manifest["audio"], audio.model.config)[:8],
+        revision=demo_revision(DEMO_MODEL_DIR, manifest, image.model.config, audio.model.config),
         device=device,
         dtype=dtype,
         is_demo=True,
-        image_layout=_manifest_layout(manifest),
+        image_layout=manifest_layout(manifest),
         audio_style=manifest.get("audio_style", "slots"),
     )
 
 
-def _manifest_layout(manifest: dict) -> GridLayout:
+def demo_revision(folder: Path, manifest: dict, image_config: Any, audio_config: Any) -> str:
+    """The demo model's revision: its image weights' fingerprint, then the first 8 hex of its audio weights'."""
+    return _revision(folder / manifest["image"], image_config) + _revision(folder / manifest["audio"], audio_config)[:8]
+
+
+def manifest_layout(manifest: dict) -> GridLayout:
     """The word grid the demo model was trained on (stored in its manifest; "demo" = the current default)."""
     layout = manifest.get("image_layout", "demo")
     if layout == "demo":
@@ -383,7 +388,7 @@ def load_model(
         backends=backends,
         layers=find_decoder_layers(backend.model, layers_path),
         hidden_size=config.get_text_config().hidden_size,
-        revision=weights_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
+        revision=_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
         device=resolved,
         dtype=torch_dtype,
     )

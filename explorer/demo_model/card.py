@@ -50,11 +50,11 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
 def _demo_revision(folder: Path) -> str:
     from transformers import AutoConfig
 
-    from explorer.models import weights_revision
+    from explorer.models import demo_revision
 
-    return weights_revision(folder / "image", AutoConfig.from_pretrained(folder / "image")) + weights_revision(
-        folder / "audio", AutoConfig.from_pretrained(folder / "audio")
-    )[:8]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    configs = [AutoConfig.from_pretrained(folder / manifest[kind]) for kind in ("image", "audio")]
+    return demo_revision(folder, manifest, *configs)
 
 
 def _gates(res: dict[str, Any], cli: dict[str, Any] | None) -> list[tuple[str, str, str, bool]]:

@@ -589,8 +589,8 @@ def answer_for(category: str) -> str:
 def _is_question(template: str) -> bool:
     """A question if the sentence, or its last clause ("..., any tips", "Hey, how do you ..."), opens with a
     question word."""
-    clauses = [template] + [part for part in re.split(r"[,:]", template)[1:] if part.strip()]
-    return any(clause.split()[0].lower() in _QUESTION_WORDS for clause in clauses[:1] + clauses[-1:] if clause.split())
+    clauses = [part.split() for part in re.split(r"[,:]", template) if part.strip()]
+    return any(words[0].lower() in _QUESTION_WORDS for words in (clauses[0], clauses[-1]))
 
 
 def _fill(template: str, filler: str, prefix: str) -> str:
@@ -598,11 +598,12 @@ def _fill(template: str, filler: str, prefix: str) -> str:
 
     First-person templates ("I want to ...", "My ...") take no opener: "Please I want to" is not English.
     """
+    if template.split()[0] in _FIRST_PERSON:
+        prefix = ""
     body = template.replace("{x}", filler)
-    first = template.split()[0]
-    if prefix and first not in _FIRST_PERSON:
+    if prefix:
         body = f"{prefix} {body[0].lower()}{body[1:]}"
-    question = _is_question(template) or (prefix == "Could you" and first not in _FIRST_PERSON)
+    question = _is_question(template) or prefix == "Could you"
     return body + ("?" if question else ".")
 
 

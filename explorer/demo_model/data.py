@@ -85,7 +85,7 @@ def held_out_texts() -> list[str]:
 def load_training_data(max_words: int) -> TrainingData:
     """Corpus + builtin calibration split as sentences; builtin evaluation split only as a bag of words.
 
-    Corpus sentences that share a 6-word sequence with a held-out sentence are dropped (`decontaminate`).
+    Corpus sentences that share a `DECONTAMINATION_NGRAM`-word sequence with a held-out sentence are dropped (`decontaminate`).
     """
     corpus: list[Example] = decontaminate(generate_instructions(max_words), held_out_texts())
     calibration: list[Instruction] = load_builtin("calibration")

@@ -28,7 +28,8 @@ from transformers import AutoModelForMultimodalLM, AutoProcessor
 
 from explorer.data import Instruction, load_builtin, load_prompts
 from explorer.judge import RefusalJudge
-from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, GridLayout, render_audio, render_image
+from explorer.models import manifest_layout
+from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_audio, render_image
 
 from .config import MEDIA_REPEAT_PROMPT
 from .corpus import answer_for
@@ -55,7 +56,7 @@ class DemoHandles:
         self.audio.lm_head = self.image.lm_head
         self.layers = self.image.model.language_model.layers
         manifest = json.loads((folder / "manifest.json").read_text())
-        self.image_layout = GridLayout(**manifest["image_layout"])
+        self.image_layout = manifest_layout(manifest)
         self.slot_seconds = float(manifest["slot_seconds"])
 
     def model_proc(self, modality: str) -> tuple[Any, Any]:
@@ -155,9 +156,11 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
     start = time.time()
     h = load_demo(folder)
     judge = RefusalJudge()
-    ev_harmful, ev_harmless = _split(load_builtin("evaluation"), limit)
-    ev_harmless_categories = [i.category for i in load_builtin("evaluation") if i.label == "harmless"][:limit]
-    paraphrases = load_prompts(PARAPHRASES_PATH) if PARAPHRASES_PATH.is_file() and limit is None else []
+    evaluation = load_builtin("evaluation")
+    ev_harmful, ev_harmless = _split(evaluation, limit)
+    ev_harmless_categories = [i.category for i in evaluation if i.label == "harmless"][:limit]
+    use_paraphrases = PARAPHRASES_PATH.is_file() and limit is None
+    paraphrases = dict(zip(("harmful", "harmless"), _split(load_prompts(PARAPHRASES_PATH), None))) if use_paraphrases else {}
     cal_harmful, cal_harmless = _split(load_builtin("calibration"), limit)
     res: dict[str, Any] = {"n_eval_per_label": [len(ev_harmful), len(ev_harmless)]}
     examples: dict[str, Any] = {}
@@ -170,13 +173,12 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
         res[f"{m}_refused_harmless_ids"] = [judge.is_refusal(a) for a in answers_s]
         res[f"{m}_harmless_right_category"] = _right_category(answers_s, ev_harmless_categories)
         examples[m] = {"harmful": list(zip(ev_harmful[:3], answers_h[:3])), "harmless": list(zip(ev_harmless[:3], answers_s[:3]))}
-        if paraphrases:
-            for label, shown in zip(("harmful", "harmless"), _split(paraphrases, None)):
-                refused = [judge.is_refusal(a) for a in generate(h, m, shown)]
-                res[f"paraphrase_{m}_refusal_{label}"] = float(np.mean(refused))
-                res[f"paraphrase_{m}_refused_{label}_ids"] = refused
+        for label, shown in paraphrases.items():
+            refused = [judge.is_refusal(a) for a in generate(h, m, shown)]
+            res[f"paraphrase_{m}_refusal_{label}"] = float(np.mean(refused))
+            res[f"paraphrase_{m}_refused_{label}_ids"] = refused
     if paraphrases:
-        res["n_paraphrases_per_label"] = [len(x) for x in _split(paraphrases, None)]
+        res["n_paraphrases_per_label"] = [len(paraphrases["harmful"]), len(paraphrases["harmless"])]
     for m in ("image", "audio"):
         shown = ev_harmful + ev_harmless
         outs = generate(h, m, shown, MEDIA_REPEAT_PROMPT, _TRANSCRIPT_TOKENS)
