@@ -235,3 +235,17 @@ def test_free_form_paraphrases_behave_as_the_card_says(demo, recorded) -> None: 
         refused = [judge.is_refusal(a) for a in generate(demo, "text", shown)]
         _agree(refused, recorded[f"paraphrase_text_refused_{label}_ids"])
     assert recorded["paraphrase_text_refusal_harmful"] - recorded["paraphrase_text_refusal_harmless"] >= 0.5
+
+
+@shipped
+def test_card_refuses_an_eval_run_of_other_weights(tmp_path: Path) -> None:
+    from explorer.demo_model.card import main as card_main
+
+    (tmp_path / "run.json").write_text(json.dumps({"revision": "other-weights"}))
+    (tmp_path / "metrics.json").write_text("{}")
+    before = (DEMO / "README.md").read_text()
+    with pytest.raises(SystemExit, match="evaluated revision other-weights"):
+        card_main([str(DEMO), "--eval", str(tmp_path)])
+    with pytest.raises(SystemExit, match="not a usable"):
+        card_main([str(DEMO), "--eval", str(tmp_path / "missing")])
+    assert (DEMO / "README.md").read_text() == before

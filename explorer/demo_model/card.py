@@ -280,7 +280,10 @@ def main(argv: list[str] | None = None) -> None:
     res = json.loads((args.folder / "measurements.json").read_text())
     summary_path = args.folder / "eval_summary.json"
     if args.eval is not None:
-        cli = eval_summary(args.eval, args.folder)
+        try:
+            cli = eval_summary(args.eval, args.folder)
+        except (FileNotFoundError, KeyError, ValueError) as err:
+            raise SystemExit(f"error: {args.eval} is not a usable `python -m explorer eval` run: {err}") from err
         summary_path.write_text(json.dumps(cli, indent=1) + "\n")
     elif summary_path.is_file():
         cli = json.loads(summary_path.read_text())
