@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .capture import CACHE_DIR, CaptureSettings, capture_items
 from .data import Instruction, Modality, calibration_hash, load_builtin, load_prompts
@@ -82,11 +82,23 @@ STRENGTH_CANDIDATES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
 
 @dataclass
 class StrengthChoice:
-    """The α_max picked on the calibration split, with every candidate's calibration refusal rates."""
+    """The α_max picked on the calibration split per media modality, with every candidate's refusal rates."""
 
-    strength: float
+    per_modality: dict[str, float]  # "image" -> α_max for image prompts
     budget: float  # allowed harmless refusal per modality: text's calibration rate + over_refusal_budget
     rates: dict[str, dict[str, float]]  # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, ...}
+
+    @property
+    def strength(self) -> float:
+        """The smallest chosen α: the config's fallback `strength` for any modality not listed."""
+        return min(self.per_modality.values())
+
+    def apply(self, config: CorrectionConfig) -> CorrectionConfig:
+        """`config` with these α_max values (per modality, and the fallback)."""
+        return replace(config, strength=self.strength, modality_strengths=tuple(sorted(self.per_modality.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strength": self.strength, **asdict(self)}
 
 
 def choose_strength(
@@ -100,12 +112,12 @@ def choose_strength(
     judge: RefusalJudge = RefusalJudge(),
     max_new_tokens: int = 16,
 ) -> StrengthChoice:
-    """Pick α_max for `config` (fixed or adaptive) by generating on the *calibration* items (docs/method.md).
+    """Pick α_max for `config` (fixed or adaptive) per media modality by generating on the *calibration* items.
 
-    Rule: among candidates whose harmless refusal stays within text's calibration harmless refusal plus
-    `over_refusal_budget` in every media modality, the one with the highest mean harmful refusal (ties: the
-    smaller α); if none qualifies, the smallest candidate. Refusals are said first, so a short
-    `max_new_tokens` suffices for the judge.
+    Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless refusal
+    stays within text's calibration harmless refusal plus `over_refusal_budget`, the one with the highest
+    harmful refusal (ties: the smaller α); if none qualifies, the smallest candidate. Refusals are said first,
+    so a short `max_new_tokens` suffices for the judge.
     """
     from .capture import render_for
     from .regap import generate
@@ -122,15 +134,16 @@ def choose_strength(
         ]
         return judge.refusal_rate(answers)
 
-    budget = refusal_rate("text", "harmless", replace(config, mode="off")) + over_refusal_budget
-    rates: dict[str, dict[str, float]] = {}
-    best: tuple[float, float] | None = None  # (mean harmful refusal, -α)
-    for alpha in sorted(candidates):
-        corrected = replace(config, strength=alpha)
-        row = {f"{m}/{label}": refusal_rate(m, label, corrected) for m in media for label in ("harmful", "harmless")}
-        rates[str(alpha)] = row
-        if all(row[f"{m}/harmless"] <= budget + 1e-9 for m in media):
-            key = (sum(row[f"{m}/harmful"] for m in media) / len(media), -alpha)
-            best = key if best is None or key > best else best
-    strength = -best[1] if best is not None else min(candidates)
-    return StrengthChoice(strength=strength, budget=budget, rates=rates)
+    base = replace(config, modality_strengths=())
+    budget = refusal_rate("text", "harmless", replace(base, mode="off")) + over_refusal_budget
+    rates = {
+        str(alpha): {f"{m}/{label}": refusal_rate(m, label, replace(base, strength=alpha))
+                     for m in media for label in ("harmful", "harmless")}
+        for alpha in sorted(candidates)
+    }
+    per_modality = {}
+    for m in media:
+        feasible = [(row[f"{m}/harmful"], -float(alpha)) for alpha, row in rates.items()
+                    if row[f"{m}/harmless"] <= budget + 1e-9]
+        per_modality[m] = -max(feasible)[1] if feasible else min(candidates)
+    return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Sequence, get_args
 
@@ -130,15 +129,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.strength == "auto":
         print("choosing α_max on the calibration split ...", file=sys.stderr)
         strength_choice = choose_strength(model, cal_items, profile, correction, modalities)
-        correction = replace(correction, strength=strength_choice.strength)
-        print(json.dumps({"strength": strength_choice.strength, "budget": round(strength_choice.budget, 4),
+        correction = strength_choice.apply(correction)
+        print(json.dumps({"strength": strength_choice.per_modality, "budget": round(strength_choice.budget, 4),
                           "calibration_rates": strength_choice.rates}), file=sys.stderr)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
-                                 max_new_tokens=args.max_new_tokens)
+                                 max_new_tokens=args.max_new_tokens, strength_choice=strength_choice)
     metrics = evaluate(model, items, profile, eval_settings, args.out)
-    if strength_choice is not None:
-        metrics["regap"]["strength_choice"] = asdict(strength_choice)
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
                       "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))
     return 0

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from .calibration import StrengthChoice
 from .capture import render_for
 from .data import Instruction, Modality
 from .geometry import Profile, auroc_per_layer, refusal_gap
@@ -43,6 +44,7 @@ class EvalSettings:
     correction: CorrectionConfig = CorrectionConfig()
     max_new_tokens: int = 48
     judge: RefusalJudge = RefusalJudge()
+    strength_choice: StrengthChoice | None = None  # how `--strength auto` chose α_max; recorded in metrics
 
     def __post_init__(self) -> None:
         if not self.modalities or not self.modes:
@@ -236,7 +238,9 @@ def _metrics(
             "probe_layer": resolved.probe_layer,
             "positions": resolved.positions,
             "rule": resolved.rule,
+            "modality_strengths": dict(resolved.modality_strengths),
             "per_item": per_item,
+            **({"strength_choice": settings.strength_choice.to_dict()} if settings.strength_choice else {}),
         },
         "max_new_tokens": settings.max_new_tokens,
         "judge_phrases": list(settings.judge.phrases),

@@ -65,6 +65,8 @@ class CorrectionConfig:
         positions: which positions are corrected: all (prompt + generated), prompt only, generated only.
         rule: adaptive strength rule: sigmoid α_max·σ((s−τ)/T) (default, τ = 0.5: halfway between where
             harmless and harmful text sit), or linear α_max·clip(s,0,1).
+        modality_strengths: (modality, α) pairs that replace `strength` for those modalities (e.g. the
+            per-modality α_max that `--strength auto` picks: image and audio drift differ in size).
     """
 
     mode: Mode = "adaptive"
@@ -76,13 +78,15 @@ class CorrectionConfig:
     rule: Rule = "sigmoid"
     threshold: float = 0.5
     temperature: float = 0.1
+    modality_strengths: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, Mode)
         _check_choice("positions", self.positions, PositionScope)
         _check_choice("rule", self.rule, Rule)
-        for name in ("strength", "probe_strength"):
-            value = getattr(self, name)
+        named = [("strength", self.strength), ("probe_strength", self.probe_strength)]
+        named += [(f"strength for {m}", value) for m, value in self.modality_strengths]
+        for name, value in named:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
         if self.temperature <= 0:
@@ -91,6 +95,11 @@ class CorrectionConfig:
             self.layers and self.layers[-1] - self.layers[0] != len(self.layers) - 1
         ):
             raise ValueError(f"layers must be one contiguous, increasing window, got {self.layers!r}")
+
+    def for_modality(self, modality: str) -> "CorrectionConfig":
+        """This config with `strength` set to the modality's own α when `modality_strengths` names it."""
+        own = dict(self.modality_strengths)
+        return replace(self, strength=own[modality]) if modality in own else self
 
     def resolved(self, profile: Profile) -> "CorrectionConfig":
         """This config with empty layers / probe layer filled from the profile's calibrated defaults."""
@@ -273,7 +282,7 @@ def capture_corrected(
     modality = prompts[0].modality
     if config.mode == "off" or modality == "text":
         return CorrectedStates(capture_prompts(model, prompts, settings), [0.0] * n, [None] * n)
-    config = config.resolved(profile)
+    config = config.resolved(profile).for_modality(modality)
     scores: list[float | None] = [None] * n
     alphas = [config.strength] * n
     if config.mode == "adaptive":
@@ -309,6 +318,7 @@ def generate(
     if config.mode != "off" and profile is None:
         raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
     resolved = config.resolved(profile) if profile is not None and config.mode != "off" else config
+    resolved = resolved.for_modality(prompt.modality)
     score: float | None = None
     alpha = 0.0 if resolved.mode == "off" or prompt.modality == "text" else resolved.strength
     if resolved.mode == "adaptive" and prompt.modality != "text":

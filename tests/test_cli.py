@@ -109,10 +109,15 @@ def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp
     assert main(args) == 0
     regap = json.loads((out / "metrics.json").read_text())["regap"]
     choice = regap["strength_choice"]
-    assert regap["strength"] == choice["strength"]
+    assert regap["strength"] == choice["strength"] == choice["per_modality"]["image"]
+    assert regap["modality_strengths"] == choice["per_modality"]
     assert set(choice["rates"]) == {"0.5", "1.0", "1.5", "2.0", "3.0"}
     assert set(choice["rates"]["1.0"]) == {"image/harmful", "image/harmless"}
-    assert json.loads((out / "run.json").read_text())["correction"]["strength"] == choice["strength"]
+    correction = json.loads((out / "run.json").read_text())["correction"]
+    assert correction["strength"] == choice["strength"]
+    assert correction["modality_strengths"] == [["image", choice["strength"]]]
+    image_alphas = [row["alpha"] for row in regap["per_item"] if row["modality"] == "image"]
+    assert image_alphas and all(0 <= a <= choice["strength"] + 1e-9 for a in image_alphas)
 
 
 def test_strength_must_be_a_number_or_auto(capsys):

@@ -14,7 +14,7 @@ from PIL import Image
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
 from explorer.geometry import Profile
 from explorer.models import ModelLoadError, load_model
-from explorer.regap import CorrectionConfig, corrected, correction_vectors, generate
+from explorer.regap import CorrectionConfig, capture_corrected, corrected, correction_vectors, generate
 from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
@@ -174,6 +174,23 @@ def test_adaptive_exposes_score_and_alpha(tiny_llava):
         CorrectionConfig(mode="adaptive", layers=(2,), probe_layer=1).resolved(profile)
 
 
+def test_modality_strengths_override_strength_for_that_modality(tiny_llava):
+    """An image prompt under modality_strengths {image: 3} behaves exactly as under strength 3; another
+    modality's entry does not touch it; a negative entry is refused."""
+    profile = _profile_for(tiny_llava)
+    prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
+    config = CorrectionConfig(mode="adaptive", strength=0.5, layers=(0,), probe_layer=2, rule="linear")
+    own = generate(tiny_llava, prompt, profile, replace(config, modality_strengths=(("image", 3.0),)), max_new_tokens=6)
+    plain_three = generate(tiny_llava, prompt, profile, replace(config, strength=3.0), max_new_tokens=6)
+    assert own.alpha == pytest.approx(plain_three.alpha) and own.token_ids == plain_three.token_ids
+    other = generate(tiny_llava, prompt, profile, replace(config, modality_strengths=(("audio", 3.0),)), max_new_tokens=6)
+    assert other.alpha == pytest.approx(0.5 * min(max(other.score, 0.0), 1.0))
+    batch = capture_corrected(tiny_llava, [prompt], profile, replace(config, mode="fixed", modality_strengths=(("image", 3.0),)))
+    assert batch.alphas == [3.0]
+    with pytest.raises(ValueError, match="strength for image"):
+        CorrectionConfig(modality_strengths=(("image", -1.0),))
+
+
 def test_concurrent_steered_and_plain_threads_match_sequential(tiny_llava):
     profile = _profile_for(tiny_llava)
     prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[2])
@@ -231,7 +248,7 @@ def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
 
 
 def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
-    from explorer.regap import capture_corrected, self_rectification_score
+    from explorer.regap import self_rectification_score
 
     profile = _profile_for(tiny_llava)
     prompts = [_image_prompt(IMAGE_CARRIER + " " + t, i) for i, t in enumerate(TEXTS)]

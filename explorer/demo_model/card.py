@@ -126,8 +126,9 @@ def _choice_note(regap: dict[str, Any]) -> str:
     rates = "; ".join(
         f"{alpha}: " + ", ".join(f"{k} {_pct(v)}" for k, v in row.items()) for alpha, row in choice["rates"].items()
     )
-    return (f" (`--strength auto`: harmless budget {_pct(choice['budget'])}; calibration refusal per candidate α: "
-            f"{rates})")
+    chosen = ", ".join(f"{m} {alpha}" for m, alpha in choice.get("per_modality", {}).items())
+    return (f" (`--strength auto` chose {chosen or choice.get('strength')}: harmless budget {_pct(choice['budget'])}; "
+            f"calibration refusal per candidate α: {rates})")
 
 
 _MODALITY_ORDER = ("text", "image", "audio")

@@ -86,12 +86,15 @@ class DemoConfig:
     mix_text: tuple[float, float, float] = (0.6, 0.2, 0.2)  # answer/refuse, repeat instruction, repeat random words
     # --- stage 2: modality alignment ---
     steps_align: int = 400  # phase A: LM frozen, towers learn to read (transcription + aux)
-    steps_modality: int = 3000  # phase B: everything trainable
+    steps_modality: int = 3000  # phase B: harmless instruction following joins the reading tasks
     batch_image: int = 16
     batch_audio: int = 16
     batch_replay: int = 16
     lr_tower: float = 2e-3
     lr_lm_modality: float = 1e-4
+    # False: the LM stays frozen through stage 2 (LLaVA's feature-alignment recipe; no text replay needed),
+    # so text behaviour is exactly stage 1's and the media drift is all in the towers' outputs.
+    tune_lm_in_modality: bool = True
     # transcribe instruction, transcribe random words, follow harmless. Random words dominate so that reading
     # is copying, not recalling templates (run 1 with 0.35/0.30/0.35 'autocorrected' toward training templates).
     mix_media: tuple[float, float, float] = (0.2, 0.5, 0.3)

@@ -283,7 +283,7 @@ def train(
         emb, feats, _ = audio_embeddings(models, ab)
         out["audio"] = lm_loss(models, emb, ab)
         out["audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot, cfg.aux_temperature)
-        if replay:
+        if replay and cfg.tune_lm_in_modality:
             tb = sampler.text_batch(cfg.batch_replay)
             out["replay"] = lm_loss(models, _embed(models, tb.input_ids), tb)
         return out
@@ -295,17 +295,20 @@ def train(
         p.requires_grad_(False)
     opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
     _run("align", cfg.steps_align, opt, lambda: media_step(False, False), cfg, log)
-    for p in lm_params:
-        p.requires_grad_(True)
     times["align"] = time.time() - t2
 
-    # Stage 2b: everything trainable; harmless media instruction following + text replay.
+    # Stage 2b: harmless media instruction following joins; the LM is tuned too (with text replay, refusals
+    # included) unless `tune_lm_in_modality` is False, in which case it stays frozen.
     t3 = time.time()
-    opt = torch.optim.AdamW(
-        [{"params": _tower_params(models), "lr": cfg.lr_tower}, {"params": lm_params, "lr": cfg.lr_lm_modality}],
-        weight_decay=cfg.weight_decay,
-    )
+    groups = [{"params": _tower_params(models), "lr": cfg.lr_tower}]
+    if cfg.tune_lm_in_modality:
+        for p in lm_params:
+            p.requires_grad_(True)
+        groups.append({"params": lm_params, "lr": cfg.lr_lm_modality})
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
     _run("modality", cfg.steps_modality, opt, lambda: media_step(True, True), cfg, log)
+    for p in lm_params:
+        p.requires_grad_(True)
     times["modality"] = time.time() - t3
     models.image.eval()
     models.audio.eval()
@@ -330,6 +333,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-text", type=int, default=None)
     parser.add_argument("--steps-align", type=int, default=None)
     parser.add_argument("--steps-modality", type=int, default=None)
+    parser.add_argument("--freeze-lm", action="store_true", help="keep the language model frozen in stage 2")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
     parser.add_argument("--text-checkpoint", type=Path, default=None,
                         help="folder to save the stage-1 LM in, or to resume from when it is already there")
@@ -341,6 +345,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.tiny()
     overrides = {k: v for k, v in (("steps_text", args.steps_text), ("steps_align", args.steps_align),
                                    ("steps_modality", args.steps_modality)) if v is not None}
+    if args.freeze_lm:
+        overrides["tune_lm_in_modality"] = False
     cfg = replace(cfg, **overrides)
     start = time.time()
     models, data, log, times = train(cfg, args.text_checkpoint)
