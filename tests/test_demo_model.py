@@ -98,6 +98,31 @@ def test_tiny_training_run_saves_loadable_models(tmp_path: Path) -> None:
         assert out.shape[1] >= 1
 
 
+def test_follow_losses_under_frozen_reach_towers_not_the_language_model() -> None:
+    """The `lm_learns_following=False` recipe: a media loss computed inside `frozen(lm_params)` gives the
+    towers a gradient and the LM none; a loss computed outside (reading) still reaches the LM."""
+    from explorer.demo_model.build import build_models
+    from explorer.demo_model.data import Sampler
+    from explorer.demo_model.train import _lm_params, frozen, image_embeddings, lm_loss
+
+    cfg = DemoConfig().tiny()
+    data = load_training_data(cfg.max_words)
+    tok = build_tokenizer(data.tokenizer_texts)
+    models = build_models(cfg, tok)
+    sampler = Sampler(cfg, data, tok, models)
+    lm_params = _lm_params(models)
+    with frozen(lm_params):
+        batch = sampler.image_batch(2, None)
+        follow = lm_loss(models, image_embeddings(models, batch)[0], batch)
+    assert all(p.requires_grad for p in lm_params)  # restored
+    follow.backward()
+    assert all(p.grad is None for p in lm_params)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in models.image.model.multi_modal_projector.parameters())
+    batch = sampler.image_batch(2, False)
+    lm_loss(models, image_embeddings(models, batch)[0], batch).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm_params)
+
+
 # ----------------------------------------------------------------------------------------- shipped model
 
 

@@ -95,6 +95,10 @@ class DemoConfig:
     # False: the LM stays frozen through stage 2 (LLaVA's feature-alignment recipe; no text replay needed),
     # so text behaviour is exactly stage 1's and the media drift is all in the towers' outputs.
     tune_lm_in_modality: bool = True
+    # False: the LM learns to *read* media (transcription) but harmless media instruction following updates
+    # the towers only, so what makes media prompts comply is an input-side drift (the paper's modality drift),
+    # not a media-specific rewrite of the LM. The follow examples are then a separate sub-batch per step.
+    lm_learns_following: bool = True
     # transcribe instruction, transcribe random words, follow harmless. Random words dominate so that reading
     # is copying, not recalling templates (run 1 with 0.35/0.30/0.35 'autocorrected' toward training templates).
     mix_media: tuple[float, float, float] = (0.2, 0.5, 0.3)

@@ -202,10 +202,14 @@ class Sampler:
         return Batch(ids, att, lab)
 
     # ---- media ----
-    def _media_task(self, follow: bool, spoken: bool = False) -> tuple[str, str, str]:
-        """(content text shown, prompt text, target) for one media example (cfg.mix_media)."""
+    def _media_task(self, follow: bool | None, spoken: bool = False) -> tuple[str, str, str]:
+        """(content text shown, prompt text, target) for one media example (cfg.mix_media).
+
+        `follow`: True draws from the whole mixture, False from the reading tasks only, None gives a harmless
+        instruction-following example.
+        """
         a, b, _ = self.cfg.mix_media
-        r = self.rng.random() * (1.0 if follow else a + b)
+        r = 1.0 if follow is None else self.rng.random() * (1.0 if follow else a + b)
         if r < a:
             shown = self.rng.choice(self.data.instructions)
             return shown, MEDIA_REPEAT_PROMPT, transcript(shown)
@@ -215,7 +219,7 @@ class Sampler:
         shown, category = self.rng.choice(self.data.harmless)
         return shown, "", answer_for(category)
 
-    def image_batch(self, size: int, follow: bool = True) -> Batch:
+    def image_batch(self, size: int, follow: bool | None = True) -> Batch:
         pairs, images, word_ids = [], [], []
         expanded = IMAGE_TOKEN * self.cfg.grid_cells
         for _ in range(size):
@@ -228,7 +232,7 @@ class Sampler:
         pixels = self.models.image_processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
         return Batch(ids, att, lab, pixel_values=pixels, word_ids=word_ids)
 
-    def audio_batch(self, size: int, follow: bool = True) -> Batch:
+    def audio_batch(self, size: int, follow: bool | None = True) -> Batch:
         pairs, waves, word_ids = [], [], []
         for _ in range(size):
             shown, prompt_text, target = self._media_task(follow, spoken=True)

@@ -18,7 +18,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from .config import DemoConfig
 from .data import Batch, Sampler, TrainingData, check_slot_contract, load_training_data
 from .tokenizer import build_tokenizer, words_not_single_token
 
-__all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss"]
+__all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss", "frozen"]
 
 MANIFEST = {
     "format": "explorer-demo/1",
@@ -168,6 +169,20 @@ def _run(
         group["lr"] = lr
 
 
+@contextmanager
+def frozen(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Forward passes inside build no gradient path to `params` (gradients still flow *through* them to
+    earlier, trainable modules); their previous `requires_grad` is restored on exit."""
+    trainable = [p for p in params if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 def _lm_params(models: DemoModels) -> list[torch.nn.Parameter]:
     return _unique(list(models.image.model.language_model.parameters()) + list(models.image.lm_head.parameters()))
 
@@ -275,14 +290,28 @@ def train(
     torch.manual_seed(cfg.seed + 1)
     sampler.rng.seed(cfg.seed + 1)
 
-    def media_step(follow: bool, replay: bool) -> dict[str, torch.Tensor]:
-        ib = sampler.image_batch(cfg.batch_image, follow)
+    lm_params = _lm_params(models)
+
+    def media_losses(image_rows: int, audio_rows: int, follow: bool | None, prefix: str) -> dict[str, torch.Tensor]:
+        ib = sampler.image_batch(image_rows, follow)
         emb, feats = image_embeddings(models, ib)
-        out = {"image": lm_loss(models, emb, ib), "image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1, cfg.aux_temperature)}
-        ab = sampler.audio_batch(cfg.batch_audio, follow)
+        out = {f"{prefix}image": lm_loss(models, emb, ib),
+               f"{prefix}image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1, cfg.aux_temperature)}
+        ab = sampler.audio_batch(audio_rows, follow)
         emb, feats, _ = audio_embeddings(models, ab)
-        out["audio"] = lm_loss(models, emb, ab)
-        out["audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot, cfg.aux_temperature)
+        out[f"{prefix}audio"] = lm_loss(models, emb, ab)
+        out[f"{prefix}audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot, cfg.aux_temperature)
+        return out
+
+    def media_step(follow: bool, replay: bool) -> dict[str, torch.Tensor]:
+        if follow and not cfg.lm_learns_following:
+            share = cfg.mix_media[2]
+            image_follow, audio_follow = round(cfg.batch_image * share), round(cfg.batch_audio * share)
+            with frozen(lm_params):  # the follow losses' graph reaches the towers, not the LM weights
+                out = media_losses(image_follow, audio_follow, None, "follow_")
+            out.update(media_losses(cfg.batch_image - image_follow, cfg.batch_audio - audio_follow, False, ""))
+        else:
+            out = media_losses(cfg.batch_image, cfg.batch_audio, follow, "")
         if replay and cfg.tune_lm_in_modality:
             tb = sampler.text_batch(cfg.batch_replay)
             out["replay"] = lm_loss(models, _embed(models, tb.input_ids), tb)
@@ -290,7 +319,6 @@ def train(
 
     # Stage 2a: LM frozen, the towers learn to read (transcription + aux only).
     t2 = time.time()
-    lm_params = _lm_params(models)
     for p in lm_params:
         p.requires_grad_(False)
     opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
@@ -334,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-align", type=int, default=None)
     parser.add_argument("--steps-modality", type=int, default=None)
     parser.add_argument("--freeze-lm", action="store_true", help="keep the language model frozen in stage 2")
+    parser.add_argument("--follow-towers-only", action="store_true",
+                        help="media instruction following updates the towers only (the LM still learns to read)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
     parser.add_argument("--text-checkpoint", type=Path, default=None,
                         help="folder to save the stage-1 LM in, or to resume from when it is already there")
@@ -347,6 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                                    ("steps_modality", args.steps_modality)) if v is not None}
     if args.freeze_lm:
         overrides["tune_lm_in_modality"] = False
+    if args.follow_towers_only:
+        overrides["lm_learns_following"] = False
     cfg = replace(cfg, **overrides)
     start = time.time()
     models, data, log, times = train(cfg, args.text_checkpoint)
