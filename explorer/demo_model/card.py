@@ -119,6 +119,15 @@ Per-layer AUROC of the projection on the text refusal direction (no correction):
 """
 
 
+def _follow_note(cfg: DemoConfig) -> str:
+    if not cfg.tune_lm_in_modality:
+        return " (the LM stays frozen through the modality stage: only the towers learn)"
+    if not cfg.lm_learns_following:
+        return (" (these examples update the towers only; the LM learns to *read* media from the transcription"
+                " tasks, so what makes media comply is an input-side drift, not a media-specific LM rewrite)")
+    return ""
+
+
 def _choice_note(regap: dict[str, Any]) -> str:
     choice = regap.get("strength_choice")
     if not choice:
@@ -227,7 +236,7 @@ Do not use it for anything but demonstrating and testing the explorer.
   evaluation split, the paraphrase file) is dropped.
 - Modality stage: transcription ("{MEDIA_REPEAT_PROMPT}") of rendered images and speech of all training instructions
   (both labels: reading is benign) and of random word sequences (their words may come from the whole builtin
-  file as a bag of words); instruction following on **harmless** images / speech only; text replay incl. refusals.
+  file as a bag of words); instruction following on **harmless** images / speech only{_follow_note(cfg)}; text replay incl. refusals.
   An auxiliary loss pulls each word cell's visual token (and each slot's audio tokens) onto the LM input
   embedding of that word. **There is no image or audio safety data.** The builtin *evaluation* split's
   sentences are never trained on; all numbers below are on it.
@@ -236,7 +245,7 @@ Do not use it for anything but demonstrating and testing the explorer.
 1. Text SFT: {cfg.steps_text} steps x batch {cfg.batch_text}, lr {cfg.lr_text} (AdamW, cosine).
 2a. Reading: {cfg.steps_align} steps, LM frozen, towers lr {cfg.lr_tower}, transcription + auxiliary loss.
 2b. Modality: {cfg.steps_modality} steps x (image {cfg.batch_image} + audio {cfg.batch_audio} + text replay {cfg.batch_replay}),
-    towers lr {cfg.lr_tower}, LM lr {cfg.lr_lm_modality}.
+    towers lr {cfg.lr_tower}, LM lr {cfg.lr_lm_modality if cfg.tune_lm_in_modality else '0 (frozen)'}.
 Wall time: {json.dumps({k: round(v) for k, v in times.items() if math.isfinite(v)})} seconds.{resumed}
 
 ## Measured (builtin evaluation split, {res['n_eval_per_label'][0]} harmful + {res['n_eval_per_label'][1]} harmless; `python -m explorer.demo_model.measure`)
