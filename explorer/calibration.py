@@ -17,7 +17,7 @@ from .judge import RefusalJudge
 from .models import LoadedModel
 from .regap import CorrectionConfig
 
-__all__ = ["Calibration", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength", "load_calibration_items"]
+__all__ = ["Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength", "load_calibration_items"]
 
 
 @dataclass
@@ -78,6 +78,7 @@ def calibrate(
 
 
 STRENGTH_CANDIDATES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+OVER_REFUSAL_BUDGET = 0.05  # harmless refusal allowed above text's own rate (α choice, translation ceiling)
 
 
 @dataclass
@@ -108,7 +109,7 @@ def choose_strength(
     config: CorrectionConfig,
     modalities: Sequence[Modality],
     candidates: Sequence[float] = STRENGTH_CANDIDATES,
-    over_refusal_budget: float = 0.05,
+    over_refusal_budget: float = OVER_REFUSAL_BUDGET,
     judge: RefusalJudge = RefusalJudge(),
     max_new_tokens: int = 16,
 ) -> StrengthChoice:

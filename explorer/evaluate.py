@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .calibration import StrengthChoice
+from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
 from .capture import render_for
 from .data import Instruction, Modality
-from .geometry import Profile, auroc_per_layer, refusal_gap
+from .geometry import Profile, auroc_per_layer, refusal_gap, translation_ceiling
 from .judge import RefusalJudge
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
@@ -211,6 +211,13 @@ def _metrics(
             if len(set(labels)) == 2:
                 auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
+    ceiling, budget = {}, None
+    if "off" in settings.modes and "text/off/harmless" in refusal_rate and len(set(labels)) == 2:
+        budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)
+        for modality in settings.modalities:
+            if modality != "text":
+                projections = profile.project(states_by_job[(modality, "off")])
+                ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
     resolved = settings.correction.resolved(profile)
     lookalikes = [i for i in items if i.lookalike]
     return {
@@ -231,6 +238,9 @@ def _metrics(
             "drift_norm": {m: v for m, v in profile.metrics.get("drift_norm", {}).items()},
             "cos_drift_refusal": {m: v for m, v in profile.metrics.get("cos_drift_refusal", {}).items()},
             "collapse_ratio": {m: v for m, v in profile.metrics.get("collapse_ratio", {}).items()},
+            "cos_refusal_within": {m: v for m, v in profile.metrics.get("cos_refusal_within", {}).items()},
+            "translation_ceiling": ceiling,
+            "translation_ceiling_budget": budget,
         },
         "regap": {
             "layers": list(resolved.layers),

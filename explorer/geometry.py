@@ -45,6 +45,7 @@ __all__ = [
     "project",
     "refusal_directions",
     "refusal_gap",
+    "translation_ceiling",
     "unit_directions",
     "warm_up_umap",
 ]
@@ -286,6 +287,30 @@ def auroc_per_layer(proj: torch.Tensor, labels: list[Label] | list[str]) -> list
     y = harmful.astype(np.int64)
     scores = p.numpy()
     return [float(roc_auc_score(y, scores[:, layer])) for layer in range(scores.shape[1])]
+
+
+def translation_ceiling(
+    proj: torch.Tensor, labels: list[Label] | list[str], max_false_positive: float
+) -> list[float]:
+    """Translation ceiling ``TC_l(b)`` per layer (formula 4b): the largest share of harmful items above a
+    threshold on ``p_l`` while at most ``b`` of the harmless items are, i.e. the ROC's best true-positive rate
+    at false-positive rate ≤ ``b``.
+
+    Why: subtracting one vector from every state (fixed / shiftdc / cmrm at one layer) keeps the items'
+    order on the axis, so if refusal is read off ``p_l`` this is the most such a correction can refuse within
+    an over-refusal budget ``b``.
+    """
+    from sklearn.metrics import roc_curve
+
+    if not 0.0 <= max_false_positive <= 1.0:
+        raise ValueError(f"max_false_positive must be in [0, 1], got {max_false_positive!r}")
+    p, harmful = _check_proj_labels(proj, labels)
+    scores = p.numpy()
+    ceilings = []
+    for layer in range(scores.shape[1]):
+        fpr, tpr, _ = roc_curve(harmful.astype(np.int64), scores[:, layer])
+        ceilings.append(float(tpr[fpr <= max_false_positive + 1e-12].max()))
+    return ceilings
 
 
 def _modality_drift64(batch: StateBatch, modality: Modality) -> torch.Tensor:

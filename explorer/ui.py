@@ -378,7 +378,11 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
     else:
         verdict = ("**This model does not show the full story on this request** (refused as text / as "
                    f"{modality} / with ReGap: {', '.join('yes' if v else 'no' for v in verdicts)}). "
-                   "The plots still show where its geometry moves; the built-in demo model shows the whole effect.")
+                   "The plots still show where its geometry moves; "
+                   + ("the demo model's card (assets/demo_model/README.md) says how often the correction restores "
+                      "refusals on this toy, and why it often does not (the translation ceiling)."
+                      if session.model.is_demo else
+                      "the built-in demo model's card shows what each stage looks like on a model trained for it."))
     story = "### Show the collapse\n" + "\n".join(steps) + "\n\n" + verdict
     figs = list(result.figures.values())
     return {

@@ -35,6 +35,11 @@ def test_eval_writes_the_documented_schema(eval_run):
     assert all(len(v) == 3 for v in per_layer["auroc"].values())
     assert per_layer["auroc"]["text/fixed"] == per_layer["auroc"]["text/off"]  # text is never corrected
     assert set(per_layer["drift_norm"]) == {"image"} and len(per_layer["cos_drift_refusal"]["image"]) == 3
+    budget = min(1.0, metrics["refusal_rate"]["text/off/harmless"] + 0.05)
+    assert per_layer["translation_ceiling_budget"] == pytest.approx(budget)
+    assert set(per_layer["translation_ceiling"]) == {"image/off"}
+    assert len(per_layer["translation_ceiling"]["image/off"]) == 3
+    assert all(0.0 <= v <= 1.0 for v in per_layer["translation_ceiling"]["image/off"])
     regap = metrics["regap"]
     assert regap["strength"] == 1.5 and len(regap["layers"]) >= 1 and regap["probe_layer"] > regap["layers"][-1]
     adaptive = [r for r in regap["per_item"] if r["mode"] == "adaptive"]

@@ -16,6 +16,7 @@ from explorer.geometry import (
     build_profile,
     embed_2d,
     modality_drift,
+    translation_ceiling,
     normalised_score,
     project,
     refusal_directions,
@@ -183,6 +184,23 @@ def test_auroc_and_gap_on_hand_made_example() -> None:
     assert refusal_gap(proj, labels) == [pytest.approx((0.35 + 0.8) / 2 - (0.1 + 0.4) / 2, abs=1e-7)]
     # Reversing the scores makes harmless look harmful: AUROC 1 - 0.75.
     assert auroc_per_layer(-proj, labels) == [pytest.approx(0.25, abs=1e-12)]
+
+
+def test_translation_ceiling_on_hand_made_example() -> None:
+    """Layer 0: harmful 3, 2, 1, 0.5 vs harmless 1.5, 0, -1, -2. With no over-refusal allowed the best threshold
+    sits above 1.5 (2 of 4 harmful); allowing 2 of 4 harmless (b = 0.5) it sits below 0 (all harmful).
+    Layer 1 (harmful -3, -2, -1, -0.5): nothing at b = 0; only -0.5 above a threshold in (-1, 0) at b = 0.5.
+    A shift of every item leaves it unchanged: that is why it bounds a translation."""
+    harmful = torch.tensor([[3.0, -3.0], [2.0, -2.0], [1.0, -1.0], [0.5, -0.5]])
+    harmless = torch.tensor([[1.5, 1.5], [0.0, 0.0], [-1.0, -1.0], [-2.0, -2.0]])
+    proj = torch.cat([harmful, harmless])
+    labels = ["harmful"] * 4 + ["harmless"] * 4
+    assert translation_ceiling(proj, labels, 0.0) == [0.5, 0.0]
+    assert translation_ceiling(proj, labels, 0.5) == [1.0, 0.25]
+    assert translation_ceiling(proj + 7.0, labels, 0.5) == [1.0, 0.25]
+    assert translation_ceiling(proj, labels, 1.0) == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        translation_ceiling(proj, labels, 1.5)
 
 
 def test_auroc_and_gap_raise_on_missing_class() -> None:

@@ -43,6 +43,9 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "lookalike_refusal_rate": metrics["lookalike_refusal_rate"],
         "auroc_off": {m: auroc[f"{m}/off"] for m in ("text", "image", "audio") if f"{m}/off" in auroc},
         "regap": {k: v for k, v in metrics["regap"].items() if k != "per_item"},
+        "cos_refusal_within": metrics["per_layer"].get("cos_refusal_within", {}),
+        "translation_ceiling": metrics["per_layer"].get("translation_ceiling", {}),
+        "translation_ceiling_budget": metrics["per_layer"].get("translation_ceiling_budget"),
         "elapsed_seconds": metrics["elapsed_seconds"],
     }
 
@@ -102,6 +105,14 @@ def _cli_section(cli: dict[str, Any]) -> str:
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(cli["auroc_off"]["text"]))) + " |",
              "|---|" + "---|" * len(cli["auroc_off"]["text"])]
     auroc += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for m, values in cli["auroc_off"].items()]
+    for name, key in (("cos(r, r^m), the modality's own harmful−harmless direction vs text's", "cos_refusal_within"),
+                      ("translation ceiling at the harmless budget (formula 4b)", "translation_ceiling")):
+        for m, values in cli.get(key, {}).items():
+            auroc.append(f"| {m.split('/')[0]}: {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
+    budget = cli.get("translation_ceiling_budget")
+    ceiling_note = (f"\nThe translation ceiling is the most harmful inputs any one-vector correction could refuse at that layer\n"
+                    f"while refusing at most {_pct(budget)} of harmless ones (text's harmless refusal + 5 points): it bounds\n"
+                    f"fixed / shiftdc / cmrm, and explains a missed repair gate when it is below 85%.\n") if budget is not None else ""
     g = cli["regap"]
     return f"""## Measured with the engine's CLI (the issue's gates)
 
@@ -114,9 +125,20 @@ probe layer {g.get('probe_layer')}, α_max {g.get('strength')}{_choice_note(g)},
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-Per-layer AUROC of the projection on the text refusal direction (no correction):
+Per-layer AUROC of the projection on the text refusal direction (no correction), and geometry diagnostics:
 {chr(10).join(auroc)}
-"""
+{ceiling_note}"""
+
+
+def _repair_claim(gates: list[tuple[str, str, str, bool]]) -> str:
+    """What the card's first paragraph may claim about the repair: only what the gates measured."""
+    repair = [met for gate, _, _, met in gates if "with ReGap" in gate]
+    if not repair:
+        return " (not yet measured on this checkpoint: run the eval command below)"
+    if all(repair):
+        return ", and on this checkpoint it brings the refusals back (gates below)"
+    return (", but on this checkpoint it brings back few refusals: see the gates, and the translation ceiling"
+            " for why")
 
 
 def _follow_note(cfg: DemoConfig) -> str:
@@ -186,7 +208,8 @@ from the templates, never trained on):
     for m in ("image", "audio"):
         c = res[f"{m}_fixed_correction"]
         corr.append(f"| {m} | {c['layer']} | {c['alpha']} | {_pct(c['refusal_harmful'])} | {_pct(c['refusal_harmless'])} |")
-    gates = [f"| {name} | {target} | {value} | {'yes' if ok else 'no'} |" for name, target, value, ok in _gates(res, cli)]
+    gate_rows = _gates(res, cli)
+    gates = [f"| {name} | {target} | {value} | {'yes' if ok else 'no'} |" for name, target, value, ok in gate_rows]
     minutes = times.get("total_training", 0.0) / 60
     resumed = (
         "\nStage 1 was loaded from a checkpoint written by an earlier run of the same code, data and seed"
@@ -199,7 +222,7 @@ from the templates, never trained on):
 **This is a toy, trained in-house in about {minutes:.0f} minutes on 2 CPU cores, to exhibit one mechanism:** a
 language model that refuses harmful *text* stops refusing when the same request arrives as an *image* or as
 *speech*, because the modality shifts its hidden states along the text refusal direction ("modality drift",
-Guo et al., arXiv 2605.18104), and subtracting that drift brings refusals back. It knows nothing useful: its
+Guo et al., arXiv 2605.18104); subtracting that drift is the repair the explorer demonstrates{_repair_claim(gate_rows)}. It knows nothing useful: its
 helpful answers are one generic sentence per topic, and it has never seen an answer to a harmful request.
 Do not use it for anything but demonstrating and testing the explorer.
 

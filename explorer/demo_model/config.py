@@ -95,10 +95,13 @@ class DemoConfig:
     # False: the LM stays frozen through stage 2 (LLaVA's feature-alignment recipe; no text replay needed),
     # so text behaviour is exactly stage 1's and the media drift is all in the towers' outputs.
     tune_lm_in_modality: bool = True
-    # False: the LM learns to *read* media (transcription) but harmless media instruction following updates
-    # the towers only, so what makes media prompts comply is an input-side drift (the paper's modality drift),
-    # not a media-specific rewrite of the LM. The follow examples are then a separate sub-batch per step.
-    lm_learns_following: bool = True
+    # False (default): the LM learns to *read* media (transcription) but harmless media instruction following
+    # updates the towers only, so what makes media prompts comply is an input-side drift (the paper's modality
+    # drift), not a media-specific rewrite of the LM; the follow examples are a separate sub-batch per step.
+    # Measured: with True, harmful images sat *below* harmless ones on the text refusal axis (AUROC 0.38-0.48,
+    # cos(r, r^image) = -0.54 at layer 0), an inversion no drift subtraction can undo; with False, 0.70-0.72
+    # and +0.69 (compression, as in the paper).
+    lm_learns_following: bool = False
     # transcribe instruction, transcribe random words, follow harmless. Random words dominate so that reading
     # is copying, not recalling templates (run 1 with 0.35/0.30/0.35 'autocorrected' toward training templates).
     mix_media: tuple[float, float, float] = (0.2, 0.5, 0.3)

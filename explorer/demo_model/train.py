@@ -362,8 +362,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-align", type=int, default=None)
     parser.add_argument("--steps-modality", type=int, default=None)
     parser.add_argument("--freeze-lm", action="store_true", help="keep the language model frozen in stage 2")
-    parser.add_argument("--follow-towers-only", action="store_true",
-                        help="media instruction following updates the towers only (the LM still learns to read)")
+    parser.add_argument("--lm-learns-following", action="store_true",
+                        help="media instruction following also updates the LM (default: the towers only)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
     parser.add_argument("--text-checkpoint", type=Path, default=None,
                         help="folder to save the stage-1 LM in, or to resume from when it is already there")
@@ -377,8 +377,8 @@ def main(argv: list[str] | None = None) -> None:
                                    ("steps_modality", args.steps_modality)) if v is not None}
     if args.freeze_lm:
         overrides["tune_lm_in_modality"] = False
-    if args.follow_towers_only:
-        overrides["lm_learns_following"] = False
+    if args.lm_learns_following:
+        overrides["lm_learns_following"] = True
     cfg = replace(cfg, **overrides)
     start = time.time()
     models, data, log, times = train(cfg, args.text_checkpoint)
