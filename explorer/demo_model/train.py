@@ -19,7 +19,7 @@ import math
 import random
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -319,10 +319,9 @@ def train(
 
     # Stage 2a: LM frozen, the towers learn to read (transcription + aux only).
     t2 = time.time()
-    for p in lm_params:
-        p.requires_grad_(False)
-    opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
-    _run("align", cfg.steps_align, opt, lambda: media_step(False, False), cfg, log)
+    with frozen(lm_params):
+        opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
+        _run("align", cfg.steps_align, opt, lambda: media_step(False, False), cfg, log)
     times["align"] = time.time() - t2
 
     # Stage 2b: harmless media instruction following joins; the LM is tuned too (with text replay, refusals
@@ -330,13 +329,10 @@ def train(
     t3 = time.time()
     groups = [{"params": _tower_params(models), "lr": cfg.lr_tower}]
     if cfg.tune_lm_in_modality:
-        for p in lm_params:
-            p.requires_grad_(True)
         groups.append({"params": lm_params, "lr": cfg.lr_lm_modality})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    _run("modality", cfg.steps_modality, opt, lambda: media_step(True, True), cfg, log)
-    for p in lm_params:
-        p.requires_grad_(True)
+    with nullcontext() if cfg.tune_lm_in_modality else frozen(lm_params):
+        _run("modality", cfg.steps_modality, opt, lambda: media_step(True, True), cfg, log)
     times["modality"] = time.time() - t3
     models.image.eval()
     models.audio.eval()
