@@ -358,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-align", type=int, default=None)
     parser.add_argument("--steps-modality", type=int, default=None)
     parser.add_argument("--freeze-lm", action="store_true", help="keep the language model frozen in stage 2")
+    parser.add_argument("--aux-weight", type=float, default=None, help="weight of the reading (auxiliary) loss")
     parser.add_argument("--lm-learns-following", action="store_true",
                         help="media instruction following also updates the LM (default: the towers only)")
     parser.add_argument("--tiny", action="store_true", help="seconds-long smoke run with a tiny model")
@@ -370,7 +371,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.tiny:
         cfg = cfg.tiny()
     overrides = {k: v for k, v in (("steps_text", args.steps_text), ("steps_align", args.steps_align),
-                                   ("steps_modality", args.steps_modality)) if v is not None}
+                                   ("steps_modality", args.steps_modality), ("aux_weight", args.aux_weight))
+                 if v is not None}
     if args.freeze_lm:
         overrides["tune_lm_in_modality"] = False
     if args.lm_learns_following:
