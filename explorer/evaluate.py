@@ -200,6 +200,7 @@ def _metrics(
     refusal_rate: dict[str, float] = {}
     auroc: dict[str, list[float]] = {}
     gap: dict[str, list[float]] = {}
+    uncorrected: dict[str, torch.Tensor] = {}  # media modality -> projections without correction
     for modality in settings.modalities:
         for mode in settings.modes:
             source_mode = mode if modality != "text" else settings.modes[0]
@@ -208,16 +209,16 @@ def _metrics(
                 if flags:
                     refusal_rate[f"{modality}/{mode}/{label}"] = float(np.mean(flags))
             projections = profile.project(states_by_job[(modality, source_mode)])
+            if mode == "off" and modality != "text":
+                uncorrected[modality] = projections
             if len(set(labels)) == 2:
                 auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
     ceiling, budget = {}, None
     if "off" in settings.modes and "text/off/harmless" in refusal_rate and len(set(labels)) == 2:
         budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)
-        for modality in settings.modalities:
-            if modality != "text":
-                projections = profile.project(states_by_job[(modality, "off")])
-                ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
+        for modality, projections in uncorrected.items():
+            ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
     resolved = settings.correction.resolved(profile)
     lookalikes = [i for i in items if i.lookalike]
     return {
