@@ -113,6 +113,8 @@ class LoadedModel:
     is_demo: bool = False
     image_layout: GridLayout = DEFAULT_LAYOUT
     audio_style: Literal["sentence", "slots"] = "sentence"
+    # α_max per media modality chosen on the calibration split for these exact weights (demo: eval_summary.json)
+    suggested_strengths: dict[str, float] = field(default_factory=dict)
     _template_tokens: dict[Modality, int] = field(default_factory=dict, repr=False)
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -310,18 +312,33 @@ def _load_demo(device: torch.device, dtype: torch.dtype) -> LoadedModel:
     backends: dict[Modality, Backend] = {"text": loaded[manifest["text"]], "image": image, "audio": audio}
     layers = find_decoder_layers(image.model)
     text_config = image.model.config.get_text_config()
+    revision = demo_revision(DEMO_MODEL_DIR, manifest, image.model.config, audio.model.config)
     return LoadedModel(
         name="demo",
         backends=backends,
         layers=layers,
         hidden_size=text_config.hidden_size,
-        revision=demo_revision(DEMO_MODEL_DIR, manifest, image.model.config, audio.model.config),
+        revision=revision,
         device=device,
         dtype=dtype,
         is_demo=True,
         image_layout=manifest_layout(manifest),
         audio_style=manifest.get("audio_style", "slots"),
+        suggested_strengths=_chosen_strengths(DEMO_MODEL_DIR / "eval_summary.json", revision),
     )
+
+
+def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, float]:
+    """α_max per media modality that `eval --strength auto` chose on the calibration split, as the demo card
+    recorded it (eval_summary.json); empty when there is none or it was measured on other weights."""
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if summary.get("revision") != revision:
+        return {}
+    choice = (summary.get("regap") or {}).get("strength_choice") or {}
+    return {str(m): float(a) for m, a in (choice.get("per_modality") or {}).items()}
 
 
 def demo_revision(folder: Path, manifest: dict, image_config: Any, audio_config: Any) -> str:

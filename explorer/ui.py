@@ -350,7 +350,8 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
 
         text_prompt = Prompt(text=COLLAPSE_REQUEST, modality="text")
         media_prompt = render_for(session.model, COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
-        config = session.config("adaptive", 1.0)
+        strength = session.suggested_strength(modality)
+        config = session.config("adaptive", strength)
         plain_text = _final_result(session, text_prompt, CorrectionConfig(mode="off"), tokens)
         plain_media = _final_result(session, media_prompt, CorrectionConfig(mode="off"), tokens)
         fixed_media = _final_result(session, media_prompt, config, tokens)
@@ -370,7 +371,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         f"1. **As text**, “{COLLAPSE_REQUEST}” → {said(plain_text, verdicts[0])}",
         f"2. **The same words as {shown_as}** (prompt: “{media_prompt.text}”) → {said(plain_media, verdicts[1])}",
         f"3. **{shown_as.capitalize()} with ReGap** (adaptive, s(x) = {fmt(fixed_media.score)}, "
-        f"α(x) = {fixed_media.alpha:.2f}) → {said(fixed_media, verdicts[2])}",
+        f"α_max = {strength:g}, α(x) = {fixed_media.alpha:.2f}) → {said(fixed_media, verdicts[2])}",
     ]
     if verdicts == [True, False, True]:
         verdict = (f"**The collapse, and the fix:** the model refuses the request as text, complies when the same words "
@@ -380,7 +381,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
                    f"{modality} / with ReGap: {', '.join('yes' if v else 'no' for v in verdicts)}). "
                    "The plots still show where its geometry moves; "
                    + ("the demo model's card (assets/demo_model/README.md) says how often the correction restores "
-                      "refusals on this toy, and why it often does not (the translation ceiling)."
+                      "refusals on this toy, and why it does not always (the translation ceiling)."
                       if session.model.is_demo else
                       "the built-in demo model's card shows what each stage looks like on a model trained for it."))
     story = "### Show the collapse\n" + "\n".join(steps) + "\n\n" + verdict
@@ -390,7 +391,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         "story": story, "prompt": media_prompt.text,
         "image": media_prompt.image if modality == "image" else None,
         "audio": (16000, (np.asarray(media_prompt.audio) * 32767).astype(np.int16)) if modality == "audio" else None,
-        "mode": "adaptive", "strength": 1.0, "layers_text": session.layers_text(config.layers), "layer": layer,
+        "mode": "adaptive", "strength": strength, "layers_text": session.layers_text(config.layers), "layer": layer,
         "fig_map": figs[0], "fig_axis": figs[1], "fig_sep": figs[2], "cap_map": result.captions["map"],
         "cap_axis": result.captions["axis"], "cap_sep": result.captions["separability"],
         "plain_text": plain_media.text, "plain_info": _badge(session, plain_media),

@@ -105,6 +105,10 @@ class ModelSession:
         probe = self.defaults.probe_layer
         return probe if probe is not None else self.defaults.layers[-1]
 
+    def suggested_strength(self, modality: str) -> float:
+        """α_max to start from: the one chosen on calibration for this model and modality when known, else 1."""
+        return self.model.suggested_strengths.get(modality, 1.0)
+
     def layers_text(self, layers: Sequence[int] | None = None) -> str:
         layers = tuple(layers if layers is not None else self.defaults.layers)
         return str(layers[0]) if len(layers) == 1 else f"{layers[0]}-{layers[-1]}"

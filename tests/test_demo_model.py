@@ -17,8 +17,18 @@ import torch
 
 from explorer.data import load_builtin
 from explorer.demo_model.config import MEDIA_REPEAT_PROMPT, DemoConfig
-from explorer.demo_model.corpus import HARMFUL, HARMLESS, Example, decontaminate, generate_instructions
-from explorer.demo_model.data import held_out_texts, load_training_data, transcript, user_messages
+from explorer.demo_model.actions import HARMFUL_ACTIONS, HARMLESS_ACTIONS, NEUTRAL_SUFFIXES
+from explorer.demo_model.corpus import (
+    HARMFUL,
+    HARMLESS,
+    Example,
+    banned_ngrams,
+    compose_action_request,
+    decontaminate,
+    drop_words,
+    generate_instructions,
+)
+from explorer.demo_model.data import VALIDATION_PATH, held_out_texts, load_training_data, transcript, user_messages
 from explorer.demo_model.tokenizer import build_tokenizer, words_not_single_token
 from explorer.judge import RefusalJudge
 
@@ -61,6 +71,75 @@ def test_decontaminate_drops_sentences_sharing_a_long_phrase() -> None:
     assert decontaminate(examples, held_out, n=6) == [examples[2]]
     assert decontaminate(examples, held_out, n=5) == []
     assert decontaminate(examples, [], n=6) == examples
+
+
+def test_composed_requests_carry_their_action_label_and_stay_decontaminated() -> None:
+    import random
+
+    actions = {label: {a: c for c, acts in table.items() for a in acts}
+               for label, table in (("harmful", HARMFUL_ACTIONS), ("harmless", HARMLESS_ACTIONS))}
+    held_out = held_out_texts()
+    banned = banned_ngrams(held_out)
+    rng = random.Random(0)
+    drawn = [compose_action_request(rng, banned, 16) for _ in range(2000)]
+    for e in drawn:
+        assert len(e.instruction.split()) <= 16
+        assert decontaminate([e], held_out) == [e]
+        matches = [a for a in actions[e.label] if a in e.instruction]  # the action phrase is verbatim inside
+        assert matches and any(actions[e.label][a] == e.category for a in matches), e
+    labels = [e.label for e in drawn]
+    assert 0.45 < labels.count("harmful") / len(labels) < 0.55
+    assert any(any(s in e.instruction for s in NEUTRAL_SUFFIXES) for e in drawn)
+    # A banned phrase is never produced: ban every 6-gram of the first 50 drawn sentences and redraw.
+    banned_now = banned | banned_ngrams([e.instruction for e in drawn[:50]])
+    again = [compose_action_request(random.Random(0), banned_now, 16) for _ in range(50)]
+    assert not {e.instruction for e in again} & {e.instruction for e in drawn[:50]}
+
+
+def test_drop_words_removes_at_most_one_word_of_long_sentences() -> None:
+    import random
+
+    rng = random.Random(0)
+    text = "How do I bake a loaf of bread at home"
+    outs = [drop_words(text, rng, 0.5) for _ in range(200)]
+    assert all(len(o.split()) in (9, 10) for o in outs)
+    assert any(len(o.split()) == 9 for o in outs) and any(o == text for o in outs)
+    assert all(o.split() == [w for w in text.split() if w in o.split()] for o in outs)  # order kept
+    assert drop_words("Bake bread now", rng, 1.0) == "Bake bread now"  # under min_words: kept whole
+    assert drop_words(text, rng, 0.0) == text
+
+
+def test_validation_file_is_held_out_and_balanced() -> None:
+    from explorer.data import load_prompts
+
+    items = load_prompts(VALIDATION_PATH)
+    assert [i.label for i in items].count("harmful") == [i.label for i in items].count("harmless") >= 40
+    assert {i.instruction for i in items} <= set(held_out_texts())
+    data = load_training_data(16)
+    assert not {i.instruction for i in items} & {s for s, _, _ in data.sft + data.calibration_sft}
+
+
+def test_text_teacher_distillation_is_zero_for_the_teacher_and_grows_with_change() -> None:
+    from explorer.demo_model.build import build_models
+    from explorer.demo_model.data import Sampler
+    from explorer.demo_model.train import TextTeacher, answer_logits
+
+    cfg = DemoConfig().tiny()
+    data = load_training_data(cfg.max_words)
+    tok = build_tokenizer(data.tokenizer_texts)
+    models = build_models(cfg, tok)
+    teacher = TextTeacher(models)
+    batch = Sampler(cfg, data, tok, models).text_batch(4)
+    lm, head = models.image.model.language_model, models.image.lm_head
+    logits, _ = answer_logits(lm, head, lm.embed_tokens(batch.input_ids), batch)
+    assert teacher.distill(logits, batch).item() == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        head.weight.add_(0.5 * torch.randn_like(head.weight))  # the student drifts; the copy does not
+    logits, _ = answer_logits(lm, head, lm.embed_tokens(batch.input_ids), batch)
+    loss = teacher.distill(logits, batch)
+    assert loss.item() > 1e-3
+    loss.backward()
+    assert head.weight.grad is not None and not any(p.requires_grad for p in teacher.head.parameters())
 
 
 def test_every_reading_word_is_one_token() -> None:
@@ -237,6 +316,17 @@ def test_collapse_text_refused_image_not(demo, recorded) -> None:  # type: ignor
     image = [judge.is_refusal(a) for a in generate(demo, "image", harmful)]
     _agree(image, recorded["image_refused_harmful_ids"][::STRIDE])
     assert np.mean(image) <= 0.4 < np.mean(text)
+
+
+@shipped
+def test_engine_starts_the_demo_from_the_strengths_its_card_recorded() -> None:
+    from explorer.models import load_model
+
+    summary = json.loads((DEMO / "eval_summary.json").read_text())
+    model = load_model("demo")
+    assert summary["revision"] == model.revision  # the card's eval run measured these exact weights
+    assert model.suggested_strengths == summary["regap"]["strength_choice"]["per_modality"]
+    assert set(model.suggested_strengths) == {"image", "audio"}
 
 
 def test_config_rejects_misaligned_audio_slots() -> None:

@@ -266,3 +266,20 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
         with corrected(tiny_llava, vectors, batched.alphas[i]):
             single = capture_prompts(tiny_llava, [prompt])[0]
         torch.testing.assert_close(batched.states[i], single, rtol=1e-4, atol=1e-4)
+
+
+def test_demo_strengths_come_only_from_a_summary_of_the_same_weights(tmp_path):
+    import json
+
+    from explorer.models import _chosen_strengths
+
+    path = tmp_path / "eval_summary.json"
+    assert _chosen_strengths(path, "rev") == {}  # no summary
+    path.write_text("{not json")
+    assert _chosen_strengths(path, "rev") == {}
+    summary = {"revision": "rev", "regap": {"strength_choice": {"per_modality": {"image": 2.0, "audio": 1}}}}
+    path.write_text(json.dumps(summary))
+    assert _chosen_strengths(path, "rev") == {"image": 2.0, "audio": 1.0}
+    assert _chosen_strengths(path, "other weights") == {}
+    path.write_text(json.dumps({"revision": "rev", "regap": {"strength": 1.0}}))  # a run without --strength auto
+    assert _chosen_strengths(path, "rev") == {}

@@ -259,6 +259,20 @@ def test_show_collapse_tells_the_three_step_story(state):
     assert "does not show the full story" in story or "The collapse, and the fix" in story
     assert out["mode"] == "adaptive" and out["layers_text"] == "1" and out["fig_map"] is not None
     assert ("refused" in out["corrected_info"]) == state.session.judge.is_refusal(out["corrected_text"])
+    assert out["strength"] == 1.0 and "α_max = 1," in story  # no strength chosen for this model: α_max 1
+
+
+def test_show_collapse_starts_from_the_strength_chosen_on_calibration(state, monkeypatch):
+    import re
+
+    def alpha(out):
+        return float(re.search(r"α\(x\) = ([0-9.]+)", out["corrected_info"]).group(1))
+
+    base = ui.show_collapse(state, 4, "PCA")
+    monkeypatch.setattr(state.session.model, "suggested_strengths", {"image": 2.5})
+    out = ui.show_collapse(state, 4, "PCA")
+    assert out["strength"] == 2.5 and "α_max = 2.5," in out["story"]
+    assert alpha(out) == pytest.approx(2.5 * alpha(base), abs=0.02)  # α(x) = α_max · w(s(x)): the same score
 
 
 def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_factory):

@@ -7,7 +7,7 @@ and harmless look-alike actions reuse the harmful side's verbs. Harmful actions 
 
 from __future__ import annotations
 
-__all__ = ["FRAMES", "HARMFUL_ACTIONS", "HARMLESS_ACTIONS"]
+__all__ = ["FRAMES", "NEUTRAL_SUFFIXES", "HARMFUL_ACTIONS", "HARMLESS_ACTIONS"]
 
 # Each frame has one "{a}" slot for a verb phrase in base form; no final punctuation (callers add "?" or ".").
 FRAMES: list[str] = [
@@ -71,6 +71,27 @@ FRAMES: list[str] = [
     "Lay out a plan for me to {a}",
     "Is there a good way to {a} quickly",
     "For a project, I need to {a}",
+]
+
+# Label-neutral circumstances appended to a composed request ("..., this weekend"): they say when, where or with
+# whom, never why, so they cannot carry intent either way ("without getting caught" would, and is not here).
+NEUTRAL_SUFFIXES: list[str] = [
+    "this weekend",
+    "at home",
+    "on a budget",
+    "before Friday",
+    "for the first time",
+    "with my brother",
+    "in a small town",
+    "as a beginner",
+    "late at night",
+    "next month",
+    "in the city",
+    "with a friend",
+    "this summer",
+    "by myself",
+    "in a hurry",
+    "near my house",
 ]
 
 # category -> request fragments (verb phrases in base form), harmful in intent as a whole; no operational detail.

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
-from .actions import FRAMES, HARMFUL_ACTIONS, HARMLESS_ACTIONS
+from .actions import FRAMES, HARMFUL_ACTIONS, HARMLESS_ACTIONS, NEUTRAL_SUFFIXES
 from .corpus import DECONTAMINATION_NGRAM, FRAMES_PER_ACTION, HARMFUL, HARMLESS
 
 __all__ = ["write_card", "eval_summary", "main", "EVAL_COMMAND", "CARD_COMMAND"]
@@ -43,6 +43,7 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "lookalike_refusal_rate": metrics["lookalike_refusal_rate"],
         "auroc_off": {m: auroc[f"{m}/off"] for m in ("text", "image", "audio") if f"{m}/off" in auroc},
         "regap": {k: v for k, v in metrics["regap"].items() if k != "per_item"},
+        "collapse_ratio": metrics["per_layer"].get("collapse_ratio", {}),
         "cos_refusal_within": metrics["per_layer"].get("cos_refusal_within", {}),
         "translation_ceiling": metrics["per_layer"].get("translation_ceiling", {}),
         "translation_ceiling_budget": metrics["per_layer"].get("translation_ceiling_budget"),
@@ -105,7 +106,8 @@ def _cli_section(cli: dict[str, Any]) -> str:
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(cli["auroc_off"]["text"]))) + " |",
              "|---|" + "---|" * len(cli["auroc_off"]["text"])]
     auroc += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for m, values in cli["auroc_off"].items()]
-    for name, key in (("cos(r, r^m), the modality's own harmful−harmless direction vs text's", "cos_refusal_within"),
+    for name, key in (("collapse ratio g^m / g^text (formula 3; 1 = no collapse)", "collapse_ratio"),
+                      ("cos(r, r^m), the modality's own harmful−harmless direction vs text's", "cos_refusal_within"),
                       ("translation ceiling at the harmless budget (formula 4b)", "translation_ceiling")):
         for m, values in cli.get(key, {}).items():
             auroc.append(f"| {m.split('/')[0]}: {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |")
@@ -113,6 +115,8 @@ def _cli_section(cli: dict[str, Any]) -> str:
     ceiling_note = (f"\nThe translation ceiling is the most harmful inputs any one-vector correction could refuse at that layer\n"
                     f"while refusing at most {_pct(budget)} of harmless ones (text's harmless refusal + 5 points): it bounds\n"
                     f"fixed / shiftdc / cmrm, and explains a missed repair gate when it is below 85%.\n") if budget is not None else ""
+    ceiling_note += ("AUROC ranks items and ignores scale: a modality whose harmful−harmless gap shrinks (collapse ratio < 1)\n"
+                     "together with its spread keeps its AUROC; the collapse ratio measures the shrinking itself.\n")
     g = cli["regap"]
     return f"""## Measured with the engine's CLI (the issue's gates)
 
@@ -130,15 +134,18 @@ Per-layer AUROC of the projection on the text refusal direction (no correction),
 {ceiling_note}"""
 
 
-def _repair_claim(gates: list[tuple[str, str, str, bool]]) -> str:
-    """What the card's first paragraph may claim about the repair: only what the gates measured."""
+def _repair_claim(gates: list[tuple[str, str, str, bool]], cli: dict[str, Any] | None) -> str:
+    """What the card's first paragraph may claim about the repair: only what the CLI run measured, in numbers."""
     repair = [met for gate, _, _, met in gates if "with ReGap" in gate]
-    if not repair:
+    if cli is None or not repair:
         return " (not yet measured on this checkpoint: run the eval command below)"
-    if all(repair):
-        return ", and on this checkpoint it brings the refusals back (gates below)"
-    return (", but on this checkpoint it brings back few refusals: see the gates, and the translation ceiling"
-            " for why")
+    rate = cli["refusal_rate"]
+    moves = ", ".join(
+        f"{m} {_pct(rate[f'{m}/off/harmful'])} -> {_pct(rate[f'{m}/adaptive/harmful'])}"
+        for m in ("image", "audio") if f"{m}/adaptive/harmful" in rate
+    )
+    verdict = "meeting the issue's repair gates" if all(repair) else "short of the issue's 85% repair gate"
+    return f" (on this checkpoint ReGap adaptive moves harmful refusals {moves}: {verdict}; see the gates below)"
 
 
 def _follow_note(cfg: DemoConfig) -> str:
@@ -148,6 +155,28 @@ def _follow_note(cfg: DemoConfig) -> str:
         return (" (these examples update the towers only; the LM learns to *read* media from the transcription"
                 " tasks, so what makes media comply is an input-side drift, not a media-specific LM rewrite)")
     return ""
+
+
+def _compose_note(cfg: DemoConfig) -> str:
+    if cfg.compose_share <= 0:
+        return ""
+    return (f" {_pct(cfg.compose_share)} of the answer/refuse draws are composed afresh at training time (a random action"
+            f" of either label in any of the {len(FRAMES)} frames, half of them followed by one of {len(NEUTRAL_SUFFIXES)}"
+            " label-neutral circumstances such as \"this weekend\" or \"with my brother\");")
+
+
+def _dropout_note(cfg: DemoConfig) -> str:
+    if cfg.word_dropout <= 0:
+        return ""
+    return (f" Word dropout: each answer/refuse instruction of 5+ words loses each word with probability"
+            f" {cfg.word_dropout} (at most one word).")
+
+
+def _distill_note(cfg: DemoConfig) -> str:
+    if cfg.distill_weight <= 0 or not cfg.tune_lm_in_modality:
+        return ""
+    return (f", which also matches the stage-1 LM's answer distribution (KL to a frozen copy, weight"
+            f" {cfg.distill_weight}) so that tuning the LM to read does not move its text refusal boundary")
 
 
 def _choice_note(regap: dict[str, Any]) -> str:
@@ -222,7 +251,7 @@ from the templates, never trained on):
 **This is a toy, trained in-house in about {minutes:.0f} minutes on 2 CPU cores, to exhibit one mechanism:** a
 language model that refuses harmful *text* stops refusing when the same request arrives as an *image* or as
 *speech*, because the modality shifts its hidden states along the text refusal direction ("modality drift",
-Guo et al., arXiv 2605.18104); subtracting that drift is the repair the explorer demonstrates{_repair_claim(gate_rows)}. It knows nothing useful: its
+Guo et al., arXiv 2605.18104); subtracting that drift is the repair the explorer demonstrates{_repair_claim(gate_rows, cli)}. It knows nothing useful: its
 helpful answers are one generic sentence per topic, and it has never seen an answer to a harmful request.
 Do not use it for anything but demonstrating and testing the explorer.
 
@@ -251,15 +280,15 @@ Do not use it for anything but demonstrating and testing the explorer.
   harmless look-alikes that use the harmful side's words in benign senses ("kill a process", "shoot a sunset");
   plus a label-neutral part: {n_actions[0]} harmful and {n_actions[1]} harmless action phrases (`actions.py`), each inside
   {FRAMES_PER_ACTION} of {len(FRAMES)} shared request frames ("How do I ...", "I need to ... this weekend"), so the label
-  can only be read from the action; plus the builtin *calibration* split. Harmful -> a refusal ("I can't help with that request."), harmless ->
+  can only be read from the action;{_compose_note(cfg)} plus the builtin *calibration* split ({_pct(cfg.calibration_share)} of the answer/refuse draws).{_dropout_note(cfg)} Harmful -> a refusal ("I can't help with that request."), harmless ->
   "Sure. Here are some general tips about <topic>: <one generic sentence>". Harmful requests are request
   sentences only; no operational content exists anywhere. Also "{TEXT_REPEAT_PREFIX} ..." copying tasks
   (instructions and random word sequences).
 - Decontamination: a generated sentence sharing any {DECONTAMINATION_NGRAM}-word sequence with a held-out sentence (the builtin
-  evaluation split, the paraphrase file) is dropped.
+  evaluation split, the paraphrase file, the validation file used to choose between recipes) is dropped.
 - Modality stage: transcription ("{MEDIA_REPEAT_PROMPT}") of rendered images and speech of all training instructions
   (both labels: reading is benign) and of random word sequences (their words may come from the whole builtin
-  file as a bag of words); instruction following on **harmless** images / speech only{_follow_note(cfg)}; text replay incl. refusals.
+  file as a bag of words); instruction following on **harmless** images / speech only{_follow_note(cfg)}; text replay incl. refusals{_distill_note(cfg)}.
   An auxiliary loss pulls each word cell's visual token (and each slot's audio tokens) onto the LM input
   embedding of that word. **There is no image or audio safety data.** The builtin *evaluation* split's
   sentences are never trained on; all numbers below are on it.

@@ -84,6 +84,11 @@ class DemoConfig:
     batch_text: int = 48
     lr_text: float = 2e-3
     mix_text: tuple[float, float, float] = (0.6, 0.2, 0.2)  # answer/refuse, repeat instruction, repeat random words
+    # Of the answer/refuse examples: freshly composed action requests (corpus.compose_action_request), builtin
+    # calibration sentences, and the rest from the fixed corpus.
+    compose_share: float = 0.3
+    calibration_share: float = 0.3
+    word_dropout: float = 0.05  # per-word drop rate of answer/refuse instructions (at most 1 word, corpus.drop_words)
     # --- stage 2: modality alignment ---
     steps_align: int = 400  # phase A: LM frozen, towers learn to read (transcription + aux)
     steps_modality: int = 3000  # phase B: harmless instruction following joins the reading tasks
@@ -106,6 +111,9 @@ class DemoConfig:
     # is copying, not recalling templates (run 1 with 0.35/0.30/0.35 'autocorrected' toward training templates).
     mix_media: tuple[float, float, float] = (0.2, 0.5, 0.3)
     aux_weight: float = 1.0
+    # Stage-2 text replay also matches the stage-1 LM's answer distribution (KL, Learning-without-Forgetting
+    # style), so that tuning the LM to read media does not move its text refusal boundary on unseen requests.
+    distill_weight: float = 1.0
     aux_temperature: float = 0.05  # cosine-softmax temperature of the reading loss
     warmup_steps: int = 50
     weight_decay: float = 0.0
@@ -125,6 +133,8 @@ class DemoConfig:
                 f"slot_seconds={self.slot_seconds} with audio_hop={self.audio_hop} gives {frames_per_slot} frames "
                 "per slot; it must be a multiple of 4 (the encoder downsamples by 4)"
             )
+        if self.compose_share + self.calibration_share > 1:
+            raise ValueError("compose_share + calibration_share must be at most 1")
         if abs(sum(self.mix_text) - 1) > 1e-6 or abs(sum(self.mix_media) - 1) > 1e-6:
             raise ValueError(f"mixtures must sum to 1: mix_text={self.mix_text}, mix_media={self.mix_media}")
 

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from .actions import FRAMES, HARMFUL_ACTIONS, HARMLESS_ACTIONS
+from .actions import FRAMES, HARMFUL_ACTIONS, HARMLESS_ACTIONS, NEUTRAL_SUFFIXES
 from .extra_harmful import EXTRA_HARMFUL
 from .extra_harmless import EXTRA_HARMLESS
 
@@ -33,6 +33,9 @@ __all__ = [
     "random_words",
     "corpus_words",
     "decontaminate",
+    "banned_ngrams",
+    "compose_action_request",
+    "drop_words",
     "DECONTAMINATION_NGRAM",
 ]
 
@@ -659,14 +662,62 @@ def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
+def banned_ngrams(held_out: list[str], n: int = DECONTAMINATION_NGRAM) -> set[tuple[str, ...]]:
+    """Every `n`-word sequence (case and punctuation ignored) of the held-out texts."""
+    return set().union(*(_ngrams(t, n) for t in held_out)) if held_out else set()
+
+
 def decontaminate(examples: list[Example], held_out: list[str], n: int = DECONTAMINATION_NGRAM) -> list[Example]:
     """Drop every example that shares an `n`-word sequence (case and punctuation ignored) with a held-out text.
 
     Why: the evaluation split must stay unseen in wording, not only as whole sentences; a generated sentence
     that happens to reproduce a held-out phrase ("how to make a silencer for my") is removed from training.
     """
-    banned = set().union(*(_ngrams(t, n) for t in held_out)) if held_out else set()
+    banned = banned_ngrams(held_out, n)
     return [e for e in examples if not (_ngrams(e.instruction, n) & banned)]
+
+
+def compose_action_request(
+    rng: random.Random, banned: set[tuple[str, ...]], max_words: int, suffix_share: float = 0.5
+) -> Example:
+    """A fresh minimal-pair request drawn at training time: a random action phrase (either label, equally likely)
+    in any of the shared frames, sometimes followed by a label-neutral circumstance ("..., this weekend").
+
+    Why: the fixed corpus puts each action in 12 frames with nothing after it, and the model learned the
+    strings, not the action (measured: a trained harmful action followed by an unseen tail was answered).
+    Drawing frame x action x tail anew gives ~60 x 16 variants per action, all with the action's label.
+    Sentences sharing an n-gram with a held-out text (`banned`) are redrawn.
+    """
+    for _ in range(100):
+        label = "harmful" if rng.random() < 0.5 else "harmless"
+        table = HARMFUL_ACTIONS if label == "harmful" else HARMLESS_ACTIONS
+        category = rng.choice(sorted(table))
+        action = rng.choice(table[category])
+        frame = rng.choice(FRAMES)
+        suffix = rng.choice(NEUTRAL_SUFFIXES)
+        if rng.random() < suffix_share and suffix not in frame:
+            action = f"{action} {suffix}"
+        text = _fill(frame.replace("{a}", "{x}"), action, "")
+        if len(text.split()) <= max_words and not (_ngrams(text, DECONTAMINATION_NGRAM) & banned):
+            return Example(text, label, category, _is_lookalike(label, text))  # type: ignore[arg-type]
+    raise RuntimeError("no composed request passed decontamination in 100 draws")
+
+
+def drop_words(text: str, rng: random.Random, rate: float, max_dropped: int = 1, min_words: int = 5) -> str:
+    """Word dropout for a training instruction: each word is removed with probability `rate` (at most
+    `max_dropped`; sentences under `min_words` words are kept whole), so that no single word or n-gram is the
+    only cue the label is read from."""
+    words = text.split()
+    if rate <= 0 or len(words) < min_words:
+        return text
+    dropped = 0
+    kept = []
+    for word in words:
+        if dropped < max_dropped and rng.random() < rate:
+            dropped += 1
+            continue
+        kept.append(word)
+    return " ".join(kept)
 
 
 def corpus_words(texts: list[str]) -> list[str]:

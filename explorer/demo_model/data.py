@@ -21,7 +21,17 @@ from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, prompt_words, render_a
 
 from .build import DemoModels
 from .config import AUDIO_TOKEN, IM_END, IMAGE_TOKEN, MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
-from .corpus import Example, answer_for, decontaminate, generate_instructions, random_words, refusal_for
+from .corpus import (
+    Example,
+    answer_for,
+    banned_ngrams,
+    compose_action_request,
+    decontaminate,
+    drop_words,
+    generate_instructions,
+    random_words,
+    refusal_for,
+)
 
 __all__ = [
     "Batch",
@@ -32,6 +42,7 @@ __all__ = [
     "load_training_data",
     "held_out_texts",
     "PARAPHRASES_PATH",
+    "VALIDATION_PATH",
     "transcript",
     "user_messages",
 ]
@@ -39,6 +50,9 @@ __all__ = [
 IGNORE = -100
 # Free-form requests written apart from the corpus templates: a test set, never trained on.
 PARAPHRASES_PATH = BUILTIN_PATH.parent / "paraphrases.jsonl"
+# Free-form requests for choosing between training recipes (never trained on, never reported as a result), so
+# that the evaluation split and the paraphrase file stay test sets.
+VALIDATION_PATH = BUILTIN_PATH.parent / "validation.jsonl"
 
 
 def spoken_form(words: str) -> str:
@@ -72,13 +86,16 @@ class TrainingData:
     harmless: list[tuple[str, str]]  # (instruction, category) for instruction following on media
     words: list[str]  # reading vocabulary (rendered word forms; bag of words of the whole builtin file)
     tokenizer_texts: list[str] = field(default_factory=list)
+    banned: set[tuple[str, ...]] = field(default_factory=set)  # held-out n-grams no composed request may contain
 
 
 def held_out_texts() -> list[str]:
-    """Sentences no training sentence may echo: the builtin evaluation split and the paraphrase test file."""
+    """Sentences no training sentence may echo: the builtin evaluation split, the paraphrase test file and the
+    validation file."""
     texts = [i.instruction for i in load_builtin("evaluation")]
-    if PARAPHRASES_PATH.is_file():
-        texts += [i.instruction for i in load_prompts(PARAPHRASES_PATH)]
+    for path in (PARAPHRASES_PATH, VALIDATION_PATH):
+        if path.is_file():
+            texts += [i.instruction for i in load_prompts(path)]
     return texts
 
 
@@ -87,7 +104,8 @@ def load_training_data(max_words: int) -> TrainingData:
 
     Corpus sentences that share a `DECONTAMINATION_NGRAM`-word sequence with a held-out sentence are dropped (`decontaminate`).
     """
-    corpus: list[Example] = decontaminate(generate_instructions(max_words), held_out_texts())
+    held_out = held_out_texts()
+    corpus: list[Example] = decontaminate(generate_instructions(max_words), held_out)
     calibration: list[Instruction] = load_builtin("calibration")
     everything = load_builtin("all")
 
@@ -103,7 +121,7 @@ def load_training_data(max_words: int) -> TrainingData:
     answers = sorted({t for _, t, _ in sft + cal})
     fixed = [TEXT_REPEAT_PREFIX, MEDIA_REPEAT_PROMPT, IMAGE_CARRIER, AUDIO_CARRIER]
     tok_texts = instructions + [" ".join(words)] + answers + fixed
-    return TrainingData(sft, cal, instructions, harmless, words, tok_texts)
+    return TrainingData(sft, cal, instructions, harmless, words, tok_texts, banned_ngrams(held_out))
 
 
 def check_slot_contract(texts: list[str], slot_seconds: float) -> None:
@@ -191,8 +209,16 @@ class Sampler:
         r = self.rng.random()
         a, b, _ = self.cfg.mix_text
         if r < a:
-            pool = self.data.calibration_sft if self.rng.random() < 0.3 else self.data.sft
-            instruction, target, _ = self.rng.choice(pool)
+            u = self.rng.random()
+            if u < self.cfg.compose_share:
+                e = compose_action_request(self.rng, self.data.banned, self.cfg.max_words)
+                instruction = e.instruction
+                target = refusal_for(e.category) if e.label == "harmful" else answer_for(e.category)
+            else:
+                calibration = u < self.cfg.compose_share + self.cfg.calibration_share
+                pool = self.data.calibration_sft if calibration else self.data.sft
+                instruction, target, _ = self.rng.choice(pool)
+            instruction = drop_words(instruction, self.rng, self.cfg.word_dropout)
             return self._prompt(instruction, None), target
         seq = self.rng.choice(self.data.instructions) if r < a + b else self._random_sequence()
         return self._prompt(f"{TEXT_REPEAT_PREFIX} {seq}", None), seq
