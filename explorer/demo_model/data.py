@@ -89,6 +89,11 @@ class TrainingData:
     banned: set[tuple[str, ...]] = field(default_factory=set)  # held-out n-grams no composed request may contain
 
 
+def target_for(label: str, category: str) -> str:
+    """The text-SFT answer: a refusal for a harmful request, the category's generic answer for a harmless one."""
+    return refusal_for(category) if label == "harmful" else answer_for(category)
+
+
 def held_out_texts() -> list[str]:
     """Sentences no training sentence may echo: the builtin evaluation split, the paraphrase test file and the
     validation file."""
@@ -109,11 +114,8 @@ def load_training_data(max_words: int) -> TrainingData:
     calibration: list[Instruction] = load_builtin("calibration")
     everything = load_builtin("all")
 
-    def target(label: str, category: str) -> str:
-        return refusal_for(category) if label == "harmful" else answer_for(category)
-
-    sft = [(e.instruction, target(e.label, e.category), e.label) for e in corpus]
-    cal = [(i.instruction, target(i.label, i.category), i.label) for i in calibration]
+    sft = [(e.instruction, target_for(e.label, e.category), e.label) for e in corpus]
+    cal = [(i.instruction, target_for(i.label, i.category), i.label) for i in calibration]
     instructions = [e.instruction for e in corpus] + [i.instruction for i in calibration]
     harmless = [(e.instruction, e.category) for e in corpus if e.label == "harmless"]
     harmless += [(i.instruction, i.category) for i in calibration if i.label == "harmless"]
@@ -212,8 +214,7 @@ class Sampler:
             u = self.rng.random()
             if u < self.cfg.compose_share:
                 e = compose_action_request(self.rng, self.data.banned, self.cfg.max_words)
-                instruction = e.instruction
-                target = refusal_for(e.category) if e.label == "harmful" else answer_for(e.category)
+                instruction, target = e.instruction, target_for(e.label, e.category)
             else:
                 calibration = u < self.cfg.compose_share + self.cfg.calibration_share
                 pool = self.data.calibration_sft if calibration else self.data.sft

@@ -214,7 +214,7 @@ def _lm_params(models: DemoModels) -> list[torch.nn.Parameter]:
 
 
 def stage1_fingerprint(cfg: DemoConfig, tok: PreTrainedTokenizerFast, data: TrainingData) -> str:
-    """What a stage-1 checkpoint depends on: LM shape, text schedule, vocabulary and text corpus.
+    """What a stage-1 checkpoint depends on: LM shape, text schedule, vocabulary, text corpus and held-out n-grams.
 
     Stored in the checkpoint so that `--text-checkpoint` refuses a language model trained with another
     tokenizer or corpus (same tensor shapes, silently wrong token ids) instead of loading it.
@@ -226,6 +226,7 @@ def stage1_fingerprint(cfg: DemoConfig, tok: PreTrainedTokenizerFast, data: Trai
         "config": {name: getattr(cfg, name) for name in fields},
         "vocab": sorted(tok.get_vocab().items()),
         "texts": data.tokenizer_texts,
+        "banned": sorted(data.banned),  # composed requests are redrawn around these held-out n-grams
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
