@@ -364,3 +364,17 @@ def test_card_refuses_an_eval_run_of_other_weights(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="not a usable"):
         card_main([str(DEMO), "--eval", str(tmp_path / "missing")])
     assert (DEMO / "README.md").read_text() == before
+
+
+def test_card_says_how_much_better_the_strength_looked_on_the_calibration_it_trained_on() -> None:
+    """The α chosen on calibration is compared with the evaluation split's rate at that α; a recipe that does not
+    train on calibration gets no such caveat."""
+    from explorer.demo_model.card import _optimism_note
+
+    regap = {"strength_choice": {"per_modality": {"image": 2.0, "audio": 1.0},
+                                 "rates": {"1.0": {"audio/harmful": 0.8}, "2.0": {"image/harmful": 0.75}}}}
+    rate = {"image/adaptive/harmful": 0.5, "audio/adaptive/harmful": 0.7}
+    note = _optimism_note(regap, rate, DemoConfig())
+    assert "image 75.0% on calibration vs 50.0% here; audio 80.0% on calibration vs 70.0% here" in note
+    assert _optimism_note(regap, rate, DemoConfig(calibration_share=0.0)) == ""
+    assert _optimism_note({}, rate, DemoConfig()) == ""
