@@ -378,3 +378,4 @@ def test_card_says_how_much_better_the_strength_looked_on_the_calibration_it_tra
     assert "image 75.0% on calibration vs 50.0% here; audio 80.0% on calibration vs 70.0% here" in note
     assert _optimism_note(regap, rate, DemoConfig(calibration_share=0.0)) == ""
     assert _optimism_note({}, rate, DemoConfig()) == ""
+    assert _optimism_note(regap, {}, DemoConfig()) == ""  # no adaptive run to compare with: no dangling sentence

@@ -214,6 +214,8 @@ def _optimism_note(regap: dict[str, Any], rate: dict[str, float], cfg: DemoConfi
         for m, alpha in choice["per_modality"].items()
         if str(alpha) in choice["rates"] and f"{m}/adaptive/harmful" in rate
     ]
+    if not pairs:  # no adaptive run of a chosen modality to compare with
+        return ""
     return ("\nThe calibration sentences are part of this toy's training (the text SFT mixture and the reading tasks), so"
             " the choice is optimistic: harmful refused with ReGap at the chosen α_max, " + "; ".join(pairs) + ".")
 
