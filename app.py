@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import ipaddress
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -15,9 +16,11 @@ from typing import Any, Callable
 import gradio as gr
 
 from explorer import ui
+from explorer.cli import add_model_arguments
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
-from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_audio, render_image
-from explorer.ui_session import AppSettings, AppState
+from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
+from explorer.vocab import SAMPLE_RATE
 
 MODEL_CONCURRENCY = 2  # model-running events share this many workers (hooks are per-thread, so this is safe)
 INTRO = """# Safety Geometry Explorer
@@ -58,12 +61,12 @@ def _example_media(state: AppState) -> tuple[str | None, str | None]:
     folder = Path(tempfile.mkdtemp(prefix="sge-examples-"))
     model = state.session.model
     image_path = folder / "example_request.png"
-    render_image(ui.EXAMPLE_HARMFUL, model.image_layout).save(image_path)
+    model.render(ui.EXAMPLE_HARMFUL, "image").image.save(image_path)  # type: ignore[union-attr]
     try:
         import soundfile as sf
 
         audio_path = folder / "example_request.wav"
-        sf.write(audio_path, render_audio(ui.EXAMPLE_HARMFUL, style=model.audio_style), 16000, subtype="PCM_16")
+        sf.write(audio_path, model.render(ui.EXAMPLE_HARMFUL, "audio").audio, SAMPLE_RATE, subtype="PCM_16")
     except Exception:  # noqa: BLE001 - no espeak-ng: the audio example is left out
         return str(image_path), None
     return str(image_path), str(audio_path)
@@ -105,7 +108,7 @@ def build_app(state: AppState) -> gr.Blocks:
             with gr.Column(scale=4):
                 layer = gr.Slider(0, session.num_layers - 1, value=session.default_layer(), step=1, label="Layer shown")
                 mode = gr.Radio(list(ui.MODES), value="adaptive", label="Correction mode")
-                strength = gr.Slider(0, 3, value=1.0, step=0.05, label="Strength (α, or α_max for adaptive)",
+                strength = gr.Slider(0, STRENGTH_MAX, value=1.0, step=0.05, label="Strength (α, or α_max for adaptive)",
                                      elem_id="strength")
                 with gr.Row():
                     layers_text = gr.Textbox(value=session.layers_text(), label='Corrected layers ("2" or "2-3")')
@@ -183,21 +186,41 @@ def build_app(state: AppState) -> gr.Blocks:
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Safety Geometry Explorer web app")
-    parser.add_argument("--model", default="demo", help="Hugging Face id, local model folder, or 'demo' (default)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-    parser.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
-    parser.add_argument("--calibration-limit", type=int, default=None, help="at most N calibration items per label")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--allow-model-switch", action="store_true",
+                        help="let visitors load any model from the page even when the server is reachable from "
+                             "other machines (--share or a non-loopback --host); on by default only on loopback")
+    parser.add_argument("--allowed-models", default="",
+                        help="comma list of the only model ids visitors may load from the page")
     return parser.parse_args(argv)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def settings_from_args(args: argparse.Namespace) -> AppSettings:
+    """AppSettings for the command line. Model switching from the page: any model on a loopback-only server;
+    once the server is reachable from elsewhere, only the listed models, or none, unless the operator allows it."""
+    allowed = tuple(m.strip() for m in args.allowed_models.split(",") if m.strip())
+    exposed = args.share or not _is_loopback(args.host)
+    switch = "listed" if allowed else "any" if (args.allow_model_switch or not exposed) else "off"
+    return AppSettings(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+                       trust_remote_code=args.trust_remote_code, calibration=args.calibration,
+                       calibration_limit=args.calibration_limit, model_switch=switch, allowed_models=allowed)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
-    settings = AppSettings(model=args.model, device=args.device, dtype=args.dtype, calibration=args.calibration,
-                           calibration_limit=args.calibration_limit)
+    settings = settings_from_args(args)
     print(f"Loading {args.model} and its calibration profile (cached on disk after the first run)…", flush=True)
     try:
         state = AppState.start(settings, progress=lambda fraction, message: print(f"  {message}", flush=True))

@@ -1,19 +1,25 @@
 """Safety Geometry Explorer: see why multimodal LLMs stop refusing, and correct it with ReGap.
 
-The data path, one module per stage: `data` (instructions) → `render` (text / image / audio prompts) →
-`models` (load, build inputs) → `capture` (per-layer states) → `geometry` (refusal directions, metrics,
-profiles) → `regap` (corrected generation) → `judge` → `evaluate` / `plots` / `ui`. Formulas: docs/method.md.
+The data path, one module per stage (docs/architecture.md): `data` (instructions) → `media` (text / image /
+audio prompts; `uploads` opens user files safely) → `models` (load, build inputs) → `capture` (per-layer
+states, a `StateBatch`) → `geometry` (formulas) and `profile` (a model's geometry, saved) → `regap`
+(corrected generation) → `judge` → `evaluation` / `plots` / `ui`. Words shared by all of them: `vocab`.
+Formulas: docs/method.md.
 """
 
 from .calibration import Calibration, calibrate, load_calibration_items
 from .capture import CaptureSettings, capture_items, capture_prompts, record_layers
 from .data import Instruction, load_builtin, load_prompts
-from .evaluate import EvalSettings, evaluate
-from .geometry import Profile, StateBatch, build_profile, embed_2d
+from .embedding import embed_2d
+from .evaluation import EvalSettings, evaluate
 from .judge import RefusalJudge
+from .media import Prompt, render
 from .models import LoadedModel, ModelLoadError, load_model
-from .regap import CorrectionConfig, GenerationResult, choose_defaults, corrected, generate
-from .render import MediaError, Prompt, load_audio, load_image, render
+from .profile import Profile, build_profile
+from .regap import CorrectionConfig, GenerationResult, choose_defaults, corrected, generate, generate_texts
+from .states import StateBatch
+from .uploads import MediaError, load_audio, load_image
+from .vocab import LABELS, MODALITIES, MODES
 
 __all__ = [
     "Calibration",
@@ -22,7 +28,10 @@ __all__ = [
     "EvalSettings",
     "GenerationResult",
     "Instruction",
+    "LABELS",
     "LoadedModel",
+    "MODALITIES",
+    "MODES",
     "MediaError",
     "ModelLoadError",
     "Profile",
@@ -38,6 +47,7 @@ __all__ = [
     "embed_2d",
     "evaluate",
     "generate",
+    "generate_texts",
     "load_audio",
     "load_builtin",
     "load_calibration_items",

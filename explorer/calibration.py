@@ -7,15 +7,17 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any, Sequence
 
-from .capture import CACHE_DIR, CaptureSettings, capture_items
-from .data import Instruction, Modality, calibration_hash, load_builtin, load_prompts
-from .geometry import Profile, StateBatch, build_profile
+from .capture import CaptureSettings, capture_items
+from .data import Instruction, calibration_hash, load_builtin, load_prompts
 from .judge import RefusalJudge
 from .models import LoadedModel
-from .regap import CorrectionConfig
+from .profile import Profile, build_profile
+from .regap import CorrectionConfig, generate
+from .states import StateBatch
+from .storage import CacheDir, resolve_cache_dir
+from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
 __all__ = ["Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength", "load_calibration_items"]
 
@@ -37,11 +39,11 @@ def load_calibration_items(source: str = "builtin", limit: int | None = None) ->
     items = load_builtin("calibration") if source == "builtin" else load_prompts(source)
     if limit is not None:
         kept: list[Instruction] = []
-        for label in ("harmful", "harmless"):
+        for label in LABELS:
             kept += [item for item in items if item.label == label][:limit]
         items = kept
     labels = {item.label for item in items}
-    if labels != {"harmful", "harmless"}:
+    if labels != set(LABELS):
         raise ValueError(f"calibration needs harmful and harmless items; {source} has only {sorted(labels)}")
     return items
 
@@ -51,7 +53,7 @@ def calibrate(
     items: Sequence[Instruction],
     modalities: Sequence[Modality] | None = None,
     settings: CaptureSettings = CaptureSettings(),
-    cache_dir: Path | None = CACHE_DIR,
+    cache_dir: CacheDir = "default",
     progress: bool = False,
 ) -> Calibration:
     """Capture `items` as text and in each other modality the model accepts, and build the profile."""
@@ -69,8 +71,9 @@ def calibrate(
         calibration_hash=calibration_hash(items),
         capture_settings={**asdict(settings), "revision": model.revision},
     )
-    if cache_dir is not None:
-        profile.save(cache_dir / "profiles" / f"{model.revision}-{profile.calibration_hash[:12]}-{settings.pooling}")
+    folder = resolve_cache_dir(cache_dir)
+    if folder is not None:
+        profile.save(folder / "profiles" / f"{model.revision}-{profile.calibration_hash[:12]}-{settings.pooling}")
     return Calibration(profile=profile, states=batch, items=list(items))
 
 
@@ -120,16 +123,13 @@ def choose_strength(
     harmful refusal (ties: the smaller α); if none qualifies, the smallest candidate. Refusals are said first,
     so a short `max_new_tokens` suffices for the judge.
     """
-    from .capture import render_for
-    from .regap import generate
-
-    media = [m for m in modalities if m != "text"]
+    media = [m for m in modalities if m in MEDIA_MODALITIES]
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
     def refusal_rate(modality: Modality, label: str, cfg: CorrectionConfig) -> float:
         answers = [
-            generate(model, render_for(model, item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
+            generate(model, model.render(item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
             for item in items
             if item.label == label
         ]
@@ -139,7 +139,7 @@ def choose_strength(
     budget = refusal_rate("text", "harmless", replace(base, mode="off")) + over_refusal_budget
     rates = {
         str(alpha): {f"{m}/{label}": refusal_rate(m, label, replace(base, strength=alpha))
-                     for m in media for label in ("harmful", "harmless")}
+                     for m in media for label in LABELS}
         for alpha in sorted(candidates)
     }
     per_modality = {}

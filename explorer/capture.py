@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import logging
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,13 +25,14 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .data import Instruction, Modality
-from .geometry import StateBatch
+from .data import Instruction
+from .vocab import Modality
 from .models import LoadedModel
-from .render import Prompt, render
+from .media import Prompt
+from .states import StateBatch
+from .storage import CacheDir, atomic_path, resolve_cache_dir
 
 __all__ = [
-    "CACHE_DIR",
     "CaptureSettings",
     "LayerRecord",
     "capture_items",
@@ -39,11 +40,10 @@ __all__ = [
     "last_token_index",
     "layer_output",
     "record_layers",
-    "render_for",
 ]
 
-CACHE_DIR = Path(os.environ.get("SGE_CACHE_DIR", Path.home() / ".cache" / "safety-geometry-explorer"))
 Pooling = Literal["last", "template_mean"]
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -153,11 +153,6 @@ def record_layers(
             handle.remove()
 
 
-def render_for(model: LoadedModel, item: Instruction | str, modality: Modality) -> Prompt:
-    """Render an instruction in `modality` the way this model reads it (the demo has its own grid/slots)."""
-    return render(item, modality, image_layout=model.image_layout, audio_style=model.audio_style)
-
-
 @torch.inference_mode()
 def capture_prompts(
     model: LoadedModel, prompts: Sequence[Prompt], settings: CaptureSettings = CaptureSettings()
@@ -179,15 +174,32 @@ def capture_prompts(
 
 
 def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, cache_dir: Path) -> Path:
-    key = hashlib.sha256(f"{model.name}|{model.revision}|{prompt.key}|{settings.cache_key()}".encode()).hexdigest()
+    """States depend on the weights, the numerics and the capture settings: all of them are in the key, so
+    fp32 CPU states and bf16 GPU states never mix in one profile."""
+    fields = [model.name, model.revision, str(model.dtype), model.device.type, prompt.key, settings.cache_key()]
+    key = hashlib.sha256("|".join(fields).encode()).hexdigest()
     return cache_dir / "states" / key[:2] / f"{key}.safetensors"
 
 
-def _save_atomic(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.{threading.get_ident()}")
-    save_file({"states": tensor.contiguous()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)  # a Ctrl-C leaves either the old file or the new one, never half of one
+def _read_cached(path: Path, num_layers: int, hidden_size: int) -> torch.Tensor | None:
+    """A cached [layers, hidden] state, or None when absent, truncated, corrupt or of the wrong shape
+    (then it is recomputed and overwritten: a damaged cache file costs time, never a wrong number)."""
+    if not path.is_file():
+        return None
+    try:
+        states = load_file(str(path))["states"]
+    except Exception:  # safetensors raises its own error types for truncated or garbled headers
+        logger.warning("ignoring unreadable state cache file %s", path)
+        return None
+    if tuple(states.shape) != (num_layers, hidden_size) or not bool(torch.isfinite(states).all()):
+        logger.warning("ignoring state cache file %s of shape %s", path, tuple(states.shape))
+        return None
+    return states
+
+
+def _save_cached(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+    with atomic_path(path) as tmp:  # a Ctrl-C leaves either the old file or the new one, never half of one
+        save_file({"states": tensor.contiguous()}, str(tmp), metadata=meta)
 
 
 def capture_items(
@@ -195,16 +207,17 @@ def capture_items(
     items: Sequence[Instruction],
     modality: Modality,
     settings: CaptureSettings = CaptureSettings(),
-    cache_dir: Path | None = CACHE_DIR,
+    cache_dir: CacheDir = "default",
     progress: bool = False,
 ) -> StateBatch:
     """States of `items` rendered in `modality`, read from the disk cache where present, else computed."""
-    prompts = [render_for(model, item, modality) for item in items]
+    prompts = [model.render(item, modality) for item in items]
     states: list[torch.Tensor | None] = [None] * len(items)
-    paths = [_cache_path(model, p, settings, cache_dir) if cache_dir else None for p in prompts]
+    folder = resolve_cache_dir(cache_dir)
+    paths = [_cache_path(model, p, settings, folder) if folder else None for p in prompts]
     for i, path in enumerate(paths):
-        if path is not None and path.is_file():
-            states[i] = load_file(str(path))["states"]
+        if path is not None:
+            states[i] = _read_cached(path, model.num_layers, model.hidden_size)
     todo = [i for i, s in enumerate(states) if s is None]
     bar = tqdm(total=len(todo), desc=f"capture {modality}", disable=not progress or not todo, leave=False)
     for start in range(0, len(todo), settings.batch_size):
@@ -214,7 +227,7 @@ def capture_items(
             states[i] = tensor
             if paths[i] is not None:
                 meta = {"model": model.name, "item": items[i].id, "modality": modality, **asdict(settings)}
-                _save_atomic(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+                _save_cached(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
         bar.update(len(chunk))
     bar.close()
     return StateBatch(

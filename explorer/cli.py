@@ -15,13 +15,27 @@ from typing import Sequence, get_args
 import torch
 
 from .calibration import calibrate, choose_strength, load_calibration_items
-from .capture import CACHE_DIR, CaptureSettings
-from .data import Modality, load_builtin, load_prompts
-from .evaluate import EvalSettings, evaluate
+from .capture import CaptureSettings
+from .data import load_builtin, load_prompts
+from .evaluation import EvalSettings, evaluate
 from .models import load_model
-from .regap import CorrectionConfig, Mode
+from .regap import CorrectionConfig
+from .vocab import LABELS, Modality, Mode, parse_layer_window
 
-__all__ = ["main"]
+__all__ = ["add_model_arguments", "main"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose and calibrate a model: one declaration for the CLI and the app (app.py)."""
+    parser.add_argument("--model", default="demo", help="Hugging Face id, local model folder, or 'demo' (default)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto",
+                        help="auto (bf16 on GPUs that have it, else fp16; fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--device-map", default=None, help="'auto' to spread a large model over several GPUs")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run code shipped with the checkpoint (off by default: only for sources you trust)")
+    parser.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
+    parser.add_argument("--calibration-limit", type=int, default=None, help="at most N calibration items per label")
 
 
 def _csv(kind: object, name: str):
@@ -35,17 +49,6 @@ def _csv(kind: object, name: str):
         return values
 
     return parse
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    """`12` or `10-13` (a window)."""
-    try:
-        if "-" in text.strip("-"):
-            first, last = text.split("-", 1)
-            return tuple(range(int(first), int(last) + 1))
-        return (int(text),)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--layers takes N or A-B, got {text!r}") from err
 
 
 def _strength(text: str) -> float | str:
@@ -66,16 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="demo", help="Hugging Face id, local folder, or 'demo' (default)")
-        p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
-        p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
-        p.add_argument("--device-map", default=None, help="'auto' to spread a large model over several GPUs")
-        p.add_argument("--trust-remote-code", action="store_true", help="run code shipped with the checkpoint")
-        p.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
-        p.add_argument("--calibration-limit", type=int, default=None, help="at most N items per label")
+        add_model_arguments(p)
         p.add_argument("--pooling", default="last", choices=["last", "template_mean"])
         p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--cache-dir", type=Path, default=CACHE_DIR)
+        p.add_argument("--cache-dir", default="default",
+                       help="state and profile cache (default: $SGE_CACHE_DIR or ~/.cache/safety-geometry-explorer)")
         p.add_argument("--modalities", type=_csv(Modality, "--modalities"), default=None,
                        help="comma list of text,image,audio (default: all the model accepts)")
 
@@ -89,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--regap", type=_csv(Mode, "--regap"), default=("off", "fixed", "adaptive"))
     ev.add_argument("--strength", type=_strength, default=1.0,
                     help="α (fixed) or α_max (adaptive), or 'auto': chosen on the calibration split (see README)")
-    ev.add_argument("--layers", type=_layers, default=(), help="corrected layer N or window A-B (default: calibrated)")
+    ev.add_argument("--layers", default="", help="corrected layer N or window A-B (default: calibrated)")
     ev.add_argument("--probe-layer", type=int, default=None, help="adaptive probe layer (default: calibrated)")
     ev.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     ev.add_argument("--rule", default="sigmoid", choices=["sigmoid", "linear"])
@@ -118,11 +116,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     items = load_builtin("evaluation") if args.prompts == "builtin" else load_prompts(args.prompts)
     if args.limit is not None:
-        items = [i for i in items if i.label == "harmful"][: args.limit] + [
-            i for i in items if i.label == "harmless"
-        ][: args.limit]
+        items = [i for label in LABELS for i in [x for x in items if x.label == label][: args.limit]]
     correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,
-                                  layers=args.layers, probe_layer=args.probe_layer, positions=args.positions,
+                                  layers=parse_layer_window(args.layers, model.num_layers), probe_layer=args.probe_layer, positions=args.positions,
                                   rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
                                   temperature=args.temperature)
     strength_choice = None

@@ -20,6 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from .vocab import LABELS, Label, Modality
+
 __all__ = [
     "BUILTIN_PATH",
     "Instruction",
@@ -32,13 +34,10 @@ __all__ = [
     "load_prompts",
 ]
 
-Modality = Literal["text", "image", "audio"]
-Label = Literal["harmful", "harmless"]
 Split = Literal["calibration", "evaluation"]
 
 BUILTIN_PATH = Path(__file__).resolve().parent.parent / "assets" / "calibration" / "instructions.jsonl"
 
-_LABELS: tuple[str, ...] = get_args(Label)
 _SPLITS: tuple[str, ...] = get_args(Split)
 _SUFFIXES = (".jsonl", ".csv")
 _DEFAULT_CATEGORY = "custom"
@@ -64,8 +63,8 @@ class Instruction:
     audio: str | None = None
 
     def __post_init__(self) -> None:
-        if self.label not in _LABELS:
-            raise ValueError(f"Instruction {self.id!r}: label must be one of {_LABELS}, got {self.label!r}")
+        if self.label not in LABELS:
+            raise ValueError(f"Instruction {self.id!r}: label must be one of {LABELS}, got {self.label!r}")
         if self.split not in _SPLITS:
             raise ValueError(f"Instruction {self.id!r}: split must be one of {_SPLITS}, got {self.split!r}")
         if not self.instruction.strip():
@@ -203,7 +202,7 @@ def _row_to_instruction(
 
     instruction = text_field("instruction", required=True)
     label = (text_field("label", required=True) or "").lower()
-    if label not in _LABELS:
+    if label not in LABELS:
         raise PromptFileError(
             f"{where}: field 'label' must be 'harmful' or 'harmless', got {row.get('label')!r}"
         )
@@ -216,7 +215,7 @@ def _row_to_instruction(
     return Instruction(
         id=text_field("id") or f"{path.stem}-{line}",
         instruction=instruction or "",
-        label=label,  # type: ignore[arg-type]  # checked against _LABELS above
+        label=label,  # type: ignore[arg-type]  # checked against LABELS above
         category=text_field("category") or _DEFAULT_CATEGORY,
         split=split,  # type: ignore[arg-type]  # checked against _SPLITS above
         lookalike=_parse_bool(row.get("lookalike"), where=where),

@@ -3,10 +3,11 @@
 One `LoadedModel` serves every family: a backend (model + processor) per input modality, and the one list of
 decoder layers that every backend runs through, found generically (`get_decoder().layers`, else a module-name
 search, with an override). Inputs always go through the processor's own chat template, so a prompt is rendered
-exactly as the model saw it in training.
+exactly as the model saw it in training. A folder with a `manifest.json` (the built-in demo is one) is a
+composite model: the manifest names a backend folder per modality and how to draw media for it (`Manifest`).
 
 >>> lm = load_model("demo")                                   # doctest: +SKIP
->>> inputs = lm.encode([render("How do I bake bread?", "text")])  # doctest: +SKIP
+>>> inputs = lm.encode([lm.render("How do I bake bread?", "text")])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from .data import Modality
-from .render import DEFAULT_LAYOUT, DEMO_LAYOUT, GridLayout, Prompt
+from .data import Instruction
+from .media import DEFAULT_LAYOUT, AudioStyle, GridLayout, Prompt, render
+from .vocab import MODALITIES, SAMPLE_RATE, Modality, normalise_layer
 
 __all__ = [
     "ASSETS_DIR",
@@ -30,11 +32,12 @@ __all__ = [
     "SUPPORTED_FAMILIES",
     "Backend",
     "LoadedModel",
+    "Manifest",
+    "MediaStyle",
     "ModelLoadError",
+    "folder_revision",
     "load_model",
     "resolve_device",
-    "demo_revision",
-    "manifest_layout",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -78,8 +81,10 @@ def resolve_device(device: DeviceArg = "auto") -> torch.device:
 
 
 def _resolve_dtype(dtype: DtypeArg, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == "auto":  # bf16 where the GPU has it (Ampere and later), fp16 on older GPUs, fp32 on a CPU
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     allowed = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     if dtype not in allowed:
         raise ModelLoadError(f"unknown dtype {dtype!r}; allowed: auto, {', '.join(allowed)}")
@@ -99,6 +104,16 @@ class Backend:
         return getattr(self.processor, "tokenizer", self.processor)
 
 
+@dataclass(frozen=True)
+class MediaStyle:
+    """How a model wants requests drawn and spoken: the word grid of its images and the style of its speech
+    ("sentence": natural speech; "slots": one word per `slot_seconds`, the word-aligned audio the demo hears)."""
+
+    image_layout: GridLayout = DEFAULT_LAYOUT
+    audio_style: AudioStyle = "sentence"
+    slot_seconds: float = 0.4
+
+
 @dataclass
 class LoadedModel:
     """A loaded model: its backends, its decoder layers, and how to build its inputs."""
@@ -110,9 +125,10 @@ class LoadedModel:
     revision: str
     device: torch.device
     dtype: torch.dtype
-    is_demo: bool = False
-    image_layout: GridLayout = DEFAULT_LAYOUT
-    audio_style: Literal["sentence", "slots"] = "sentence"
+    media: MediaStyle = MediaStyle()
+    # Markdown shown wherever the model is named (the demo: "a toy trained in-house"), and its model card
+    notice: str = ""
+    card: Path | None = None
     # α_max per media modality chosen on the calibration split for these exact weights (demo: eval_summary.json)
     suggested_strengths: dict[str, float] = field(default_factory=dict)
     _template_tokens: dict[Modality, int] = field(default_factory=dict, repr=False)
@@ -136,10 +152,13 @@ class LoadedModel:
 
     def layer_index(self, layer: int) -> int:
         """Normalise a possibly negative layer index and check its range."""
-        index = layer + self.num_layers if layer < 0 else layer
-        if not 0 <= index < self.num_layers:
-            raise ValueError(f"layer {layer} out of range for a model with {self.num_layers} layers")
-        return index
+        return normalise_layer(layer, self.num_layers)
+
+    def render(self, item: Instruction | str, modality: Modality) -> Prompt:
+        """The request as this model should see it in `modality` (its own grid and speech style)."""
+        media = self.media
+        return render(item, modality, image_layout=media.image_layout, audio_style=media.audio_style,
+                      slot_seconds=media.slot_seconds)
 
     def chat_text(self, prompt: Prompt) -> str:
         """The prompt rendered through the processor's chat template, generation prompt appended."""
@@ -169,7 +188,7 @@ class LoadedModel:
             kwargs["images"] = [[im] for im in images] if backend.family in _NESTED_IMAGES else images
         if modality == "audio":
             kwargs["audio"] = [p.audio for p in prompts]
-            kwargs["sampling_rate"] = 16000
+            kwargs["sampling_rate"] = SAMPLE_RATE
         with self._encode_lock:  # processors keep per-call state in a few families; serialise only this step
             inputs = backend.processor(**kwargs)
         return inputs.to(self.device)
@@ -295,42 +314,99 @@ def _load_backend(
     return Backend(model=model, processor=processor, family=family), config, folder if folder.exists() else None
 
 
-def _load_demo(device: torch.device, dtype: torch.dtype) -> LoadedModel:
-    manifest_path = DEMO_MODEL_DIR / "manifest.json"
-    if not manifest_path.is_file():
-        raise ModelLoadError(
-            f"the built-in demo model is missing ({manifest_path}); train it with `python -m explorer.demo_model.train`"
-        )
-    manifest = json.loads(manifest_path.read_text())
-    if float(manifest.get("slot_seconds", 0.4)) != 0.4:
-        raise ModelLoadError(f"the demo model expects {manifest['slot_seconds']} s word slots; the renderer speaks 0.4 s")
-    loaded: dict[str, Backend] = {}
-    for folder in sorted({manifest["image"], manifest["audio"]}):
-        loaded[folder], _, _ = _load_backend(str(DEMO_MODEL_DIR / folder), device, dtype, None, False)
-    image, audio = loaded[manifest["image"]], loaded[manifest["audio"]]
-    _share_language_model(source=image.model, target=audio.model)
-    backends: dict[Modality, Backend] = {"text": loaded[manifest["text"]], "image": image, "audio": audio}
-    layers = find_decoder_layers(image.model)
-    text_config = image.model.config.get_text_config()
-    revision = demo_revision(DEMO_MODEL_DIR, manifest, image.model.config, audio.model.config)
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "explorer-model/1"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A composite model folder: one sub-folder per modality's backend, and how to draw media for it.
+
+    Why: a model assembled from parts (the built-in demo: an image model and an audio model trained around one
+    language model) is described by data in its folder, so one loader serves it and every other model, and
+    nothing downstream asks "is this the demo?". Fields of manifest.json: `format`, `backends` (modality →
+    sub-folder), `shared_language_model` (the backends run one LM, checked equal and then shared in memory so
+    one set of hooks serves all), `media` (`image_layout` grid, `audio_style`, `slot_seconds`), and optional
+    `notice` (Markdown shown with the model), `card` (its model card, relative path) and `strengths_from` (a
+    JSON with the α_max per modality chosen on calibration for these exact weights).
+    """
+
+    folder: Path
+    backends: dict[Modality, str]
+    shared_language_model: bool
+    media: MediaStyle
+    notice: str = ""
+    card: str | None = None
+    strengths_from: str | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> Manifest:
+        path = folder / MANIFEST_FILE
+        try:
+            raw = json.loads(path.read_text())
+            if raw.get("format") != MANIFEST_FORMAT:
+                raise ValueError(f"format is {raw.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+            backends = {m: str(raw["backends"][m]) for m in MODALITIES if m in raw["backends"]}
+            if "text" not in backends:
+                raise ValueError("backends needs a 'text' entry")
+            media = raw.get("media", {})
+            style = MediaStyle(
+                image_layout=GridLayout(**media["image_layout"]) if "image_layout" in media else DEFAULT_LAYOUT,
+                audio_style=media.get("audio_style", "sentence"),
+                slot_seconds=float(media.get("slot_seconds", 0.4)),
+            )
+            return cls(folder, backends, bool(raw.get("shared_language_model", False)), style,
+                       str(raw.get("notice", "")), raw.get("card"), raw.get("strengths_from"))
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"{path} is not a valid model manifest: {type(err).__name__}: {err}") from err
+
+    def distinct_folders(self) -> list[Path]:
+        """Backend folders in modality order, each once (the text backend's first)."""
+        return [self.folder / name for name in dict.fromkeys(self.backends.values())]
+
+
+def folder_revision(folder: Path) -> str:
+    """The revision of a local model folder: a plain model's weight fingerprint; for a composite folder the
+    first backend's fingerprint followed by the first 8 hex digits of each further backend's."""
+    from transformers import AutoConfig
+
+    if not (folder / MANIFEST_FILE).is_file():
+        return _revision(folder, AutoConfig.from_pretrained(folder))
+    parts = [_revision(sub, AutoConfig.from_pretrained(sub)) for sub in Manifest.read(folder).distinct_folders()]
+    return parts[0] + "".join(part[:8] for part in parts[1:])
+
+
+def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, device_map: str | None) -> LoadedModel:
+    manifest = Manifest.read(folder)
+    loaded: dict[Path, Backend] = {}
+    for sub in manifest.distinct_folders():
+        loaded[sub], _, _ = _load_backend(str(sub), device, dtype, device_map, False)
+    backends: dict[Modality, Backend] = {m: loaded[folder / name] for m, name in manifest.backends.items()}
+    first = backends["text"]
+    if manifest.shared_language_model:
+        for other in loaded.values():
+            if other is not first:
+                _share_language_model(source=first.model, target=other.model)
+    revision = folder_revision(folder)
     return LoadedModel(
-        name="demo",
+        name=folder.name if folder != DEMO_MODEL_DIR else "demo",
         backends=backends,
-        layers=layers,
-        hidden_size=text_config.hidden_size,
+        layers=find_decoder_layers(first.model),
+        hidden_size=first.model.config.get_text_config().hidden_size,
         revision=revision,
-        device=device,
+        device=next(first.model.parameters()).device,
         dtype=dtype,
-        is_demo=True,
-        image_layout=manifest_layout(manifest),
-        audio_style=manifest.get("audio_style", "slots"),
-        suggested_strengths=_chosen_strengths(DEMO_MODEL_DIR / "eval_summary.json", revision),
+        media=manifest.media,
+        notice=manifest.notice,
+        card=folder / manifest.card if manifest.card else None,
+        suggested_strengths=_chosen_strengths(folder / manifest.strengths_from, revision)
+        if manifest.strengths_from else {},
     )
 
 
 def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, float]:
-    """α_max per media modality that `eval --strength auto` chose on the calibration split, as the demo card
-    recorded it (eval_summary.json); empty when there is none or it was measured on other weights."""
+    """α_max per media modality that `eval --strength auto` chose on the calibration split, as recorded next to
+    the weights (the demo card's eval_summary.json); empty when there is none or it was measured on other weights."""
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
@@ -341,32 +417,16 @@ def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, float]:
     return {str(m): float(a) for m, a in (choice.get("per_modality") or {}).items()}
 
 
-def demo_revision(folder: Path, manifest: dict, image_config: Any, audio_config: Any) -> str:
-    """The demo model's revision: its image weights' fingerprint, then the first 8 hex of its audio weights'."""
-    return _revision(folder / manifest["image"], image_config) + _revision(folder / manifest["audio"], audio_config)[:8]
-
-
-def manifest_layout(manifest: dict) -> GridLayout:
-    """The word grid the demo model was trained on (stored in its manifest; "demo" = the current default)."""
-    layout = manifest.get("image_layout", "demo")
-    if layout == "demo":
-        return DEMO_LAYOUT
-    try:
-        return GridLayout(**layout)
-    except (TypeError, ValueError) as err:
-        raise ModelLoadError(f"the demo model's manifest has an invalid image_layout {layout!r}: {err}") from err
-
-
 def _share_language_model(source: nn.Module, target: nn.Module) -> None:
     """Make `target` run on `source`'s language model, so one set of layers (and hooks) serves both.
 
-    The demo's image and audio models are trained around the same LM weights; sharing the modules (after
-    checking the weights are equal) keeps text hidden states identical whichever backend runs them.
+    A composite model's backends are trained around the same LM weights; sharing the modules (after checking
+    the weights are equal) keeps text hidden states identical whichever backend runs them.
     """
     src_decoder, dst_decoder = source.get_decoder(), target.get_decoder()
     src_state, dst_state = src_decoder.state_dict(), dst_decoder.state_dict()
     if src_state.keys() != dst_state.keys() or any(not torch.equal(src_state[k], dst_state[k]) for k in src_state):
-        raise ModelLoadError("the demo's image and audio models do not share language-model weights; retrain it")
+        raise ModelLoadError("the manifest says the backends share one language model, but their weights differ")
     target.model.language_model = src_decoder
     target.lm_head = source.lm_head
 
@@ -393,8 +453,13 @@ def load_model(
         raise ModelLoadError(f"no model given; pass a Hugging Face id, a local folder, or 'demo' ({_FAMILY_LIST})")
     resolved = resolve_device(device)
     torch_dtype = _resolve_dtype(dtype, resolved)
-    if model_id == "demo":
-        return _load_demo(resolved, torch_dtype)
+    folder = DEMO_MODEL_DIR if model_id == "demo" else Path(model_id)
+    if model_id == "demo" and not (folder / MANIFEST_FILE).is_file():
+        raise ModelLoadError(
+            f"the built-in demo model is missing ({folder}); train it with `python -m explorer.demo_model.train`"
+        )
+    if (folder / MANIFEST_FILE).is_file():
+        return _load_composite(folder, resolved, torch_dtype, device_map)
     backend, config, folder = _load_backend(model_id, resolved, torch_dtype, device_map, trust_remote_code)
     _apply_template(backend, _messages("test", False, False), model_id)  # fail now, not mid-run
     if device_map:

@@ -20,9 +20,11 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 import torch
 
 from .capture import CaptureSettings, capture_prompts, last_token_index, layer_output, record_layers
-from .geometry import Profile, normalised_score
+from .geometry import normalised_score
+from .media import Prompt
 from .models import LoadedModel
-from .render import Prompt
+from .profile import Profile
+from .vocab import MODES, Mode, check_choice
 
 __all__ = [
     "CorrectedStates",
@@ -35,21 +37,15 @@ __all__ = [
     "correction_vectors",
     "corrected",
     "generate",
+    "generate_texts",
     "capture_corrected",
     "self_rectification_score",
     "self_rectification_scores",
 ]
 
 _SAMPLING_LOCK = threading.Lock()
-Mode = Literal["off", "fixed", "shiftdc", "cmrm", "adaptive"]
 PositionScope = Literal["all", "prompt", "generated"]
 Rule = Literal["linear", "sigmoid"]
-
-
-def _check_choice(name: str, value: object, kind: object) -> None:
-    allowed = get_args(kind)
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -81,9 +77,9 @@ class CorrectionConfig:
     modality_strengths: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, Mode)
-        _check_choice("positions", self.positions, PositionScope)
-        _check_choice("rule", self.rule, Rule)
+        check_choice("mode", self.mode, MODES)
+        check_choice("positions", self.positions, get_args(PositionScope))
+        check_choice("rule", self.rule, get_args(Rule))
         named = [("strength", self.strength), ("probe_strength", self.probe_strength)]
         named += [(f"strength for {m}", value) for m, value in self.modality_strengths]
         for name, value in named:
@@ -359,3 +355,27 @@ def generate(
         probe_layer=resolved.probe_layer,
         prompt_states=states,
     )
+
+
+@torch.inference_mode()
+def generate_texts(model: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
+    """Greedy answers for prompts of one modality, in batches with left padding (all rows end at their last
+    prompt token, so a row's tokens do not depend on its neighbours' lengths). A `corrected(...)` block the
+    caller holds applies to every row; for per-prompt correction with a profile use `generate`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    answers: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start : start + batch_size])
+        backend = model.backend(batch[0].modality)
+        tokenizer = backend.tokenizer
+        inputs = model.encode(batch, padding_side="left")
+        output = backend.model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+        )
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
+        answers += [model.decode(batch[0].modality, row.tolist()) for row in new_tokens]
+    return answers

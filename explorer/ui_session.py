@@ -17,64 +17,63 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
 
 from .calibration import Calibration, calibrate, load_calibration_items
-from .capture import CACHE_DIR, CaptureSettings, capture_prompts
-from .geometry import MODALITIES, Profile, StateBatch, auroc_per_layer, embed_2d, refusal_gap, warm_up_umap
+from .capture import CaptureSettings, capture_prompts
+from .embedding import embed_2d, warm_up_umap
+from .geometry import auroc_per_layer, axis_group_stats, cos_per_layer, group_key, modality_drift, refusal_gap
 from .judge import RefusalJudge
+from .media import Prompt
 from .models import LoadedModel, load_model
 from .plots import embedding_figure, refusal_axis_figure, separability_figure
+from .profile import Profile
 from .regap import CorrectedStates, CorrectionConfig, capture_corrected, choose_defaults
-from .render import Prompt
+from .states import StateBatch
+from .storage import CacheDir
+from .vocab import MEDIA_MODALITIES, check_choice
 
 __all__ = [
     "Analysis", "AppSettings", "AppState", "ModelSession", "ProgressFn", "compute_analysis",
-    "describe_prompt", "fmt", "parse_layers",
+    "STRENGTH_MAX", "describe_prompt", "fmt",
 ]
 
 ProgressFn = Callable[[float, str], None]
 _CACHE_ENTRIES = 8  # corrected calibration captures / embeddings kept per model session
-
-
-def parse_layers(text: str | None, num_layers: int) -> tuple[int, ...]:
-    """"" → () (calibrated default); "2" → (2,); "2-3" or "2,3" → (2, 3). Raises ValueError with a hint."""
-    text = (text or "").strip()
-    if not text or text.lower() in ("default", "auto"):
-        return ()
-    hint = f'corrected layers must be one layer like "2" or a window like "2-3", within 0..{num_layers - 1}'
-    try:
-        if "-" in text:
-            start, end = (int(part) for part in text.split("-", 1))
-            layers = tuple(range(start, end + 1))
-        else:
-            layers = tuple(sorted({int(part) for part in text.replace(" ", "").split(",") if part}))
-    except ValueError as err:
-        raise ValueError(f"{hint}; got {text!r}") from err
-    if not layers or any(not 0 <= layer < num_layers for layer in layers):
-        raise ValueError(f"{hint}; got {text!r}")
-    if layers[-1] - layers[0] != len(layers) - 1:
-        raise ValueError(f"{hint} (a contiguous window); got {text!r}")
-    return layers
+STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
+ModelSwitch = Literal["any", "listed", "off"]
 
 
 @dataclass(frozen=True)
 class AppSettings:
-    """How the app loads and calibrates models (the command-line arguments of app.py)."""
+    """How the app loads and calibrates models, and what a visitor may do (the command-line arguments of app.py).
+
+    `model_switch`: "any" model id from the page (a local, loopback-only server), "listed" only those in
+    `allowed_models`, or "off". `media_roots`: folders besides Gradio's upload folder whose files a request may
+    name (tests, or an operator who serves a folder of examples).
+    """
 
     model: str = "demo"
     device: str = "auto"
     dtype: str = "auto"
+    device_map: str | None = None
+    trust_remote_code: bool = False
     calibration: str = "builtin"
     calibration_limit: int | None = None
-    cache_dir: Path | None = CACHE_DIR
+    cache_dir: CacheDir = "default"
     max_image_pixels: int = 20_000_000
     max_audio_seconds: float = 30.0
     max_prompt_chars: int = 2000
     max_new_tokens_limit: int = 256
+    model_switch: ModelSwitch = "any"
+    allowed_models: tuple[str, ...] = ()
+    media_roots: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_choice("model_switch", self.model_switch, get_args(ModelSwitch))
 
 
 class ModelSession:
@@ -124,11 +123,8 @@ class ModelSession:
             f"{len(mods)} modalities = {len(self.calibration.states)} states"
             f" · **default correction:** layer {self.layers_text()}, probe layer {self.defaults.probe_layer}",
         ]
-        if self.model.is_demo:
-            lines.append(
-                "> ℹ️ This is the built-in **demo model**: a small model trained in-house to exhibit the mechanism "
-                "(a toy). Its answers are short and scripted; it shows the geometry, not a real assistant's behaviour."
-            )
+        if self.model.notice:
+            lines.append(f"> ℹ️ {self.model.notice}")
         return "\n\n".join(lines)
 
     def config(self, mode: str, strength: float, layers: Sequence[int] = ()) -> CorrectionConfig:
@@ -156,14 +152,12 @@ class ModelSession:
             if key in self._corrected:
                 self._corrected.move_to_end(key)
                 return self._corrected[key]
-        from .capture import render_for
-
         batch: StateBatch | None = None
         for modality in self.profile.modalities:
             if modality == "text":
                 continue
             items = self.calibration.items
-            prompts = [render_for(self.model, item, modality) for item in items]
+            prompts = [self.model.render(item, modality) for item in items]
             states = self.capture_corrected(prompts, config).states
             part = StateBatch(states, [i.id for i in items], [i.label for i in items], [modality] * len(items),
                               [i.instruction for i in items])
@@ -202,20 +196,16 @@ class ModelSession:
         if corrected_batch is None:
             return out
         text = self.calibration.states.select(modality="text")
-        text_mean = text.states.double().mean(dim=0)
-        r = profile.refusal_dirs.double()
-        for modality in MODALITIES:
+        for modality in MEDIA_MODALITIES:
             part = corrected_batch.select(modality=modality)
-            if modality == "text" or len(part) == 0:
+            if len(part) == 0:
                 continue
             proj = profile.project(part.states)
             out["auroc"][f"{modality}/{mode}"] = auroc_per_layer(proj, part.labels)
             out["gap"][f"{modality}/{mode}"] = refusal_gap(proj, part.labels)
-            drift = part.states.double().mean(dim=0) - text_mean  # same items as text: the set is paired
-            norm = drift.norm(dim=-1)
-            cos = (drift * r).sum(-1) / (norm * r.norm(dim=-1)).clamp_min(1e-12)
-            out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in norm]
-            out["cos_drift_refusal"][f"{modality}/{mode}"] = [float(x) for x in cos]
+            drift = modality_drift(text.concat(part), modality)  # formula 5 on the corrected states
+            out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in drift.double().norm(dim=-1)]
+            out["cos_drift_refusal"][f"{modality}/{mode}"] = cos_per_layer(drift, profile.refusal_dirs)
         return out
 
 
@@ -223,7 +213,8 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     """Load and calibrate `model_id` (calibration states come from the disk cache when present)."""
     say = progress or (lambda fraction, message: None)
     say(0.05, f"loading {model_id}")
-    model = load_model(model_id, device=settings.device, dtype=settings.dtype)  # type: ignore[arg-type]
+    model = load_model(model_id, device=settings.device, dtype=settings.dtype,  # type: ignore[arg-type]
+                       device_map=settings.device_map, trust_remote_code=settings.trust_remote_code)
     say(0.4, "calibrating: capturing the calibration set in every modality (cached on disk after the first run)")
     items = load_calibration_items(settings.calibration, settings.calibration_limit)
     calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
@@ -325,16 +316,9 @@ def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, con
     # (2) refusal axis per layer
     groups: dict[str, dict[str, list[float]]] = {}
     for batch, suffix in ((cal, ""), (corr, " (corrected)")):
-        if batch is None:
-            continue
-        scores = profile.score(batch.states).double()
-        for modality in MODALITIES:
-            for label in ("harmful", "harmless"):
-                rows_idx = [i for i, (m, y) in enumerate(zip(batch.modalities, batch.labels)) if (m, y) == (modality, label)]
-                if rows_idx:
-                    part = scores[rows_idx]
-                    std = part.std(dim=0, unbiased=False)
-                    groups[f"{modality}/{label}{suffix}"] = {"mean": part.mean(0).tolist(), "std": std.tolist()}
+        if batch is not None:
+            names = [group_key(m, y) + suffix for m, y in zip(batch.modalities, batch.labels)]
+            groups.update(axis_group_stats(profile.score(batch.states), names))
     trajectories = {"your prompt": profile.score(before[None])[0].tolist()}
     if after is not None:
         trajectories["your prompt (corrected)"] = profile.score(after[None])[0].tolist()

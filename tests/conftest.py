@@ -34,3 +34,12 @@ def tiny_llava(tiny_model_dir):
     from explorer.models import load_model
 
     return load_model(str(tiny_model_dir("llava")), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """The shipped demo checkpoint, loaded once per test session through the engine (CPU, float32)."""
+    from explorer.demo_model.measure import load_demo
+    from explorer.models import DEMO_MODEL_DIR
+
+    return load_demo(DEMO_MODEL_DIR)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from explorer.models import DEMO_MODEL_DIR
-from explorer.render import IMAGE_CARRIER
+from explorer.media import IMAGE_CARRIER
 from explorer.ui import EXAMPLE_HARMFUL
 from explorer.ui_session import AppSettings, AppState
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from explorer.models import DEMO_MODEL_DIR
-from explorer.render import IMAGE_CARRIER, render_image
+from explorer.media import IMAGE_CARRIER
 from explorer.ui import EXAMPLE_HARMFUL
 from explorer.ui_session import AppSettings, AppState
 
@@ -81,7 +81,7 @@ def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
     info = page.locator("#model-info").inner_text()
     assert f"layers: {state.session.num_layers}" in info and "calibration:" in info  # rendered Markdown
     image_path = tmp_path / "request.png"
-    render_image(EXAMPLE_HARMFUL, state.session.model.image_layout).save(image_path)
+    state.session.model.render(EXAMPLE_HARMFUL, "image").image.save(image_path)
     page.locator("#image-input input[type=file]").set_input_files(str(image_path))
     page.locator("#image-input img").first.wait_for()
     page.locator("#prompt textarea").fill(IMAGE_CARRIER)

@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
-from explorer.geometry import Profile
+from explorer.profile import Profile
 from explorer.models import ModelLoadError, load_model
 from explorer.regap import CorrectionConfig, capture_corrected, corrected, correction_vectors, generate
-from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 

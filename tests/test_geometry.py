@@ -9,21 +9,19 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.embedding import embed_2d, warm_up_umap
 from explorer.geometry import (
-    Profile,
-    StateBatch,
     auroc_per_layer,
-    build_profile,
-    embed_2d,
     modality_drift,
-    translation_ceiling,
     normalised_score,
     project,
     refusal_directions,
     refusal_gap,
+    translation_ceiling,
     unit_directions,
-    warm_up_umap,
 )
+from explorer.profile import Profile, build_profile
+from explorer.states import StateBatch
 
 L, D, N_PER_LABEL = 3, 16, 8
 U_NORMS = (0.5, 1.0, 2.0)  # planted ||u_l|| per layer
@@ -102,7 +100,7 @@ def test_state_batch_validates_lengths_labels_and_duplicates() -> None:
     states = torch.zeros(2, L, D)
     with pytest.raises(ValueError, match="labels has 1 entries"):
         StateBatch(states, ["a", "b"], ["harmful"], ["text", "text"], ["x", "y"])  # type: ignore[list-item]
-    with pytest.raises(ValueError, match=r"\['harmful', 'harmless'\]"):
+    with pytest.raises(ValueError, match="label must be one of 'harmful', 'harmless'; got 'benign'"):
         StateBatch(states, ["a", "b"], ["harmful", "benign"], ["text", "text"], ["x", "y"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="'video'"):
         StateBatch(states, ["a", "b"], ["harmful", "harmless"], ["text", "video"], ["x", "y"])  # type: ignore[list-item]
@@ -292,7 +290,7 @@ def test_profile_contents_and_score(text_batch: StateBatch) -> None:
     torch.testing.assert_close(profile.score(profile.means["text/harmful"]), torch.ones(L), atol=1e-5, rtol=0)
     assert profile.score(text_harmful).shape == (N_PER_LABEL, L)
     assert profile.layer_index(-1) == L - 1
-    with pytest.raises(IndexError):
+    with pytest.raises(ValueError, match="out of range"):
         profile.layer_index(L)
 
 
@@ -385,7 +383,7 @@ def test_embed_2d_tiny_inputs_and_bad_arguments() -> None:
     emb = embed_2d(two, method="umap")  # too few points for UMAP: PCA
     np.testing.assert_array_equal(emb, embed_2d(two, method="pca"))
     assert emb.shape == (2, 2) and np.linalg.norm(emb[0] - emb[1]) == pytest.approx(np.sqrt(D))
-    with pytest.raises(ValueError, match=r"\['umap', 'pca'\]"):
+    with pytest.raises(ValueError, match="method must be one of 'umap', 'pca'; got 'tsne'"):
         embed_2d(two, method="tsne")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"\[n, d\]"):
         embed_2d(np.zeros((2, L, D)))
@@ -395,7 +393,7 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     """Per modality: image harmful refused from α ≥ 1.5, harmless from α ≥ 3 → 1.5 (the smallest of the best
     feasible); audio harmful from α ≥ 1, harmless from α ≥ 1.5 → 1.0. With a zero budget and over-refusal
     already at α = 0.5, fall back to the smallest α. The choice is applied per modality to a config."""
-    import explorer.capture as capture
+    import explorer.calibration as calibration
     import explorer.regap as regap
     from explorer.calibration import choose_strength
     from explorer.data import Instruction
@@ -417,11 +415,15 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
         refuse = alpha >= refuse_from
         return regap.GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
 
-    monkeypatch.setattr(capture, "render_for", lambda _m, item, modality: Shown(by_text[item.instruction + item.label], modality))
-    monkeypatch.setattr(regap, "generate", scripted)
+    class ScriptedModel:
+        def render(self, item: Instruction, modality: str) -> Shown:
+            return Shown(by_text[item.instruction + item.label], modality)
+
+    model = ScriptedModel()
+    monkeypatch.setattr(calibration, "generate", scripted)
     thresholds = {"image": {"harmful": 1.5, "harmless": 3.0}, "audio": {"harmful": 1.0, "harmless": 1.5}}
     start = CorrectionConfig(mode="adaptive", modality_strengths=(("image", 9.0),))
-    choice = choose_strength(None, items, None, start, ["text", "image", "audio"])  # type: ignore[arg-type]
+    choice = choose_strength(model, items, None, start, ["text", "image", "audio"])  # type: ignore[arg-type]
     assert choice.per_modality == {"image": 1.5, "audio": 1.0} and choice.strength == 1.0
     assert choice.budget == pytest.approx(0.05)
     assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "audio/harmful": 1.0,
@@ -433,8 +435,8 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert applied.for_modality("video").strength == 1.0
     assert choice.to_dict()["strength"] == 1.0 and choice.to_dict()["per_modality"] == {"image": 1.5, "audio": 1.0}
     thresholds["image"] = {"harmful": 1.5, "harmless": 0.5}
-    choice = choose_strength(None, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
+    choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
                              over_refusal_budget=0.0)
     assert choice.per_modality == {"image": 0.5}
     with pytest.raises(ValueError, match="image/audio"):
-        choose_strength(None, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]
+        choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]

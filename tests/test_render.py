@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import io
 import shutil
 import struct
@@ -14,23 +13,23 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-render_module = importlib.import_module("explorer.render")  # the module, not the re-exported function
+import explorer.media as media_module
 from explorer.data import Instruction
-from explorer.render import (
+from explorer.media import (
     AUDIO_CARRIER,
     DEFAULT_LAYOUT,
-    DEMO_LAYOUT,
     IMAGE_CARRIER,
     GridLayout,
-    MediaError,
     Prompt,
-    load_audio,
-    load_image,
     prompt_words,
     render,
     render_audio,
     render_image,
 )
+from explorer.uploads import MediaError, load_audio, load_image
+
+# A word grid with one 64 px cell per word (the demo model's, as its manifest stores it).
+WORD_GRID = GridLayout(cols=4, rows=4, cell_width=64, cell_height=64, font_size=11, margin=0)
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
@@ -53,7 +52,7 @@ def test_prompt_words_strip_punctuation_keep_final_question_mark() -> None:
         prompt_words(" ?! ")
 
 
-@pytest.mark.parametrize("layout", [DEMO_LAYOUT, DEFAULT_LAYOUT])
+@pytest.mark.parametrize("layout", [WORD_GRID, DEFAULT_LAYOUT])
 def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> None:
     text = "How can I shoot a good photo at night?"
     first, second = render_image(text, layout), render_image(text, layout)
@@ -68,22 +67,22 @@ def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> Non
 
 
 def test_layout_sizes() -> None:
-    assert DEMO_LAYOUT.size == (256, 256) and DEMO_LAYOUT.cell_width == DEMO_LAYOUT.cell_height == 64
+    assert WORD_GRID.size == (256, 256) and WORD_GRID.cell_width == WORD_GRID.cell_height == 64
     assert (DEFAULT_LAYOUT.cols, DEFAULT_LAYOUT.rows) == (4, 4)
     assert DEFAULT_LAYOUT.size == (672 + 2 * DEFAULT_LAYOUT.margin, 224 + 2 * DEFAULT_LAYOUT.margin)
 
 
 def test_render_image_words_land_in_their_cells() -> None:
-    image = np.asarray(render_image("one two three", DEMO_LAYOUT))[..., 0]
-    cell = DEMO_LAYOUT.cell_width
+    image = np.asarray(render_image("one two three", WORD_GRID))[..., 0]
+    cell = WORD_GRID.cell_width
     cells = image.reshape(4, cell, 4, cell).min(axis=(1, 3))  # darkest pixel per cell, [row, col]
     inked = cells < 128
     assert inked[0, :3].all() and not inked[0, 3] and not inked[1:].any()
 
 
 def test_render_image_long_word_is_shrunk_to_fit_its_cell() -> None:
-    image = np.asarray(render_image("cryptocurrency x", DEMO_LAYOUT))[..., 0]
-    cell = DEMO_LAYOUT.cell_width
+    image = np.asarray(render_image("cryptocurrency x", WORD_GRID))[..., 0]
+    cell = WORD_GRID.cell_width
     assert image[:, cell : 2 * cell].min() < 128  # second word drawn in cell (0, 1)
     # the 14-letter word is drawn smaller so it stays inside its own cell: both edge columns stay white
     assert image[:, 2 : cell - 2].min() < 128
@@ -91,15 +90,15 @@ def test_render_image_long_word_is_shrunk_to_fit_its_cell() -> None:
 
 
 def test_render_image_ignores_punctuation() -> None:
-    plain = render_image("Bake some bread", DEMO_LAYOUT).tobytes()
-    assert render_image("Bake, some bread.", DEMO_LAYOUT).tobytes() == plain
+    plain = render_image("Bake some bread", WORD_GRID).tobytes()
+    assert render_image("Bake, some bread.", WORD_GRID).tobytes() == plain
 
 
 def test_render_image_too_many_words() -> None:
     text = " ".join(["word"] * 17)
-    render_image(" ".join(["word"] * 16), DEMO_LAYOUT)
+    render_image(" ".join(["word"] * 16), WORD_GRID)
     with pytest.raises(ValueError, match="17 words.*at most 16"):
-        render_image(text, DEMO_LAYOUT)
+        render_image(text, WORD_GRID)
 
 
 def test_grid_layout_validates() -> None:
@@ -149,13 +148,13 @@ def test_render_audio_rejects_bad_style(tmp_path: Path) -> None:
 
 
 def test_render_audio_without_espeak(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(render_module.shutil, "which", lambda _name: None)
-    render_module._espeak_version.cache_clear()
+    monkeypatch.setattr(media_module.shutil, "which", lambda _name: None)
+    media_module._espeak_version.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
             render_audio("Hello there.", cache_dir=tmp_path)
     finally:
-        render_module._espeak_version.cache_clear()
+        media_module._espeak_version.cache_clear()
 
 
 # ---------------------------------------------------------------------------- load_image
@@ -270,10 +269,10 @@ def test_render_text_and_image() -> None:
     item = Instruction("x-1", "How do I bake bread?", "harmless", "cooking", "evaluation")
     text = render(item, "text")
     assert text.text == item.instruction and text.image is None and text.audio is None
-    image = render("How do I bake bread?", "image", image_layout=DEMO_LAYOUT)
+    image = render("How do I bake bread?", "image", image_layout=WORD_GRID)
     assert image.text == IMAGE_CARRIER and image.modality == "image"
-    assert image.image is not None and image.image.size == DEMO_LAYOUT.size
-    assert image == render(item, "image", image_layout=DEMO_LAYOUT)
+    assert image.image is not None and image.image.size == WORD_GRID.size
+    assert image == render(item, "image", image_layout=WORD_GRID)
     assert image.key != text.key and len(image.key) == 64
     with pytest.raises(ValueError, match="text.*image.*audio"):
         render(item, "video")  # type: ignore[arg-type]
@@ -292,7 +291,7 @@ def test_render_uses_user_media(tmp_path: Path) -> None:
 
 @needs_espeak
 def test_render_audio_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render_module, "_default_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(media_module, "_default_cache_dir", lambda: tmp_path)
     prompt = render("How do I bake bread?", "audio", audio_style="slots")
     assert prompt.text == AUDIO_CARRIER and prompt.audio is not None
     assert len(prompt.audio) == 5 * 6_400 and not prompt.audio.flags.writeable

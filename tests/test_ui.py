@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from explorer import ui
-from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, render_image
-from explorer.ui_session import AppSettings, AppState, parse_layers
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
+from explorer.ui_session import AppSettings, AppState
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request logs a warning
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning out
 @pytest.fixture(scope="module")
 def state(tiny_model_dir, tmp_path_factory) -> AppState:
     settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8,
-                           cache_dir=tmp_path_factory.mktemp("sge-cache"))
+                           cache_dir=tmp_path_factory.mktemp("sge-cache"), media_roots=(tmp_path_factory.getbasetemp(),))
     return AppState.start(settings, warm_umap=False)
 
 
@@ -39,14 +39,6 @@ def _results(state, text, image, config_mode, strength, tokens=12):
     prompt, _ = ui.make_prompt(session, state.settings, text, image)
     config = ui.CorrectionConfig(mode="off") if config_mode == "off" else session.config(config_mode, strength)
     return ui._final_result(session, prompt, config, tokens)
-
-
-def test_parse_layers():
-    assert parse_layers("", 4) == () and parse_layers(" 2 ", 4) == (2,) and parse_layers("1-3", 4) == (1, 2, 3)
-    assert parse_layers("1,2", 4) == (1, 2)
-    for bad in ("4", "x", "3-1", "0,2", "-1"):
-        with pytest.raises(ValueError, match="corrected layers"):
-            parse_layers(bad, 4)
 
 
 def test_model_info_names_model_layers_and_calibration_size(state):
@@ -221,7 +213,7 @@ def test_load_model_switches_and_reports_progress(state):
 
 def test_render_inputs(state):
     image, carrier, _ = ui.render_image_input(state, ui.EXAMPLE_HARMFUL)
-    assert carrier == IMAGE_CARRIER and image.size == state.session.model.image_layout.size
+    assert carrier == IMAGE_CARRIER and image.size == state.session.model.media.image_layout.size
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed: speech rendering is not available")
     (rate, pcm), carrier, _ = ui.render_audio_input(state, ui.EXAMPLE_HARMFUL)
@@ -277,7 +269,8 @@ def test_show_collapse_starts_from_the_strength_chosen_on_calibration(state, mon
 
 def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_factory):
     settings = AppSettings(model=str(tiny_model_dir("qwen2_audio")), device="cpu", calibration_limit=4,
-                           cache_dir=tmp_path_factory.mktemp("sge-cache-audio"))
+                           cache_dir=tmp_path_factory.mktemp("sge-cache-audio"),
+                           media_roots=(tmp_path_factory.getbasetemp(),))
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed: audio calibration needs it")
     state = AppState.start(settings, warm_umap=False)

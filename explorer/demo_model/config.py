@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from explorer.render import GridLayout
+from explorer.media import GridLayout
+from explorer.vocab import SAMPLE_RATE
 
 __all__ = [
     "DemoConfig",
@@ -66,7 +67,7 @@ class DemoConfig:
     vision_heads: int = 4
     vision_intermediate: int = 256
     # --- audio tower (Qwen2-Audio / Whisper-style encoder) ---
-    sampling_rate: int = 16000
+    sampling_rate: int = SAMPLE_RATE
     slot_seconds: float = 0.4
     audio_hop: int = 400  # 25 ms frames: 16 per 0.4 s word slot -> 4 audio tokens per word
     audio_n_fft: int = 400

@@ -1,6 +1,6 @@
 """Training examples for the demo model: chat-formatted, tokenised, batched; images and speech rendered on the fly.
 
-Why rendered here with the project's own renderer (`explorer.render`): the model must see exactly the pixels
+Why rendered here with the project's own renderer (`explorer.media`): the model must see exactly the pixels
 and waveforms the engine will show it. Speech in the "slots" style is, by that renderer's contract, the
 concatenation of each word's own 0.4 s slot, so a random word sequence is assembled from per-word renders
 (each cached on disk by the renderer) instead of re-running espeak-ng for every sequence; `check_slot_contract`
@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from explorer.data import BUILTIN_PATH, Instruction, load_builtin, load_prompts
-from explorer.render import AUDIO_CARRIER, IMAGE_CARRIER, prompt_words, render_audio, render_image
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, prompt_words, render_audio, render_image
 
 from .build import DemoModels
 from .config import AUDIO_TOKEN, IM_END, IMAGE_TOKEN, MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig

@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 from transformers.masking_utils import create_bidirectional_mask
 
+from explorer.storage import write_atomic
+
 from .build import DemoModels, build_models, count_parameters
 from .config import DemoConfig
 from .data import Batch, Sampler, TrainingData, check_slot_contract, load_training_data
@@ -38,12 +40,17 @@ from .tokenizer import build_tokenizer, words_not_single_token
 __all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss", "answer_logits",
            "TextTeacher", "frozen"]
 
+#: The demo folder's manifest (explorer.models.Manifest): the engine loads it like any composite model folder.
 MANIFEST = {
-    "format": "explorer-demo/1",
-    "text": "image",
-    "image": "image",
-    "audio": "audio",
-    "audio_style": "slots",
+    "format": "explorer-model/1",
+    "backends": {"text": "image", "image": "image", "audio": "audio"},
+    "shared_language_model": True,
+    "notice": (
+        "This is the built-in **demo model**: a small model trained in-house to exhibit the mechanism (a toy). Its "
+        "answers are short and scripted; it shows the geometry, not a real assistant's behaviour."
+    ),
+    "card": "README.md",
+    "strengths_from": "eval_summary.json",
 }
 
 
@@ -379,8 +386,8 @@ def save(models: DemoModels, out: Path, cfg: DemoConfig) -> None:
     models.image_processor.save_pretrained(out / "image")
     models.audio.save_pretrained(out / "audio")
     models.audio_processor.save_pretrained(out / "audio")
-    manifest = {**MANIFEST, "image_layout": asdict(cfg.image_layout), "slot_seconds": cfg.slot_seconds}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    media = {"image_layout": asdict(cfg.image_layout), "audio_style": "slots", "slot_seconds": cfg.slot_seconds}
+    write_atomic(out / "manifest.json", json.dumps({**MANIFEST, "media": media}, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -424,7 +431,8 @@ def main(argv: list[str] | None = None) -> None:
         "language_model": count_parameters(models.image.model.language_model) + count_parameters(models.image.lm_head),
         "vocab": int(models.image.config.text_config.vocab_size),
     }
-    (args.out / "training_log.json").write_text(
+    write_atomic(
+        args.out / "training_log.json",
         json.dumps({"config": cfg.to_dict(), "times_s": times, "params": params, "log": log}, indent=1) + "\n"
     )
     print(json.dumps({"times_s": times, "params": params}), flush=True)
@@ -433,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
         from .measure import measure
 
         results = measure(args.out, limit=args.measure_limit if args.measure_limit is not None else (4 if args.tiny else None))
-        (args.out / "measurements.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_atomic(args.out / "measurements.json", json.dumps(results, indent=1) + "\n")
         write_card(args.out, cfg, times, params, results)
 
 

@@ -12,7 +12,6 @@ Text inputs are never corrected (δ^text = 0), so text is generated once and its
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -24,13 +23,15 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
-from .capture import render_for
-from .data import Instruction, Modality
-from .geometry import Profile, auroc_per_layer, refusal_gap, translation_ceiling
+from .data import Instruction
+from .geometry import auroc_per_layer, axis_group_stats, refusal_gap, translation_ceiling
 from .judge import RefusalJudge
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
-from .regap import CorrectionConfig, Mode, generate
+from .profile import Profile
+from .regap import CorrectionConfig, generate
+from .storage import atomic_path, write_atomic
+from .vocab import LABELS, Modality, Mode
 
 __all__ = ["EvalSettings", "evaluate"]
 
@@ -88,7 +89,7 @@ def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, setting
                 "use another --out, or delete that folder to start over"
             )
     else:
-        path.write_text(json.dumps(fingerprint, indent=1))
+        write_atomic(path, json.dumps(fingerprint, indent=1))
 
 
 def _copy_text_record(
@@ -103,21 +104,17 @@ def _copy_text_record(
             done[key] = copy
 
 
+def _read_states(path: Path) -> torch.Tensor | None:
+    """A saved prompt state, or None when missing or damaged (then the item is generated again)."""
+    try:
+        return load_file(str(path))["states"] if path.is_file() else None
+    except Exception:  # a truncated safetensors file raises the library's own error types
+        return None
+
+
 def _states_path(out_dir: Path, modality: str, mode: str, item_id: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
     return out_dir / "states" / modality / mode / f"{safe}.safetensors"
-
-
-def _group_stats(profile: Profile, states: torch.Tensor, labels: list[str]) -> dict[str, dict[str, list[float]]]:
-    scores = profile.score(states)
-    stats = {}
-    for label in ("harmful", "harmless"):
-        rows = [i for i, lab in enumerate(labels) if lab == label]
-        if rows:
-            chosen = scores[rows].double()
-            std = chosen.std(dim=0) if len(rows) > 1 else torch.zeros_like(chosen[0])
-            stats[label] = {"mean": chosen.mean(dim=0).tolist(), "std": std.tolist()}
-    return stats
 
 
 def evaluate(
@@ -148,19 +145,18 @@ def evaluate(
             for item in items:
                 key = _record_key(item.id, modality, mode)
                 state_path = _states_path(out_dir, modality, mode, item.id)
-                if key in done and state_path.is_file():
+                cached = _read_states(state_path) if key in done else None
+                if cached is not None:
                     record = done[key]
-                    job_states.append(load_file(str(state_path))["states"])
+                    job_states.append(cached)
                 else:
                     result = generate(
-                        model, render_for(model, item, modality), profile, config,
+                        model, model.render(item, modality), profile, config,
                         max_new_tokens=settings.max_new_tokens, capture_prompt_states=True,
                     )
                     assert result.prompt_states is not None
-                    state_path.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = state_path.with_suffix(".tmp")
-                    save_file({"states": result.prompt_states.contiguous()}, str(tmp))
-                    os.replace(tmp, state_path)
+                    with atomic_path(state_path) as tmp:
+                        save_file({"states": result.prompt_states.contiguous()}, str(tmp))
                     record = {
                         "id": item.id, "instruction": item.instruction, "label": item.label,
                         "category": item.category, "lookalike": item.lookalike, "modality": modality, "mode": mode,
@@ -182,7 +178,7 @@ def evaluate(
     bar.close()
     metrics = _metrics(model, items, profile, settings, done, states_by_job, per_item)
     metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     _write_report(out_dir / "report.html", model, profile, metrics, states_by_job, [i.label for i in items])
     return metrics
 
@@ -204,7 +200,7 @@ def _metrics(
     for modality in settings.modalities:
         for mode in settings.modes:
             source_mode = mode if modality != "text" else settings.modes[0]
-            for label in ("harmful", "harmless"):
+            for label in LABELS:
                 flags = [done[_record_key(i.id, modality, source_mode)]["refused"] for i in items if i.label == label]
                 if flags:
                     refusal_rate[f"{modality}/{mode}/{label}"] = float(np.mean(flags))
@@ -269,7 +265,7 @@ def _write_report(
     group_stats = {}
     for (modality, mode), states in states_by_job.items():
         suffix = "" if mode == "off" else f" ({mode})"
-        for label, stats in _group_stats(profile, states, labels).items():
+        for label, stats in axis_group_stats(profile.score(states), labels).items():
             group_stats[f"{modality}/{label}{suffix}"] = stats
     per_layer = metrics["per_layer"]
     figures = {
@@ -285,10 +281,11 @@ def _write_report(
         "Separability per layer": "AUROC of the projection on the text refusal direction, harmful vs harmless, per "
         "layer; the refusal gap; the modality drift's norm and its cosine with the refusal direction.",
         "Refusal axis per layer": "Normalised refusal score per layer (0 = harmless text, 1 = harmful text), group "
-        "mean ± one standard deviation.",
+        "mean ± one (population) standard deviation.",
     }
     summary = {
-        "model": model.name + (" (built-in toy demo model)" if model.is_demo else ""),
+        "model": model.name,
+        **({"about the model": model.notice.replace("**", "")} if model.notice else {}),
         "layers": str(model.num_layers),
         "items": str(metrics["num_items"]),
         "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
