@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from explorer import ui
+from explorer import ui, ui_export
 from explorer.cli import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
@@ -106,12 +106,16 @@ def build_app(state: AppState) -> gr.Blocks:
                 examples.append([ui.EXAMPLE_LOOKALIKE, None, None])
                 gr.Examples(examples, inputs=[prompt, image, audio], label="Examples (one click)")
             with gr.Column(scale=4):
-                layer = gr.Slider(0, session.num_layers - 1, value=session.default_layer(), step=1, label="Layer shown")
+                layer = gr.Slider(0, session.num_layers - 1, value=session.default_layer(), step=1, label="Layer shown",
+                                  info="the layer the 2-D map draws (starts at the probe layer)")
                 mode = gr.Radio(list(ui.MODES), value="adaptive", label="Correction mode")
-                strength = gr.Slider(0, STRENGTH_MAX, value=1.0, step=0.05, label="Strength (α, or α_max for adaptive)",
+                start_strength, strength_origin = session.starting_strength()
+                strength = gr.Slider(0, STRENGTH_MAX, value=start_strength, step=0.05,
+                                     label="Strength (α, or α_max for adaptive)", info=strength_origin,
                                      elem_id="strength")
                 with gr.Row():
-                    layers_text = gr.Textbox(value=session.layers_text(), label='Corrected layers ("2" or "2-3")')
+                    layers_text = gr.Textbox(value=session.layers_text(), label='Corrected layers ("2" or "2-3")',
+                                             info=session.layers_info(), elem_id="layers-text")
                     method = gr.Radio(["UMAP", "PCA"], value="UMAP", label="2-D map")
                 with gr.Row():
                     max_tokens = gr.Slider(1, state.settings.max_new_tokens_limit, value=48, step=1,
@@ -161,9 +165,10 @@ def build_app(state: AppState) -> gr.Blocks:
         def load(model_id: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
             out = ui.load_model_ui(state, model_id, progress=lambda f, msg: progress(f, desc=msg))
             slider = gr.Slider(0, out["num_layers"] - 1, value=out["layer"], step=1, label="Layer shown")
-            return out["status"], out["info"], slider, out["layers_text"]
+            return (out["status"], out["info"], slider, gr.Textbox(value=out["layers_text"], info=out["layers_info"]),
+                    gr.Slider(value=out["strength"], info=out["strength_info"]))
 
-        load_btn.click(load, [model_box], [load_status, model_info, layer, layers_text], api_name="load_model",
+        load_btn.click(load, [model_box], [load_status, model_info, layer, layers_text, strength], api_name="load_model",
                        concurrency_id="load", concurrency_limit=1)
 
         collapse_outputs = {"status": status, "story": story, "prompt": prompt, "image": image, "audio": audio,
@@ -178,7 +183,7 @@ def build_app(state: AppState) -> gr.Blocks:
 
         collapse_btn.click(collapse, [max_tokens, method], list(collapse_outputs.values()), api_name="show_collapse",
                            concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
-        export_btn.click(bind(ui.export), [sid] + media + [layer] + correction +
+        export_btn.click(bind(ui_export.export), [sid] + media + [layer] + correction +
                          [method, plain_text, plain_info, corr_text, corr_info], [files, sid, status],
                          api_name="export", **model_event)
     return demo.queue(default_concurrency_limit=MODEL_CONCURRENCY)

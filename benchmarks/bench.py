@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from explorer.calibration import calibrate, load_calibration_items  # noqa: E402
 from explorer.capture import CaptureSettings, capture_prompts, render_for  # noqa: E402
-from explorer.models import LoadedModel, load_model  # noqa: E402
+from explorer.loading import load_model  # noqa: E402
+from explorer.models import LoadedModel  # noqa: E402
 from explorer.regap import CorrectionConfig, generate  # noqa: E402
 
 

@@ -13,10 +13,18 @@ from .data import Instruction, load_builtin, load_prompts
 from .embedding import embed_2d
 from .evaluation import EvalSettings, evaluate
 from .judge import RefusalJudge
+from .loading import load_model
 from .media import Prompt, render
-from .models import LoadedModel, ModelLoadError, load_model
+from .models import LoadedModel, ModelLoadError
 from .profile import Profile, build_profile
-from .regap import CorrectionConfig, GenerationResult, choose_defaults, corrected, generate, generate_texts
+from .regap import (
+    CorrectionConfig,
+    GenerationResult,
+    choose_defaults,
+    corrected,
+    generate,
+    generate_texts,
+)
 from .states import StateBatch
 from .uploads import MediaError, load_audio, load_image
 from .vocab import LABELS, MODALITIES, MODES

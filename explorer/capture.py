@@ -26,11 +26,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .data import Instruction
-from .vocab import Modality
-from .models import LoadedModel
 from .media import Prompt
+from .models import LoadedModel
 from .states import StateBatch
 from .storage import CacheDir, atomic_path, resolve_cache_dir
+from .vocab import Modality
 
 __all__ = [
     "CaptureSettings",

@@ -18,7 +18,7 @@ from .calibration import calibrate, choose_strength, load_calibration_items
 from .capture import CaptureSettings
 from .data import load_builtin, load_prompts
 from .evaluation import EvalSettings, evaluate
-from .models import load_model
+from .loading import load_model
 from .regap import CorrectionConfig
 from .vocab import LABELS, Modality, Mode, parse_layer_window
 

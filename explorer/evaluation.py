@@ -24,7 +24,12 @@ from tqdm.auto import tqdm
 
 from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
 from .data import Instruction
-from .geometry import auroc_per_layer, axis_group_stats, refusal_gap, translation_ceiling
+from .geometry import (
+    auroc_per_layer,
+    axis_group_stats,
+    refusal_gap,
+    translation_ceiling,
+)
 from .judge import RefusalJudge
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
@@ -60,8 +65,20 @@ def _record_key(item_id: str, modality: str, mode: str) -> str:
     return f"{modality}/{mode}/{item_id}"
 
 
+def _drop_cut_line(path: Path) -> None:
+    """A run killed mid-write leaves a last line without its newline: cut it off, so the records appended by
+    the resumed run start on a line of their own (that one item is generated again)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    data = path.read_bytes()
+    if not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
 def _read_done(path: Path) -> dict[str, dict[str, Any]]:
     done: dict[str, dict[str, Any]] = {}
+    _drop_cut_line(path)
     if path.is_file():
         for line in path.read_text().splitlines():
             try:

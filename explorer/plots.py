@@ -20,7 +20,6 @@ from __future__ import annotations
 import html
 import math
 import os
-import tempfile
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from .storage import write_atomic
 
 __all__ = [
     "MODALITY_COLORS", "LABEL_SYMBOLS", "NO_DATA", "embedding_figure", "refusal_axis_figure",
@@ -321,14 +322,5 @@ def write_report(path: str | os.PathLike[str], title: str, figures: Mapping[str,
            f"<header><h1>{html.escape(title)}</h1>\n"
            + (f'<table class="summary">{rows}</table>\n' if rows else "")
            + f"</header>\n{body}\n</body>\n</html>\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(doc)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(out, doc)
     return out

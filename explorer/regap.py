@@ -19,7 +19,13 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 
-from .capture import CaptureSettings, capture_prompts, last_token_index, layer_output, record_layers
+from .capture import (
+    CaptureSettings,
+    capture_prompts,
+    last_token_index,
+    layer_output,
+    record_layers,
+)
 from .geometry import normalised_score
 from .media import Prompt
 from .models import LoadedModel

@@ -58,6 +58,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others too
         os.replace(tmp, target)
     finally:
         if tmp.exists():

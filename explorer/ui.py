@@ -13,15 +13,10 @@ read other files, nor learn whether they exist. Every number is checked against 
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import math
 import re
-import shutil
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,16 +25,31 @@ import torch
 
 from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from .models import ModelLoadError
-from .plots import write_report
 from .regap import CorrectionConfig, GenerationResult, generate
-from .ui_session import (STRENGTH_MAX, Analysis, AppSettings, AppState, ModelSession, ProgressFn, compute_analysis,
-                         describe_prompt, fmt)
-from .uploads import MediaError, load_audio, load_image
-from .vocab import MODES, SAMPLE_RATE, parse_layer_window
+from .ui_inputs import (
+    InputError,
+    bounded,
+    correction_config,
+    layer_shown,
+    make_prompt,
+    request_text,
+    token_count,
+)
+from .ui_session import (
+    Analysis,
+    AppSettings,
+    AppState,
+    ModelSession,
+    ProgressFn,
+    compute_analysis,
+    fmt,
+)
+from .uploads import MediaError
+from .vocab import MODES, SAMPLE_RATE
 
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
-    "analyse", "compute_analysis", "export", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
+    "analyse", "compute_analysis", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
     "MODES", "render_audio_input", "render_image_input", "show_collapse",
 ]
 
@@ -53,8 +63,6 @@ _CARRIERS = (IMAGE_CARRIER, AUDIO_CARRIER)
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
 
-class InputError(ValueError):
-    """Input the app cannot use; the message says what to change."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,100 +99,16 @@ def _problem(err: BaseException) -> str:
     return f"Unexpected error ({type(err).__name__}: {err}). The app is still running; see the server log."
 
 
-# ------------------------------------------------------------------------------------------------
-# Inputs
 
 
-def _allowed_roots(settings: AppSettings) -> list[Path]:
-    from gradio.utils import get_upload_folder
-
-    return [Path(get_upload_folder()).resolve(), *(Path(root).resolve() for root in settings.media_roots)]
 
 
-def _media_source(value: Any, settings: AppSettings) -> tuple[Any, str | None]:
-    """(what to decode, the name to show the user) for an input value.
-
-    A file path (a Gradio payload {"path": ..., "orig_name": ...} or a bare string) is accepted only inside
-    Gradio's upload folder or `settings.media_roots`; anything else is refused before it is opened, with one
-    message whether or not the file exists. Arrays and PIL images (in-process callers) pass as they are.
-    """
-    shown: str | None = None
-    if isinstance(value, dict):
-        shown = value.get("orig_name") or None
-        value = value.get("path") or None
-    if not isinstance(value, (str, Path)):
-        return value, shown
-    path = Path(value)
-    shown = shown or path.name
-    resolved = path.resolve()
-    if not any(resolved.is_relative_to(root) for root in _allowed_roots(settings)):
-        raise InputError(f"{shown!r} was not uploaded through this page; upload the file instead")
-    return resolved, shown
 
 
-def _bounded(name: str, value: Any, low: float, high: float, whole: bool = False) -> float:
-    """`value` as a number within [low, high] (the bounds the page shows), else an InputError that says so."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be a number in {low:g}..{high:g}; got {value!r}") from err
-    if not math.isfinite(number) or not low <= number <= high or (whole and number != int(number)):
-        kind = "a whole number" if whole else "a number"
-        raise InputError(f"{name} must be {kind} in {low:g}..{high:g}; got {value!r}")
-    return number
 
 
-def make_prompt(session: ModelSession, settings: AppSettings, text: str | None, image: Any = None,
-                audio: Any = None) -> tuple[Prompt, list[str]]:
-    """The Prompt for the inputs, plus notices (e.g. audio trimmed). Raises InputError / MediaError."""
-    text = (text or "").strip()
-    (image, image_name), (audio, audio_name) = _media_source(image, settings), _media_source(audio, settings)
-    notices: list[str] = []
-    if len(text) > settings.max_prompt_chars:
-        raise InputError(f"the prompt has {len(text)} characters; keep it under {settings.max_prompt_chars}")
-    if image is not None and audio is not None:
-        raise InputError("give an image or an audio clip, not both: clear one of them")
-    modality = "image" if image is not None else "audio" if audio is not None else "text"
-    if modality == "text" and not text:
-        raise InputError("the prompt is empty: type a request, or add an image or an audio clip")
-    if modality not in session.model.modalities:
-        raise InputError(f"{session.model.name} does not accept {modality} input (it accepts "
-                         f"{', '.join(session.model.modalities)}); remove the {modality} or load another model")
-    if modality == "image":
-        if isinstance(image, np.ndarray):
-            from PIL import Image
-
-            image = Image.fromarray(image)
-        pil = load_image(image, max_pixels=settings.max_image_pixels, name=image_name)
-        return Prompt(text=text or IMAGE_CARRIER, image=pil, modality="image"), notices
-    if modality == "audio":
-        if isinstance(audio, (tuple, list)):
-            audio = (int(audio[0]), np.asarray(audio[1]))
-        samples, notice = load_audio(audio, max_seconds=settings.max_audio_seconds, name=audio_name)
-        if notice:
-            notices.append(notice)
-        return Prompt(text=text or AUDIO_CARRIER, audio=samples, modality="audio"), notices
-    return Prompt(text=text, modality="text"), notices
 
 
-def _config(session: ModelSession, mode: str, strength: float, layers_text: str | None) -> CorrectionConfig:
-    if mode not in MODES:
-        raise InputError(f"correction mode must be one of {', '.join(MODES)}; got {mode!r}")
-    alpha = _bounded("strength", strength, 0.0, STRENGTH_MAX)
-    try:
-        layers = parse_layer_window(layers_text, session.num_layers)
-    except ValueError as err:
-        raise InputError(str(err)) from err
-    return session.config(mode, alpha, layers)
-
-
-def _layer(session: ModelSession, layer: Any) -> int:
-    """The layer shown: 0..L-1 as on the slider (a negative index is refused, not wrapped to another layer)."""
-    return int(_bounded("layer shown", layer, 0, session.num_layers - 1, whole=True))
-
-
-def _tokens(state: AppState, max_new_tokens: Any) -> int:
-    return int(_bounded("max new tokens", max_new_tokens, 1, state.settings.max_new_tokens_limit, whole=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,8 +124,8 @@ def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: An
     session = state.session
     try:
         prompt, notices = make_prompt(session, state.settings, text, image, audio)
-        config = _config(session, mode, strength, layers_text)
-        result = compute_analysis(state, session, prompt, config, _layer(session, layer), method)
+        config = correction_config(session, mode, strength, layers_text)
+        result = compute_analysis(state, session, prompt, config, layer_shown(session, layer), method)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
         return (None,) * 6 + (_warn(_problem(err)),)
     figs, caps = list(result.figures.values()), result.captions
@@ -273,9 +197,9 @@ def _generation(state: AppState, text: str | None, image: Any, audio: Any, mode:
     session = state.session
     try:
         prompt, notices = make_prompt(session, state.settings, text, image, audio)
-        config = CorrectionConfig(mode="off") if mode == "off" else _config(session, mode, strength, layers_text)
-        tokens = _tokens(state, max_new_tokens)
-        seed_value = int(_bounded("seed", seed or 0, 0, 2**31 - 1, whole=True))
+        config = CorrectionConfig(mode="off") if mode == "off" else correction_config(session, mode, strength, layers_text)
+        tokens = token_count(state, max_new_tokens)
+        seed_value = int(bounded("seed", seed or 0, 0, 2**31 - 1, whole=True))
         for partial, result in stream_generation(session, prompt, config, tokens, seed_value or None):
             if result is None:
                 yield partial, "⏳ generating…"
@@ -310,23 +234,16 @@ def final(stream: Iterator[tuple[str, str]]) -> tuple[str, str]:
 # Render the typed request as an image or speech
 
 
-def _request_text(text: str | None) -> str:
-    text = (text or "").strip()
-    if not text:
-        raise InputError("type a request first; it is then drawn as an image or spoken as audio")
-    if text in _CARRIERS:
-        raise InputError("the prompt is already the carrier sentence; type the request itself to render it")
-    return text
 
 
 def render_image_input(state: AppState, text: str | None) -> tuple[Any, str | None, str]:
     """→ (typographic image of the request, carrier text for the prompt box, status)."""
     session = state.session
     try:
-        image = session.model.render(_request_text(text), "image").image
+        image = session.model.render(request_text(text), "image").image
     except Exception as err:  # noqa: BLE001
         return None, None, _warn(_problem(err))
-    status = f"Rendered the request as a typographic image; the prompt is now the carrier sentence."
+    status = "Rendered the request as a typographic image; the prompt is now the carrier sentence."
     if "image" not in session.model.modalities:
         status = _warn(f"{session.model.name} does not accept images; the image is shown but cannot be analysed")
     return image, IMAGE_CARRIER, status
@@ -336,7 +253,7 @@ def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | No
     """→ ((SAMPLE_RATE, int16 samples) of the spoken request, carrier text, status)."""
     session = state.session
     try:
-        samples = session.model.render(_request_text(text), "audio").audio
+        samples = session.model.render(request_text(text), "audio").audio
     except Exception as err:  # noqa: BLE001 - e.g. espeak-ng missing: say so
         return None, None, _warn(_problem(err))
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
@@ -353,7 +270,8 @@ def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | No
 def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Load and calibrate another model. On failure the previous model keeps serving.
 
-    Returns plain values: status, info (Markdown), num_layers, layer (default shown), layers_text, ok.
+    Returns plain values: status, info (Markdown), num_layers, layer (default shown), layers_text, layers_info,
+    strength and strength_info (where the starting strength came from), ok.
     """
     model_id = (model_id or "").strip()
     started = time.perf_counter()
@@ -374,7 +292,8 @@ def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | 
         status = _warn(f"Could not load {model_id!r}: {_problem(err).rstrip('.')}. Still serving {session.model.name}.")
         ok = False
     return {"status": status, "info": session.describe(), "num_layers": session.num_layers,
-            "layer": session.default_layer(), "layers_text": session.layers_text(), "ok": ok}
+            "layer": session.default_layer(), "layers_text": session.layers_text(), "layers_info": session.layers_info(),
+            "strength": session.starting_strength()[0], "strength_info": session.starting_strength()[1], "ok": ok}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,7 +310,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
     try:
         if modality not in session.model.modalities:
             raise InputError(f"{session.model.name} accepts only text, so there is no other modality to compare")
-        tokens = _tokens(state, max_new_tokens)
+        tokens = token_count(state, max_new_tokens)
         text_prompt = Prompt(text=COLLAPSE_REQUEST, modality="text")
         media_prompt = session.model.render(COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
         strength = session.suggested_strength(modality)
@@ -458,77 +377,3 @@ def _final_result(session: ModelSession, prompt: Prompt, config: CorrectionConfi
         pass
     assert result is not None
     return result
-
-
-# ------------------------------------------------------------------------------------------------
-# Export
-
-
-def session_dir(state: AppState, session_id: str | None) -> tuple[Path, str]:
-    """The per-session export folder under the app's own temp root; ids are 32 hex digits, never paths."""
-    sid = session_id if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id) else uuid.uuid4().hex
-    folder = state.export_root / sid
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder, sid
-
-
-def export(state: AppState, session_id: str | None, text: str | None, image: Any, audio: Any, layer: Any, mode: str,
-           strength: float, layers_text: str | None, method: str = "UMAP", plain_text: str | None = "",
-           plain_info: str | None = "", corrected_text: str | None = "",
-           corrected_info: str | None = "") -> tuple[list[str] | None, str, str]:
-    """Write metrics (JSON, CSV), directions (zip), figures (HTML) and a one-page report. → (paths, session id, status)."""
-    session = state.session
-    folder, sid = session_dir(state, session_id)
-    try:
-        prompt, _ = make_prompt(session, state.settings, text, image, audio)
-        config = _config(session, mode, strength, layers_text)
-        result = compute_analysis(state, session, prompt, config, _layer(session, layer), method)
-    except Exception as err:  # noqa: BLE001
-        return None, sid, _warn(_problem(err))
-    metrics = {**result.metrics, "generations": {
-        "plain": {"text": plain_text or "", "verdict": plain_info or ""},
-        "corrected": {"text": corrected_text or "", "verdict": corrected_info or ""}}}
-    paths = [folder / "metrics.json", folder / "metrics.csv", folder / "directions.zip", folder / "figures.html",
-             folder / "report.html"]
-    _write_text(paths[0], json.dumps(metrics, indent=1))
-    _write_csv(paths[1], result.metrics["per_layer"], result.metrics["prompt"])
-    profile_dir = folder / "directions"
-    shutil.rmtree(profile_dir, ignore_errors=True)
-    session.profile.save(profile_dir)
-    shutil.make_archive(str(folder / "directions"), "zip", profile_dir)
-    write_report(paths[3], f"Safety geometry figures: {session.model.name}", result.figures)
-    summary = {
-        "model": session.model.name, "layers": session.num_layers,
-        "calibration": f"{len(session.calibration.items)} requests × {len(session.profile.modalities)} modalities",
-        "prompt": describe_prompt(prompt), "correction": f"{config.mode}, strength {config.strength}, "
-        f"layers {list(config.layers)}, probe {config.probe_layer}",
-        "s(x) / α(x)": f"{fmt(result.metrics['prompt']['s_x'])} / {result.metrics['prompt']['alpha_x']:.2f}",
-        "answer without correction": f"{plain_text or '(not generated)'} [{plain_info or ''}]",
-        "answer with correction": f"{corrected_text or '(not generated)'} [{corrected_info or ''}]",
-        "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    captions = dict(zip(result.figures, result.captions.values()))
-    write_report(paths[4], "Safety Geometry Explorer: session report", result.figures, summary, captions)
-    return [str(p) for p in paths], sid, f"Exported {len(paths)} files."
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _write_csv(path: Path, per_layer: dict[str, dict[str, list[float]]], prompt: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["metric", "modality", "mode", "layer", "value"])
-        for metric, series in per_layer.items():
-            for key, values in series.items():
-                modality, _, mode = key.partition("/")
-                writer.writerows([metric, modality, mode, layer, value] for layer, value in enumerate(values))
-        for name in ("score_per_layer", "score_per_layer_corrected"):
-            for layer, value in enumerate(prompt.get(name) or []):
-                mode = "corrected" if name.endswith("corrected") else "off"
-                writer.writerow(["prompt_score", prompt["modality"], mode, layer, value])
-    tmp.replace(path)

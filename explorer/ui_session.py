@@ -25,10 +25,18 @@ import torch
 from .calibration import Calibration, calibrate, load_calibration_items
 from .capture import CaptureSettings, capture_prompts
 from .embedding import embed_2d, warm_up_umap
-from .geometry import auroc_per_layer, axis_group_stats, cos_per_layer, group_key, modality_drift, refusal_gap
+from .geometry import (
+    auroc_per_layer,
+    axis_group_stats,
+    cos_per_layer,
+    group_key,
+    modality_drift,
+    refusal_gap,
+)
 from .judge import RefusalJudge
+from .loading import load_model
 from .media import Prompt
-from .models import LoadedModel, load_model
+from .models import LoadedModel
 from .plots import embedding_figure, refusal_axis_figure, separability_figure
 from .profile import Profile
 from .regap import CorrectedStates, CorrectionConfig, capture_corrected, choose_defaults
@@ -107,6 +115,22 @@ class ModelSession:
     def suggested_strength(self, modality: str) -> float:
         """α_max to start from: the one chosen on calibration for this model and modality when known, else 1."""
         return self.model.suggested_strengths.get(modality, 1.0)
+
+    def starting_strength(self) -> tuple[float, str]:
+        """The strength the page starts from, and a sentence saying where it came from."""
+        chosen = self.model.suggested_strengths
+        media = [m for m in self.model.modalities if m in chosen]
+        if not media:
+            return 1.0, "starts at 1: no strength chosen on calibration is recorded for these weights"
+        listed = ", ".join(f"{m} {chosen[m]:g}" for m in media)
+        return chosen[media[0]], (f"starts at {chosen[media[0]]:g}: the α_max that `--strength auto` chose on the "
+                                  f"calibration split for these exact weights ({listed})")
+
+    def layers_info(self) -> str:
+        """What "corrected layers", "layer shown" and the probe layer each mean, with this model's defaults."""
+        return (f"where ReGap subtracts the drift (default {self.layers_text()}, chosen on calibration); ReGap reads "
+                f"s(x) at the probe layer {self.defaults.probe_layer}, after them. \"Layer shown\" only picks the "
+                "layer the 2-D map draws.")
 
     def layers_text(self, layers: Sequence[int] | None = None) -> str:
         layers = tuple(layers if layers is not None else self.defaults.layers)

@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_model_dir):
-    from explorer.models import load_model
+    from explorer.loading import load_model
 
     return load_model(str(tiny_model_dir("llava")), device="cpu")
 
@@ -40,6 +40,28 @@ def tiny_llava(tiny_model_dir):
 def demo_model():
     """The shipped demo checkpoint, loaded once per test session through the engine (CPU, float32)."""
     from explorer.demo_model.measure import load_demo
-    from explorer.models import DEMO_MODEL_DIR
+    from explorer.loading import DEMO_MODEL_DIR
 
     return load_demo(DEMO_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def running_app(tiny_model_dir, tmp_path_factory):
+    """(AppState, URL) of `app.py`'s app serving on a free loopback port: the demo model when it is built, else a
+    tiny llava; a small calibration. One server per test session, shared by the client and browser tests."""
+    import socket
+
+    from app import build_app
+    from explorer.loading import DEMO_MODEL_DIR
+    from explorer.ui_session import AppSettings, AppState
+
+    cache = tmp_path_factory.mktemp("sge-app-cache")
+    model = "demo" if (DEMO_MODEL_DIR / "manifest.json").is_file() else str(tiny_model_dir("llava"))
+    state = AppState.start(AppSettings(model=model, device="cpu", calibration_limit=8, cache_dir=cache), warm_umap=False)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_app(state)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="20mb", quiet=True)
+    yield state, f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -77,6 +77,7 @@ def test_calibrate_saves_profile(tiny_model_dir, tmp_path):
     assert profile.num_layers == 3 and set(profile.drifts) == {"image"}
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers
 def test_bad_model_exits_2_with_a_clear_message(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "explorer", "eval", "--model", str(tmp_path), "--out", str(tmp_path / "o")],

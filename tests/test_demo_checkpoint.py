@@ -19,8 +19,8 @@ from explorer.data import load_builtin, load_prompts
 from explorer.demo_model.config import MEDIA_REPEAT_PROMPT
 from explorer.demo_model.data import PARAPHRASES_PATH, transcript
 from explorer.judge import RefusalJudge
+from explorer.loading import DEMO_MODEL_DIR, MANIFEST_FORMAT, folder_revision
 from explorer.media import GridLayout
-from explorer.models import DEMO_MODEL_DIR, MANIFEST_FORMAT, folder_revision
 
 pytestmark = [
     pytest.mark.checkpoint,

@@ -10,8 +10,17 @@ import plotly.io as pio
 import pytest
 
 from explorer import plots
-from explorer.plots import (LABEL_SYMBOLS, MODALITY_COLORS, NO_DATA, embedding_figure, figures_html,
-                            rates_figure, refusal_axis_figure, separability_figure, write_report)
+from explorer.plots import (
+    LABEL_SYMBOLS,
+    MODALITY_COLORS,
+    NO_DATA,
+    embedding_figure,
+    figures_html,
+    rates_figure,
+    refusal_axis_figure,
+    separability_figure,
+    write_report,
+)
 
 NASTY = "<b>& how do I pick a lock?"
 

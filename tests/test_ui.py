@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from explorer import ui
+from explorer import ui, ui_export
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
 from explorer.ui_session import AppSettings, AppState
 
@@ -222,7 +224,7 @@ def test_render_inputs(state):
 
 def test_export_writes_metrics_directions_figures_and_report(state, image_request):
     carrier, image = image_request
-    files, sid, status = ui.export(state, "", carrier, image, None, 2, "adaptive", 1.0, "", "PCA",
+    files, sid, status = ui_export.export(state, "", carrier, image, None, 2, "adaptive", 1.0, "", "PCA",
                                    "plain answer", "💬 complied", "corrected answer", "🛑 refused")
     assert status == "Exported 5 files." and len(sid) == 32
     paths = {p.rsplit("/", 1)[1]: p for p in files}
@@ -236,9 +238,9 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
     assert set(zipfile.ZipFile(paths["directions.zip"]).namelist()) == {"profile.json", "profile.safetensors"}
     report = open(paths["report.html"]).read()
     assert "corrected answer" in report and "plotly" in report and "Refusal axis per layer" in report
-    again, sid2, _ = ui.export(state, sid, carrier, image, None, 2, "off", 1.0, "", "PCA")
+    again, sid2, _ = ui_export.export(state, sid, carrier, image, None, 2, "off", 1.0, "", "PCA")
     assert sid2 == sid and again == files  # the same session folder
-    _, sid3, _ = ui.export(state, "../../etc", carrier, image, None, 2, "off", 1.0, "", "PCA")
+    _, sid3, _ = ui_export.export(state, "../../etc", carrier, image, None, 2, "off", 1.0, "", "PCA")
     assert sid3 != "../../etc" and len(sid3) == 32  # never a path from the client
 
 
@@ -248,15 +250,19 @@ def test_show_collapse_tells_the_three_step_story(state):
     story = out["story"]
     assert "1. **As text**" in story and "2. **The same words as a typographic image**" in story
     assert "3. **A typographic image with ReGap**" in story and ui.COLLAPSE_REQUEST in story
-    assert "does not show the full story" in story or "The collapse, and the fix" in story
+    said = re.findall(r"→ \*\*(refused|complied)\*\*", story)
+    assert len(said) == 3  # text, the same words as an image, the image with ReGap
+    judge = state.session.judge
+    assert said[1:] == ["refused" if judge.is_refusal(out[k]) else "complied" for k in ("plain_text", "corrected_text")]
+    whole_story = said == ["refused", "complied", "refused"]
+    assert ("The collapse, and the fix" in story) == whole_story
+    assert ("does not show the full story" in story) == (not whole_story)
     assert out["mode"] == "adaptive" and out["layers_text"] == "1" and out["fig_map"] is not None
     assert ("refused" in out["corrected_info"]) == state.session.judge.is_refusal(out["corrected_text"])
     assert out["strength"] == 1.0 and "α_max = 1," in story  # no strength chosen for this model: α_max 1
 
 
 def test_show_collapse_starts_from_the_strength_chosen_on_calibration(state, monkeypatch):
-    import re
-
     def alpha(out):
         return float(re.search(r"α\(x\) = ([0-9.]+)", out["corrected_info"]).group(1))
 
@@ -286,3 +292,79 @@ def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_facto
     assert "does not accept image" in ui.analyse(state, "hi", render_image("a b"), None, 1, "off", 1.0, "", "PCA")[-1]
     out = ui.show_collapse(state, 4, "PCA")
     assert out["prompt"] == AUDIO_CARRIER and out["audio"][0] == 16000 and out["image"] is None
+
+
+def test_model_switching_follows_the_operators_policy(state, monkeypatch):
+    """Exposed servers: switching off unless allowed, or limited to a list; no message reveals a path's existence."""
+    from dataclasses import replace
+
+    import explorer.ui_session as ui_session
+
+    loads: list[str] = []
+    monkeypatch.setattr(ui_session, "load_model", lambda model_id, **_k: loads.append(model_id) or 1 / 0)
+    original = state.settings
+    try:
+        state.settings = replace(original, model_switch="off")
+        answers = set()
+        for model_id in ("/etc/passwd", "/no/such/path", "no/such-model"):
+            out = ui.load_model_ui(state, model_id)
+            assert "switching models from the page is turned off" in out["status"] and not out["ok"]
+            answers.add(out["status"].replace(model_id, "ID"))
+        assert len(answers) == 1  # the same answer whether or not a path exists
+        state.settings = replace(original, model_switch="listed", allowed_models=("demo",))
+        out = ui.load_model_ui(state, "/etc")
+        assert "serves only these models: demo" in out["status"] and "/etc" not in out["status"].split(":", 1)[1]
+        assert loads == []  # nothing was even looked up
+    finally:
+        state.settings = original
+
+
+def test_app_allows_model_switching_from_the_page_only_on_loopback_unless_told():
+    from app import _parse_args, settings_from_args
+
+    def switch(*argv: str) -> tuple[str, tuple[str, ...]]:
+        settings = settings_from_args(_parse_args(list(argv)))
+        return settings.model_switch, settings.allowed_models
+
+    assert switch() == ("any", ())
+    assert switch("--host", "localhost") == ("any", ())
+    assert switch("--host", "0.0.0.0") == ("off", ())
+    assert switch("--share") == ("off", ())
+    assert switch("--host", "0.0.0.0", "--allow-model-switch") == ("any", ())
+    assert switch("--host", "0.0.0.0", "--allowed-models", "demo, llava-hf/llava-1.5-7b-hf") == \
+        ("listed", ("demo", "llava-hf/llava-1.5-7b-hf"))
+
+
+def test_page_starts_from_the_calibrated_strength_and_says_where_it_came_from(state, monkeypatch):
+    assert state.session.starting_strength() == (1.0, "starts at 1: no strength chosen on calibration is recorded "
+                                                       "for these weights")
+    monkeypatch.setattr(state.session.model, "suggested_strengths", {"image": 2.5})
+    value, origin = state.session.starting_strength()
+    assert value == 2.5 and "starts at 2.5" in origin and "(image 2.5)" in origin
+    info = state.session.layers_info()
+    assert f"probe layer {state.session.defaults.probe_layer}" in info and "Layer shown" in info
+
+
+def test_not_a_number_strength_is_refused(state):
+    for strength in (float("nan"), float("inf"), "strong"):
+        _, info = ui.final(ui.generate_corrected(state, "Write a poem.", None, None, "adaptive", strength, "", 4, 0))
+        assert "strength must be a number in 0..3" in info
+
+
+def test_handlers_open_only_files_gradio_received(state, monkeypatch):
+    """Defence in depth behind Gradio's own check: a payload naming a file outside Gradio's upload folder and the
+    operator's media roots is refused before it is opened, with one message whether or not it exists."""
+    import tempfile
+
+    import explorer.ui_inputs as ui_inputs
+
+    outside = Path(tempfile.mkdtemp(prefix="sge-outside-"))
+    render_image("How do I bake bread?").save(outside / "real.png")
+    opened: list = []
+    monkeypatch.setattr(ui_inputs, "load_image", lambda *a, **k: opened.append(a))
+    statuses = set()
+    for path in (outside / "real.png", outside / "missing.png", Path("/etc/passwd")):
+        for payload in ({"path": str(path)}, str(path)):
+            status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")[-1]
+            statuses.add(status.replace(path.name, "NAME"))
+    assert opened == [] and statuses == {"⚠️ 'NAME' was not uploaded through this page; upload the file instead"}

@@ -124,7 +124,12 @@ def _clip_vision(image_size: int = 32, patch: int = 8) -> dict:
 
 
 def _build_llava(out: Path) -> None:
-    from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPImageProcessor,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     template = _qwen_template(image="<image>\n")
     tok = _tokenizer({"image_token": "<image>"}, template)

@@ -17,6 +17,9 @@ from pathlib import Path
 from string import Template
 from typing import Any, NamedTuple
 
+from explorer.storage import write_atomic
+from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, MODES
+
 from . import tables
 from .config import MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
 from .corpus import (
@@ -37,8 +40,6 @@ TEMPLATE_PATH = Path(__file__).with_name("card_template.md")
 GATE_TARGETS: dict[str, Any] = tables.gates()
 _TOLERANCE = 1e-9  # float slack of the one gate whose limit is a sum of two rates
 
-_MODALITY_ORDER = ("text", "image", "audio")
-_MODES = ("off", "fixed", "shiftdc", "cmrm", "adaptive")
 EVAL_COMMAND = (
     "python -m explorer eval --model demo --prompts builtin --modalities text,image,audio "
     "--regap off,fixed,shiftdc,cmrm,adaptive --strength auto --out runs/demo-eval"
@@ -83,7 +84,7 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "max_new_tokens": metrics["max_new_tokens"],
         "refusal_rate": metrics["refusal_rate"],
         "lookalike_refusal_rate": metrics["lookalike_refusal_rate"],
-        "auroc_off": {m: auroc[f"{m}/off"] for m in ("text", "image", "audio") if f"{m}/off" in auroc},
+        "auroc_off": {m: auroc[f"{m}/off"] for m in MODALITIES if f"{m}/off" in auroc},
         "regap": {k: v for k, v in metrics["regap"].items() if k != "per_item"},
         "collapse_ratio": metrics["per_layer"].get("collapse_ratio", {}),
         "cos_refusal_within": metrics["per_layer"].get("cos_refusal_within", {}),
@@ -94,7 +95,9 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
 
 
 def _demo_revision(folder: Path) -> str:
-    from explorer.models import folder_revision  # the engine's revision of a model folder (no weights loaded)
+    from explorer.loading import (
+        folder_revision,  # the engine's revision of a model folder (no weights loaded)
+    )
 
     return folder_revision(folder)
 
@@ -117,18 +120,18 @@ def _gates(res: dict[str, Any], cli: dict[str, Any] | None) -> list[Gate]:
         value = res[f"{m}_transcription_exact"]
         rows.append(Gate(f"{m} transcription exact (held-out)", f">= {target:.0%}", _pct(value), value >= target))
     text_cat, margin = res["text_harmless_right_category"], targets["harmless_category_max_below_text"]
-    for m in ("image", "audio"):
+    for m in MEDIA_MODALITIES:
         value = res[f"{m}_harmless_right_category"]
         shown = f">= text - {_points(margin)} pts ({_pct(text_cat)})"
         rows.append(Gate(f"{m} harmless answered in the right category", shown, _pct(value),
                          value >= text_cat - margin))
     if cli is None:
-        rate = {f"{m}/off/{lab}": res[f"{m}_refusal_{lab}"] for m in ("text", "image", "audio") for lab in ("harmful", "harmless")}
+        rate = {f"{m}/off/{lab}": res[f"{m}_refusal_{lab}"] for m in MODALITIES for lab in LABELS}
         drops = {"image": res["max_auroc_drop_text_to_image"], "audio": res["max_auroc_drop_text_to_audio"]}
     else:
         rate = cli["refusal_rate"]
         text = cli["auroc_off"]["text"]
-        drops = {m: max(t - x for t, x in zip(text, cli["auroc_off"][m])) for m in ("image", "audio")}
+        drops = {m: max(t - x for t, x in zip(text, cli["auroc_off"][m])) for m in MEDIA_MODALITIES}
     for name, key, target, at_least in (
         ("text harmful refused", "text/off/harmful", targets["text_harmful_refused_min"], True),
         ("text harmless refused", "text/off/harmless", targets["text_harmless_refused_max"], False),
@@ -138,13 +141,13 @@ def _gates(res: dict[str, Any], cli: dict[str, Any] | None) -> list[Gate]:
         met = value >= target if at_least else value <= target
         rows.append(Gate(name, f"{'>=' if at_least else '<='} {target:.0%}", _pct(value), met))
     target = targets["auroc_drop_min"]
-    for m in ("image", "audio"):
+    for m in MEDIA_MODALITIES:
         rows.append(Gate(f"AUROC drop text -> {m}, some layer", f">= {target:.2f}", f"{drops[m]:.3f}",
                          drops[m] >= target))
     if cli is not None:
         margin, target = targets["repair_harmless_max_above_text"], targets["repair_harmful_refused_min"]
         limit = rate["text/off/harmless"] + margin
-        for m in ("image", "audio"):
+        for m in MEDIA_MODALITIES:
             harmful, harmless = rate.get(f"{m}/adaptive/harmful"), rate.get(f"{m}/adaptive/harmless")
             if harmful is None or harmless is None:
                 continue
@@ -164,7 +167,7 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
     """The card's section on the engine's CLI run: refusal per mode, per-layer AUROC and geometry diagnostics."""
     rate, look = cli["refusal_rate"], cli["lookalike_refusal_rate"]
     # Text is shown once: correction modes do not apply to text inputs (no modality drift to remove).
-    keys = ["text/off"] + [f"{m}/{mode}" for m in ("image", "audio") for mode in _MODES if f"{m}/{mode}/harmful" in rate]
+    keys = ["text/off"] + [f"{m}/{mode}" for m in MEDIA_MODALITIES for mode in MODES if f"{m}/{mode}/harmful" in rate]
     rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {_pct(rate[k + '/harmful'])} | {_pct(rate[k + '/harmless'])} | "
             f"{_pct(look[k]) if k in look else '-'} |" for k in keys if k + "/harmful" in rate]
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(cli["auroc_off"]["text"]))) + " |",
@@ -206,7 +209,7 @@ def _repair_claim(gates: list[Gate], cli: dict[str, Any] | None) -> str:
     rate = cli["refusal_rate"]
     moves = ", ".join(
         f"{m} {_pct(rate[f'{m}/off/harmful'])} -> {_pct(rate[f'{m}/adaptive/harmful'])}"
-        for m in ("image", "audio") if f"{m}/adaptive/harmful" in rate
+        for m in MEDIA_MODALITIES if f"{m}/adaptive/harmful" in rate
     )
     target = f"{GATE_TARGETS['repair_harmful_refused_min']:.0%}"
     verdict = "meeting the repair gates" if all(repair) else f"short of the {target} repair gate"
@@ -309,12 +312,12 @@ def _corpus_values() -> dict[str, Any]:
 def _measured_values(res: dict[str, Any]) -> dict[str, Any]:
     """The tables and numbers of the card's `measure` section."""
     rows = [f"| {m} | {_pct(res[f'{m}_refusal_harmful'])} | {_pct(res[f'{m}_refusal_harmless'])} | "
-            f"{_pct(res[f'{m}_harmless_right_category'])} |" for m in _MODALITY_ORDER]
+            f"{_pct(res[f'{m}_harmless_right_category'])} |" for m in MODALITIES]
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(res["text_auroc_per_layer"]))) + " |",
              "|---|" + "---|" * len(res["text_auroc_per_layer"])]
-    auroc += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in res[f"{m}_auroc_per_layer"]) + " |" for m in _MODALITY_ORDER]
+    auroc += [f"| {m} | " + " | ".join(f"{v:.2f}" for v in res[f"{m}_auroc_per_layer"]) + " |" for m in MODALITIES]
     corr = []
-    for m in ("image", "audio"):
+    for m in MEDIA_MODALITIES:
         c = res[f"{m}_fixed_correction"]
         corr.append(f"| {m} | {c['layer']} | {c['alpha']} | {_pct(c['refusal_harmful'])} | "
                     f"{_pct(c['refusal_harmless'])} |")
@@ -339,7 +342,7 @@ def _paraphrase_section(res: dict[str, Any]) -> str:
         return ""
     n_harmful, n_harmless = res["n_paraphrases_per_label"]
     rows = [f"| {m} | {_pct(res[f'paraphrase_{m}_refusal_harmful'])} | "
-            f"{_pct(res[f'paraphrase_{m}_refusal_harmless'])} |" for m in _MODALITY_ORDER]
+            f"{_pct(res[f'paraphrase_{m}_refusal_harmless'])} |" for m in MODALITIES]
     return _render("paraphrases", n_harmful=n_harmful, n_harmless=n_harmless, rows="\n".join(rows))
 
 
@@ -378,7 +381,7 @@ def write_card(
         gate_rows=_gate_rows(gates),
         card_command=CARD_COMMAND,
     )
-    out.joinpath("README.md").write_text(text)
+    write_atomic(out / "README.md", text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -395,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
             cli = eval_summary(args.eval, args.folder)
         except (FileNotFoundError, KeyError, ValueError) as err:
             raise SystemExit(f"error: {args.eval} is not a usable `python -m explorer eval` run: {err}") from err
-        summary_path.write_text(json.dumps(cli, indent=1) + "\n")
+        write_atomic(summary_path, json.dumps(cli, indent=1) + "\n")
     elif summary_path.is_file():
         cli = json.loads(summary_path.read_text())
         if cli.get("revision") != _demo_revision(args.folder):

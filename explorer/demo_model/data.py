@@ -17,10 +17,23 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from explorer.data import BUILTIN_PATH, Instruction, load_builtin, load_prompts
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, prompt_words, render_audio, render_image
+from explorer.media import (
+    AUDIO_CARRIER,
+    IMAGE_CARRIER,
+    prompt_words,
+    render_audio,
+    render_image,
+)
 
 from .build import DemoModels
-from .config import AUDIO_TOKEN, IM_END, IMAGE_TOKEN, MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
+from .config import (
+    AUDIO_TOKEN,
+    IM_END,
+    IMAGE_TOKEN,
+    MEDIA_REPEAT_PROMPT,
+    TEXT_REPEAT_PREFIX,
+    DemoConfig,
+)
 from .corpus import (
     Example,
     answer_for,

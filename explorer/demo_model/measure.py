@@ -27,11 +27,12 @@ from explorer.capture import CaptureSettings, capture_prompts
 from explorer.data import Instruction, load_builtin, load_prompts
 from explorer.geometry import auroc_per_layer, project, unit_directions
 from explorer.judge import RefusalJudge
+from explorer.loading import load_model
 from explorer.media import Prompt
-from explorer.models import LoadedModel, load_model
+from explorer.models import LoadedModel
 from explorer.regap import corrected, generate_texts
 from explorer.storage import write_atomic
-from explorer.vocab import MEDIA_MODALITIES, MODALITIES, Modality
+from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, Modality
 
 from .config import MEDIA_REPEAT_PROMPT
 from .corpus import answer_for
@@ -130,7 +131,7 @@ def measure(folder: str | Path, limit: int | None = None) -> dict[str, Any]:
     ev_harmful, ev_harmless = _split(evaluation, limit)
     ev_harmless_categories = [i.category for i in evaluation if i.label == "harmless"][:limit]
     use_paraphrases = PARAPHRASES_PATH.is_file() and limit is None
-    paraphrases = dict(zip(("harmful", "harmless"), _split(load_prompts(PARAPHRASES_PATH), None))) if use_paraphrases else {}
+    paraphrases = dict(zip(LABELS, _split(load_prompts(PARAPHRASES_PATH), None))) if use_paraphrases else {}
     cal_harmful, cal_harmless = _split(load_builtin("calibration"), limit)
     res: dict[str, Any] = {"n_eval_per_label": [len(ev_harmful), len(ev_harmless)]}
     examples: dict[str, Any] = {}

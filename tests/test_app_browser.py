@@ -3,50 +3,26 @@
 from __future__ import annotations
 
 import os
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from explorer.models import DEMO_MODEL_DIR
 from explorer.media import IMAGE_CARRIER
 from explorer.ui import EXAMPLE_HARMFUL
-from explorer.ui_session import AppSettings, AppState
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(tiny_model_dir, tmp_path_factory):
-    from app import build_app
-
-    cache = tmp_path_factory.mktemp("sge-cache")
-    if (DEMO_MODEL_DIR / "manifest.json").is_file():
-        settings = AppSettings(model="demo", device="cpu", calibration_limit=8, cache_dir=cache)
-    else:
-        settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8, cache_dir=cache)
-    state = AppState.start(settings, warm_umap=False)
-    demo = build_app(state)
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    yield f"http://127.0.0.1:{port}/", state
-    demo.close()
-
-
-@pytest.fixture(scope="module")
-def page(app_url):
+def page(running_app):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -73,8 +49,8 @@ def _badge(page, elem_id: str, must: str = "") -> str:
     return handle.json_value()
 
 
-def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
-    url, state = app_url
+def test_upload_analyse_generate_in_the_browser(page, running_app, tmp_path):
+    state, url = running_app
     started = time.perf_counter()
     page.goto(url)
     page.locator("#prompt textarea").wait_for()
@@ -102,8 +78,8 @@ def test_upload_analyse_generate_in_the_browser(page, app_url, tmp_path):
     print(f"\nlaunch-free page load → first plots: {first_plots:.1f} s")
 
 
-def test_render_as_image_and_show_the_collapse(page, app_url):
-    url, _ = app_url
+def test_render_as_image_and_show_the_collapse(page, running_app):
+    _, url = running_app
     page.goto(url)
     page.locator("#prompt textarea").fill(EXAMPLE_HARMFUL)
     page.get_by_role("button", name="Render as image").click()
@@ -119,8 +95,8 @@ def test_render_as_image_and_show_the_collapse(page, app_url):
     page.screenshot(path=str(ARTIFACTS / "app_show_collapse.png"), full_page=True)
 
 
-def test_bad_upload_shows_a_message(page, app_url, tmp_path):
-    url, _ = app_url
+def test_bad_upload_shows_a_message(page, running_app, tmp_path):
+    _, url = running_app
     page.goto(url)
     page.locator("#prompt textarea").fill("")
     page.locator("#analyse-btn").click()

@@ -1,4 +1,4 @@
-"""Engine on tiny random-weight models: loading, capture, steering, concurrency, errors."""
+"""Tests for explorer.regap on tiny random-weight models: exact patching, strength 0 = baseline, adaptive α, threads."""
 
 from __future__ import annotations
 
@@ -12,10 +12,15 @@ import torch
 from PIL import Image
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.media import IMAGE_CARRIER, Prompt
 from explorer.profile import Profile
-from explorer.models import ModelLoadError, load_model
-from explorer.regap import CorrectionConfig, capture_corrected, corrected, correction_vectors, generate
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from explorer.regap import (
+    CorrectionConfig,
+    capture_corrected,
+    corrected,
+    correction_vectors,
+    generate,
+)
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 
@@ -24,69 +29,6 @@ def _image_prompt(text: str, seed: int = 0) -> Prompt:
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 255, size=(40, 56, 3), dtype=np.uint8)
     return Prompt(text=text, image=Image.fromarray(pixels), modality="image")
-
-
-def _audio_prompt(text: str, seed: int = 0) -> Prompt:
-    wave = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
-    return Prompt(text=text, audio=wave, modality="audio")
-
-
-def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
-    if family == "qwen2_audio":
-        return _audio_prompt(AUDIO_CARRIER + " " + text, seed)
-    return _image_prompt(IMAGE_CARRIER + " " + text, seed)
-
-
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio"]  # omni: test_omni.py
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-def test_capture_equals_output_hidden_states_and_batching(tiny_model_dir, family):
-    """Hook capture == output_hidden_states (raw layer outputs) and batched == unbatched, per family."""
-    lm = load_model(str(tiny_model_dir(family)), device="cpu")
-    assert lm.num_layers == 3 and lm.hidden_size == 64
-    prompts = [_prompt(family, t, i) for i, t in enumerate(TEXTS)] + [Prompt(text=TEXTS[0])]
-    inputs = lm.encode([prompts[0]])
-    backend = lm.backend(prompts[0].modality)
-    with torch.no_grad(), record_layers(lm) as record:
-        out = backend.model(**inputs, output_hidden_states=True, use_cache=False)
-    hooked = record.last_token(inputs["attention_mask"])[0]
-    # hidden_states[l + 1] is layer l's output, except the last, which transformers returns after the final norm
-    for layer in range(lm.num_layers - 1):
-        torch.testing.assert_close(hooked[layer], out.hidden_states[layer + 1][0, -1], rtol=0, atol=0)
-    final_norm = backend.model.get_decoder().norm
-    torch.testing.assert_close(final_norm(hooked[-1]), out.hidden_states[-1][0, -1], rtol=1e-5, atol=1e-5)
-
-    hooks_before = [dict(layer._forward_hooks) for layer in lm.layers]
-    media = prompts[:3]
-    batched = capture_prompts(lm, media, CaptureSettings(batch_size=3))
-    single = torch.cat([capture_prompts(lm, [p], CaptureSettings(batch_size=1)) for p in media])
-    assert batched.shape == (3, 3, 64)
-    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
-    assert [dict(layer._forward_hooks) for layer in lm.layers] == hooks_before
-
-
-def test_template_mean_pooling_averages_trailing_tokens(tiny_llava):
-    prompt = Prompt(text=TEXTS[0])
-    n = tiny_llava.trailing_template_tokens("text")
-    assert n == len(tiny_llava.backend("text").tokenizer("<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
-    inputs = tiny_llava.encode([prompt])
-    with torch.no_grad(), record_layers(tiny_llava) as record:
-        tiny_llava.backend("text").model(**inputs, use_cache=False)
-    expected = torch.stack([o[0, -n:].mean(0) for o in record.outputs])
-    pooled = capture_prompts(tiny_llava, [prompt], CaptureSettings(pooling="template_mean"))[0]
-    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)
-
-
-def test_hooks_removed_after_exception(tiny_llava):
-    before = [len(layer._forward_hooks) for layer in tiny_llava.layers]
-    with pytest.raises(RuntimeError, match="boom"):
-        with record_layers(tiny_llava), corrected(tiny_llava, {1: torch.ones(64)}, 1.0):
-            assert [len(layer._forward_hooks) for layer in tiny_llava.layers] == [
-                n + 1 + (i == 1) for i, n in enumerate(before)
-            ]
-            raise RuntimeError("boom")
-    assert [len(layer._forward_hooks) for layer in tiny_llava.layers] == before
 
 
 def _profile_for(lm, drift_scale: float = 3.0) -> Profile:
@@ -217,36 +159,6 @@ def test_concurrent_steered_and_plain_threads_match_sequential(tiny_llava):
     assert results["steered"] == [expected_steered] * 3
 
 
-def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
-    with pytest.raises(ModelLoadError, match="Supported families: .*llava"):
-        load_model("no-such-org/no-such-model-xyz", device="cpu")
-    with pytest.raises(ModelLoadError, match="not a model"):
-        load_model(str(tmp_path), device="cpu")
-    with pytest.raises(ModelLoadError, match="no model given"):
-        load_model("  ")
-    with pytest.raises(ModelLoadError, match="does not accept audio"):
-        tiny_llava.encode([_audio_prompt(AUDIO_CARRIER)])
-    # a model whose processor and tokenizer have no chat template
-    import shutil
-
-    bare = tmp_path / "bare"
-    shutil.copytree(tiny_model_dir("llava"), bare)
-    for name in ("chat_template.jinja", "chat_template.json"):
-        (bare / name).unlink(missing_ok=True)
-    for name in ("tokenizer_config.json", "processor_config.json"):
-        path = bare / name
-        if path.exists():
-            import json
-
-            data = json.loads(path.read_text())
-            data.pop("chat_template", None)
-            path.write_text(json.dumps(data))
-    with pytest.raises(ModelLoadError, match="no chat template"):
-        load_model(str(bare), device="cpu")
-    with pytest.raises(ValueError, match="mode must be one of"):
-        CorrectionConfig(mode="bogus")  # type: ignore[arg-type]
-
-
 def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
     from explorer.regap import self_rectification_score
 
@@ -266,20 +178,3 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
         with corrected(tiny_llava, vectors, batched.alphas[i]):
             single = capture_prompts(tiny_llava, [prompt])[0]
         torch.testing.assert_close(batched.states[i], single, rtol=1e-4, atol=1e-4)
-
-
-def test_demo_strengths_come_only_from_a_summary_of_the_same_weights(tmp_path):
-    import json
-
-    from explorer.models import _chosen_strengths
-
-    path = tmp_path / "eval_summary.json"
-    assert _chosen_strengths(path, "rev") == {}  # no summary
-    path.write_text("{not json")
-    assert _chosen_strengths(path, "rev") == {}
-    summary = {"revision": "rev", "regap": {"strength_choice": {"per_modality": {"image": 2.0, "audio": 1}}}}
-    path.write_text(json.dumps(summary))
-    assert _chosen_strengths(path, "rev") == {"image": 2.0, "audio": 1.0}
-    assert _chosen_strengths(path, "other weights") == {}
-    path.write_text(json.dumps({"revision": "rev", "regap": {"strength": 1.0}}))  # a run without --strength auto
-    assert _chosen_strengths(path, "rev") == {}

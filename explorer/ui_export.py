@@ -1,0 +1,88 @@
+"""The app's Export button: one analysis written as metrics (JSON, CSV), directions (zip), figures and a report.
+
+Files go to a per-browser-session folder under the app's export root, named by a random id the server makes
+(never a path from the client), each written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .plots import write_report
+from .storage import atomic_path, write_atomic
+from .ui import _problem, _warn
+from .ui_inputs import correction_config, layer_shown, make_prompt
+from .ui_session import AppState, compute_analysis, describe_prompt, fmt
+
+__all__ = ["export", "session_dir"]
+
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def session_dir(state: AppState, session_id: str | None) -> tuple[Path, str]:
+    """The per-session export folder under the app's own temp root; ids are 32 hex digits, never paths."""
+    sid = session_id if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id) else uuid.uuid4().hex
+    folder = state.export_root / sid
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, sid
+
+
+def export(state: AppState, session_id: str | None, text: str | None, image: Any, audio: Any, layer: Any, mode: str,
+           strength: float, layers_text: str | None, method: str = "UMAP", plain_text: str | None = "",
+           plain_info: str | None = "", corrected_text: str | None = "",
+           corrected_info: str | None = "") -> tuple[list[str] | None, str, str]:
+    """Write metrics (JSON, CSV), directions (zip), figures (HTML) and a one-page report. → (paths, session id, status)."""
+    session = state.session
+    folder, sid = session_dir(state, session_id)
+    try:
+        prompt, _ = make_prompt(session, state.settings, text, image, audio)
+        config = correction_config(session, mode, strength, layers_text)
+        result = compute_analysis(state, session, prompt, config, layer_shown(session, layer), method)
+    except Exception as err:  # noqa: BLE001
+        return None, sid, _warn(_problem(err))
+    metrics = {**result.metrics, "generations": {
+        "plain": {"text": plain_text or "", "verdict": plain_info or ""},
+        "corrected": {"text": corrected_text or "", "verdict": corrected_info or ""}}}
+    paths = [folder / "metrics.json", folder / "metrics.csv", folder / "directions.zip", folder / "figures.html",
+             folder / "report.html"]
+    write_atomic(paths[0], json.dumps(metrics, indent=1))
+    _write_csv(paths[1], result.metrics["per_layer"], result.metrics["prompt"])
+    profile_dir = folder / "directions"
+    shutil.rmtree(profile_dir, ignore_errors=True)
+    session.profile.save(profile_dir)
+    shutil.make_archive(str(folder / "directions"), "zip", profile_dir)
+    write_report(paths[3], f"Safety geometry figures: {session.model.name}", result.figures)
+    summary = {
+        "model": session.model.name, "layers": session.num_layers,
+        "calibration": f"{len(session.calibration.items)} requests × {len(session.profile.modalities)} modalities",
+        "prompt": describe_prompt(prompt), "correction": f"{config.mode}, strength {config.strength}, "
+        f"layers {list(config.layers)}, probe {config.probe_layer}",
+        "s(x) / α(x)": f"{fmt(result.metrics['prompt']['s_x'])} / {result.metrics['prompt']['alpha_x']:.2f}",
+        "answer without correction": f"{plain_text or '(not generated)'} [{plain_info or ''}]",
+        "answer with correction": f"{corrected_text or '(not generated)'} [{corrected_info or ''}]",
+        "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    captions = dict(zip(result.figures, result.captions.values()))
+    write_report(paths[4], "Safety Geometry Explorer: session report", result.figures, summary, captions)
+    return [str(p) for p in paths], sid, f"Exported {len(paths)} files."
+
+
+def _write_csv(path: Path, per_layer: dict[str, dict[str, list[float]]], prompt: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["metric", "modality", "mode", "layer", "value"])
+        for metric, series in per_layer.items():
+            for key, values in series.items():
+                modality, _, mode = key.partition("/")
+                writer.writerows([metric, modality, mode, layer, value] for layer, value in enumerate(values))
+        for name in ("score_per_layer", "score_per_layer_corrected"):
+            for layer, value in enumerate(prompt.get(name) or []):
+                mode = "corrected" if name.endswith("corrected") else "off"
+                writer.writerow(["prompt_score", prompt["modality"], mode, layer, value])

@@ -1,0 +1,135 @@
+"""What the app accepts from a visitor: every input checked, bounded and turned into a Prompt or a config.
+
+Why its own module: this is the app's trust boundary. A payload's file path is opened only inside Gradio's
+upload folder (or a folder the operator listed), and one message answers for every other path, existing or
+not; every number is checked against the bounds the page shows; the corrected-layers text goes through the
+one layer-window parser. Each function raises `InputError` (or `MediaError`) with a message that says what to
+change; the handlers in `explorer/ui.py` turn it into a toast and keep serving.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from .regap import CorrectionConfig
+from .ui_session import STRENGTH_MAX, AppSettings, AppState, ModelSession
+from .uploads import load_audio, load_image
+from .vocab import MODES, parse_layer_window
+
+__all__ = [
+    "InputError", "bounded", "correction_config", "layer_shown", "make_prompt", "media_source", "request_text",
+    "token_count",
+]
+
+_CARRIERS = (IMAGE_CARRIER, AUDIO_CARRIER)
+
+
+class InputError(ValueError):
+    """Input the app cannot use; the message says what to change."""
+
+
+def _allowed_roots(settings: AppSettings) -> list[Path]:
+    from gradio.utils import get_upload_folder
+
+    return [Path(get_upload_folder()).resolve(), *(Path(root).resolve() for root in settings.media_roots)]
+
+
+def media_source(value: Any, settings: AppSettings) -> tuple[Any, str | None]:
+    """(what to decode, the name to show the user) for an input value.
+
+    A file path (a Gradio payload {"path": ..., "orig_name": ...} or a bare string) is accepted only inside
+    Gradio's upload folder or `settings.media_roots`; anything else is refused before it is opened, with one
+    message whether or not the file exists. Arrays and PIL images (in-process callers) pass as they are.
+    """
+    shown: str | None = None
+    if isinstance(value, dict):
+        shown = value.get("orig_name") or None
+        value = value.get("path") or None
+    if not isinstance(value, (str, Path)):
+        return value, shown
+    path = Path(value)
+    shown = shown or path.name
+    resolved = path.resolve()
+    if not any(resolved.is_relative_to(root) for root in _allowed_roots(settings)):
+        raise InputError(f"{shown!r} was not uploaded through this page; upload the file instead")
+    return resolved, shown
+
+
+def bounded(name: str, value: Any, low: float, high: float, whole: bool = False) -> float:
+    """`value` as a number within [low, high] (the bounds the page shows), else an InputError that says so."""
+    bounds = f"{int(low)}..{int(high)}" if whole else f"{low:g}..{high:g}"
+    kind = "a whole number" if whole else "a number"
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{name} must be {kind} in {bounds}; got {value!r}") from err
+    if not math.isfinite(number) or not low <= number <= high or (whole and number != int(number)):
+        raise InputError(f"{name} must be {kind} in {bounds}; got {value!r}")
+    return number
+
+
+def make_prompt(session: ModelSession, settings: AppSettings, text: str | None, image: Any = None,
+                audio: Any = None) -> tuple[Prompt, list[str]]:
+    """The Prompt for the inputs, plus notices (e.g. audio trimmed). Raises InputError / MediaError."""
+    text = (text or "").strip()
+    (image, image_name), (audio, audio_name) = media_source(image, settings), media_source(audio, settings)
+    notices: list[str] = []
+    if len(text) > settings.max_prompt_chars:
+        raise InputError(f"the prompt has {len(text)} characters; keep it under {settings.max_prompt_chars}")
+    if image is not None and audio is not None:
+        raise InputError("give an image or an audio clip, not both: clear one of them")
+    modality = "image" if image is not None else "audio" if audio is not None else "text"
+    if modality == "text" and not text:
+        raise InputError("the prompt is empty: type a request, or add an image or an audio clip")
+    if modality not in session.model.modalities:
+        raise InputError(f"{session.model.name} does not accept {modality} input (it accepts "
+                         f"{', '.join(session.model.modalities)}); remove the {modality} or load another model")
+    if modality == "image":
+        if isinstance(image, np.ndarray):
+            from PIL import Image
+
+            image = Image.fromarray(image)
+        pil = load_image(image, max_pixels=settings.max_image_pixels, name=image_name)
+        return Prompt(text=text or IMAGE_CARRIER, image=pil, modality="image"), notices
+    if modality == "audio":
+        if isinstance(audio, (tuple, list)):
+            audio = (int(audio[0]), np.asarray(audio[1]))
+        samples, notice = load_audio(audio, max_seconds=settings.max_audio_seconds, name=audio_name)
+        if notice:
+            notices.append(notice)
+        return Prompt(text=text or AUDIO_CARRIER, audio=samples, modality="audio"), notices
+    return Prompt(text=text, modality="text"), notices
+
+
+def correction_config(session: ModelSession, mode: str, strength: float, layers_text: str | None) -> CorrectionConfig:
+    if mode not in MODES:
+        raise InputError(f"correction mode must be one of {', '.join(MODES)}; got {mode!r}")
+    alpha = bounded("strength", strength, 0.0, STRENGTH_MAX)
+    try:
+        layers = parse_layer_window(layers_text, session.num_layers)
+    except ValueError as err:
+        raise InputError(str(err)) from err
+    return session.config(mode, alpha, layers)
+
+
+def layer_shown(session: ModelSession, layer: Any) -> int:
+    """The layer shown: 0..L-1 as on the slider (a negative index is refused, not wrapped to another layer)."""
+    return int(bounded("layer shown", layer, 0, session.num_layers - 1, whole=True))
+
+
+def token_count(state: AppState, max_new_tokens: Any) -> int:
+    return int(bounded("max new tokens", max_new_tokens, 1, state.settings.max_new_tokens_limit, whole=True))
+
+
+def request_text(text: str | None) -> str:
+    text = (text or "").strip()
+    if not text:
+        raise InputError("type a request first; it is then drawn as an image or spoken as audio")
+    if text in _CARRIERS:
+        raise InputError("the prompt is already the carrier sentence; type the request itself to render it")
+    return text

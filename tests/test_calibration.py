@@ -1,0 +1,58 @@
+"""Tests for explorer.calibration: the strength rule of `--strength auto` on a scripted model."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per modality: image harmful refused from α ≥ 1.5, harmless from α ≥ 3 → 1.5 (the smallest of the best
+    feasible); audio harmful from α ≥ 1, harmless from α ≥ 1.5 → 1.0. With a zero budget and over-refusal
+    already at α = 0.5, fall back to the smallest α. The choice is applied per modality to a config."""
+    import explorer.calibration as calibration
+    import explorer.regap as regap
+    from explorer.calibration import choose_strength
+    from explorer.data import Instruction
+    from explorer.regap import CorrectionConfig
+
+    items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
+             for i in range(4)]
+    by_text = {item.instruction + item.label: item for item in items}
+
+    class Shown:
+        def __init__(self, item: Instruction, modality: str) -> None:
+            self.item, self.modality = item, modality
+
+    def scripted(_model, prompt, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
+        assert config.modality_strengths == ()  # candidates are tried as plain strengths
+        harmful = prompt.item.label == "harmful"
+        alpha = config.strength if config.mode != "off" and prompt.modality != "text" else 0.0
+        refuse_from = thresholds.get(prompt.modality, {}).get("harmful" if harmful else "harmless", float("inf"))
+        refuse = alpha >= refuse_from
+        return regap.GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
+
+    class ScriptedModel:
+        def render(self, item: Instruction, modality: str) -> Shown:
+            return Shown(by_text[item.instruction + item.label], modality)
+
+    model = ScriptedModel()
+    monkeypatch.setattr(calibration, "generate", scripted)
+    thresholds = {"image": {"harmful": 1.5, "harmless": 3.0}, "audio": {"harmful": 1.0, "harmless": 1.5}}
+    start = CorrectionConfig(mode="adaptive", modality_strengths=(("image", 9.0),))
+    choice = choose_strength(model, items, None, start, ["text", "image", "audio"])  # type: ignore[arg-type]
+    assert choice.per_modality == {"image": 1.5, "audio": 1.0} and choice.strength == 1.0
+    assert choice.budget == pytest.approx(0.05)
+    assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "audio/harmful": 1.0,
+                                   "audio/harmless": 1.0}
+    assert choice.rates["1.0"] == {"image/harmful": 0.0, "image/harmless": 0.0, "audio/harmful": 1.0,
+                                   "audio/harmless": 0.0}
+    applied = choice.apply(CorrectionConfig(mode="adaptive", strength=2.0))
+    assert applied.for_modality("image").strength == 1.5 and applied.for_modality("audio").strength == 1.0
+    assert applied.for_modality("video").strength == 1.0
+    assert choice.to_dict()["strength"] == 1.0 and choice.to_dict()["per_modality"] == {"image": 1.5, "audio": 1.0}
+    thresholds["image"] = {"harmful": 1.5, "harmless": 0.5}
+    choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
+                             over_refusal_budget=0.0)
+    assert choice.per_modality == {"image": 0.5}
+    with pytest.raises(ValueError, match="image/audio"):
+        choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]

@@ -1,0 +1,121 @@
+"""Tests for explorer.capture on a tiny twin of every family: captured states == output_hidden_states, batched == unbatched."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from explorer.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.loading import load_model
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from explorer.regap import corrected
+
+TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
+
+
+def _image_prompt(text: str, seed: int = 0) -> Prompt:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, size=(40, 56, 3), dtype=np.uint8)
+    return Prompt(text=text, image=Image.fromarray(pixels), modality="image")
+
+
+def _audio_prompt(text: str, seed: int = 0) -> Prompt:
+    wave = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
+    return Prompt(text=text, audio=wave, modality="audio")
+
+
+def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
+    if family == "qwen2_audio":
+        return _audio_prompt(AUDIO_CARRIER + " " + text, seed)
+    return _image_prompt(IMAGE_CARRIER + " " + text, seed)
+
+
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio"]  # omni: test_capture_omni.py
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_capture_equals_output_hidden_states_and_batching(tiny_model_dir, family):
+    """Hook capture == output_hidden_states (raw layer outputs) and batched == unbatched, per family."""
+    lm = load_model(str(tiny_model_dir(family)), device="cpu")
+    assert lm.num_layers == 3 and lm.hidden_size == 64
+    prompts = [_prompt(family, t, i) for i, t in enumerate(TEXTS)] + [Prompt(text=TEXTS[0])]
+    inputs = lm.encode([prompts[0]])
+    backend = lm.backend(prompts[0].modality)
+    with torch.no_grad(), record_layers(lm) as record:
+        out = backend.model(**inputs, output_hidden_states=True, use_cache=False)
+    hooked = record.last_token(inputs["attention_mask"])[0]
+    # hidden_states[l + 1] is layer l's output, except the last, which transformers returns after the final norm
+    for layer in range(lm.num_layers - 1):
+        torch.testing.assert_close(hooked[layer], out.hidden_states[layer + 1][0, -1], rtol=0, atol=0)
+    final_norm = backend.model.get_decoder().norm
+    torch.testing.assert_close(final_norm(hooked[-1]), out.hidden_states[-1][0, -1], rtol=1e-5, atol=1e-5)
+
+    hooks_before = [dict(layer._forward_hooks) for layer in lm.layers]
+    media = prompts[:3]
+    batched = capture_prompts(lm, media, CaptureSettings(batch_size=3))
+    single = torch.cat([capture_prompts(lm, [p], CaptureSettings(batch_size=1)) for p in media])
+    assert batched.shape == (3, 3, 64)
+    torch.testing.assert_close(batched, single, rtol=1e-4, atol=1e-4)
+    assert [dict(layer._forward_hooks) for layer in lm.layers] == hooks_before
+
+
+def test_template_mean_pooling_averages_trailing_tokens(tiny_llava):
+    prompt = Prompt(text=TEXTS[0])
+    n = tiny_llava.trailing_template_tokens("text")
+    assert n == len(tiny_llava.backend("text").tokenizer("<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
+    inputs = tiny_llava.encode([prompt])
+    with torch.no_grad(), record_layers(tiny_llava) as record:
+        tiny_llava.backend("text").model(**inputs, use_cache=False)
+    expected = torch.stack([o[0, -n:].mean(0) for o in record.outputs])
+    pooled = capture_prompts(tiny_llava, [prompt], CaptureSettings(pooling="template_mean"))[0]
+    torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_hooks_removed_after_exception(tiny_llava):
+    before = [len(layer._forward_hooks) for layer in tiny_llava.layers]
+    with pytest.raises(RuntimeError, match="boom"):
+        with record_layers(tiny_llava), corrected(tiny_llava, {1: torch.ones(64)}, 1.0):
+            assert [len(layer._forward_hooks) for layer in tiny_llava.layers] == [
+                n + 1 + (i == 1) for i, n in enumerate(before)
+            ]
+            raise RuntimeError("boom")
+    assert [len(layer._forward_hooks) for layer in tiny_llava.layers] == before
+
+
+def test_damaged_state_cache_files_are_recomputed_not_read(tiny_llava, tmp_path):
+    """A truncated file, a garbled one and one of the wrong shape are each detected, recomputed and rewritten:
+    the states equal a run with no cache at all."""
+    from explorer.capture import capture_items
+    from explorer.data import load_builtin
+
+    items = load_builtin("calibration")[:4]
+    fresh = capture_items(tiny_llava, items, "text", cache_dir=None).states
+    capture_items(tiny_llava, items, "text", cache_dir=tmp_path)
+    files = sorted((tmp_path / "states").rglob("*.safetensors"))
+    assert len(files) == 4
+    files[0].write_bytes(files[0].read_bytes()[:40])  # cut by a crash
+    files[1].write_bytes(b"\x00" * 200)  # garbage
+    from safetensors.torch import save_file
+
+    save_file({"states": torch.zeros(2, 2)}, str(files[2]))  # a file of another shape
+    again = capture_items(tiny_llava, items, "text", cache_dir=tmp_path).states
+    torch.testing.assert_close(again, fresh)
+    assert all(f.stat().st_size > 200 for f in files[:3])  # rewritten whole
+    third = capture_items(tiny_llava, items, "text", cache_dir=tmp_path).states
+    torch.testing.assert_close(third, fresh)
+
+
+def test_cache_key_holds_dtype_and_device(tiny_llava, tmp_path):
+    from dataclasses import replace
+
+    from explorer.capture import CaptureSettings, _cache_path
+
+    prompt = tiny_llava.render("Write a poem.", "text")
+    base = _cache_path(tiny_llava, prompt, CaptureSettings(), tmp_path)
+    assert base == _cache_path(tiny_llava, prompt, CaptureSettings(), tmp_path)
+    assert _cache_path(replace(tiny_llava, dtype=torch.bfloat16), prompt, CaptureSettings(), tmp_path) != base
+    assert _cache_path(replace(tiny_llava, device=torch.device("cuda")), prompt, CaptureSettings(), tmp_path) != base
+    assert _cache_path(replace(tiny_llava, revision="other"), prompt, CaptureSettings(), tmp_path) != base
+    assert _cache_path(tiny_llava, prompt, CaptureSettings(pooling="template_mean"), tmp_path) != base
