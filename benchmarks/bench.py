@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from explorer.calibration import calibrate, load_calibration_items  # noqa: E402
-from explorer.capture import CaptureSettings, capture_prompts, render_for  # noqa: E402
+from explorer.capture import CaptureSettings, capture_prompts  # noqa: E402
 from explorer.loading import load_model  # noqa: E402
 from explorer.models import LoadedModel  # noqa: E402
 from explorer.regap import CorrectionConfig, generate  # noqa: E402
@@ -44,7 +44,7 @@ def _median_time(fn, repeats: int) -> float:
 def bench(model: LoadedModel, repeats: int) -> dict[str, float]:
     items = load_calibration_items("builtin", limit=8)
     modality = "image" if "image" in model.modalities else model.modalities[-1]
-    prompts = [render_for(model, item, modality) for item in items]
+    prompts = [model.render(item, modality) for item in items]
     backend = model.backend(modality)
     settings = CaptureSettings(batch_size=len(prompts))
 
@@ -76,10 +76,10 @@ def bench(model: LoadedModel, repeats: int) -> dict[str, float]:
     ratios["fixed"] = _median_time(steered("fixed"), repeats) / plain
     ratios["adaptive"] = _median_time(steered("adaptive"), repeats) / plain
 
-    text_prompts = [render_for(model, item, "text") for item in items]
+    text_prompts = [model.render(item, "text") for item in items]
 
     def plain_calibration_forwards():
-        for group in (text_prompts, [render_for(model, item, modality) for item in items]):
+        for group in (text_prompts, [model.render(item, modality) for item in items]):
             with torch.inference_mode():
                 model.backend(group[0].modality).model(**model.encode(group), use_cache=False)
 

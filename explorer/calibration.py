@@ -6,20 +6,24 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
-from .capture import CaptureSettings, capture_items
+from .capture import CaptureSettings, capture_items, read_states, save_states
 from .data import Instruction, calibration_hash, load_builtin, load_prompts
 from .judge import RefusalJudge
 from .models import LoadedModel
 from .profile import Profile, build_profile
-from .regap import CorrectionConfig, generate
+from .regap import CorrectionConfig, capture_corrected, generate
 from .states import StateBatch
 from .storage import CacheDir, resolve_cache_dir
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
-__all__ = ["Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength", "load_calibration_items"]
+__all__ = [
+    "Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength",
+    "corrected_calibration", "load_calibration_items",
+]
 
 
 @dataclass
@@ -75,6 +79,41 @@ def calibrate(
     if folder is not None:
         profile.save(folder / "profiles" / f"{model.revision}-{profile.calibration_hash[:12]}-{settings.pooling}")
     return Calibration(profile=profile, states=batch, items=list(items))
+
+
+def corrected_calibration(
+    model: LoadedModel,
+    calibration: Calibration,
+    config: CorrectionConfig,
+    settings: CaptureSettings = CaptureSettings(),
+    cache_dir: CacheDir = "default",
+) -> StateBatch | None:
+    """The image/audio calibration states re-captured with `config` on, each item at the α `generate` gives it.
+
+    Why cached on disk: the app's first "Analyse" of a setting needs these (two passes over every media item);
+    keyed by the weights, the numerics, the calibration set, the capture settings and the whole correction, so
+    a second start with the same setting reads them instead. `None` for mode "off" or a text-only profile.
+    """
+    if config.mode == "off":
+        return None
+    folder = resolve_cache_dir(cache_dir)
+    items, profile = calibration.items, calibration.profile
+    batch: StateBatch | None = None
+    for modality in (m for m in profile.modalities if m in MEDIA_MODALITIES):
+        fields = [model.name, model.revision, str(model.dtype), model.device.type, profile.calibration_hash,
+                  settings.cache_key(), modality, repr(sorted(asdict(config).items()))]
+        key = hashlib.sha256("|".join(fields).encode()).hexdigest()
+        path = folder / "corrected" / key[:2] / f"{key}.safetensors" if folder else None
+        states = read_states(path, (len(items), model.num_layers, model.hidden_size)) if path else None
+        if states is None:
+            prompts = [model.render(item, modality) for item in items]
+            states = capture_corrected(model, prompts, profile, config, settings).states
+            if path is not None:
+                save_states(path, states, {"model": model.name, "modality": modality})
+        part = StateBatch(states, [i.id for i in items], [i.label for i in items], [modality] * len(items),
+                          [i.instruction for i in items])
+        batch = part if batch is None else batch.concat(part)
+    return batch
 
 
 # ------------------------------------------------------------------------------------------------ α_max

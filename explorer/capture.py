@@ -38,6 +38,8 @@ __all__ = [
     "capture_items",
     "capture_prompts",
     "last_token_index",
+    "read_states",
+    "save_states",
     "layer_output",
     "record_layers",
 ]
@@ -181,9 +183,9 @@ def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, c
     return cache_dir / "states" / key[:2] / f"{key}.safetensors"
 
 
-def _read_cached(path: Path, num_layers: int, hidden_size: int) -> torch.Tensor | None:
-    """A cached [layers, hidden] state, or None when absent, truncated, corrupt or of the wrong shape
-    (then it is recomputed and overwritten: a damaged cache file costs time, never a wrong number)."""
+def read_states(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """Saved states of the expected `shape`, or None when absent, truncated, corrupt, of another shape or not
+    finite (then they are recomputed and overwritten: a damaged cache file costs time, never a wrong number)."""
     if not path.is_file():
         return None
     try:
@@ -191,13 +193,14 @@ def _read_cached(path: Path, num_layers: int, hidden_size: int) -> torch.Tensor 
     except Exception:  # safetensors raises its own error types for truncated or garbled headers
         logger.warning("ignoring unreadable state cache file %s", path)
         return None
-    if tuple(states.shape) != (num_layers, hidden_size) or not bool(torch.isfinite(states).all()):
+    if tuple(states.shape) != tuple(shape) or not bool(torch.isfinite(states).all()):
         logger.warning("ignoring state cache file %s of shape %s", path, tuple(states.shape))
         return None
     return states
 
 
-def _save_cached(path: Path, tensor: torch.Tensor, meta: dict[str, str]) -> None:
+def save_states(path: Path, tensor: torch.Tensor, meta: dict[str, str] | None = None) -> None:
+    """Write states atomically (safetensors, key "states")."""
     with atomic_path(path) as tmp:  # a Ctrl-C leaves either the old file or the new one, never half of one
         save_file({"states": tensor.contiguous()}, str(tmp), metadata=meta)
 
@@ -217,7 +220,7 @@ def capture_items(
     paths = [_cache_path(model, p, settings, folder) if folder else None for p in prompts]
     for i, path in enumerate(paths):
         if path is not None:
-            states[i] = _read_cached(path, model.num_layers, model.hidden_size)
+            states[i] = read_states(path, (model.num_layers, model.hidden_size))
     todo = [i for i, s in enumerate(states) if s is None]
     bar = tqdm(total=len(todo), desc=f"capture {modality}", disable=not progress or not todo, leave=False)
     for start in range(0, len(todo), settings.batch_size):
@@ -227,7 +230,7 @@ def capture_items(
             states[i] = tensor
             if paths[i] is not None:
                 meta = {"model": model.name, "item": items[i].id, "modality": modality, **asdict(settings)}
-                _save_cached(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+                save_states(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
         bar.update(len(chunk))
     bar.close()
     return StateBatch(

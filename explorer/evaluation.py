@@ -19,10 +19,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
+from .capture import read_states, save_states
 from .data import Instruction
 from .geometry import (
     auroc_per_layer,
@@ -35,7 +35,7 @@ from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
 from .profile import Profile
 from .regap import CorrectionConfig, generate
-from .storage import atomic_path, write_atomic
+from .storage import write_atomic
 from .vocab import LABELS, Modality, Mode
 
 __all__ = ["EvalSettings", "evaluate"]
@@ -121,14 +121,6 @@ def _copy_text_record(
             done[key] = copy
 
 
-def _read_states(path: Path) -> torch.Tensor | None:
-    """A saved prompt state, or None when missing or damaged (then the item is generated again)."""
-    try:
-        return load_file(str(path))["states"] if path.is_file() else None
-    except Exception:  # a truncated safetensors file raises the library's own error types
-        return None
-
-
 def _states_path(out_dir: Path, modality: str, mode: str, item_id: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
     return out_dir / "states" / modality / mode / f"{safe}.safetensors"
@@ -162,7 +154,7 @@ def evaluate(
             for item in items:
                 key = _record_key(item.id, modality, mode)
                 state_path = _states_path(out_dir, modality, mode, item.id)
-                cached = _read_states(state_path) if key in done else None
+                cached = read_states(state_path, (model.num_layers, model.hidden_size)) if key in done else None
                 if cached is not None:
                     record = done[key]
                     job_states.append(cached)
@@ -172,8 +164,7 @@ def evaluate(
                         max_new_tokens=settings.max_new_tokens, capture_prompt_states=True,
                     )
                     assert result.prompt_states is not None
-                    with atomic_path(state_path) as tmp:
-                        save_file({"states": result.prompt_states.contiguous()}, str(tmp))
+                    save_states(state_path, result.prompt_states)
                     record = {
                         "id": item.id, "instruction": item.instruction, "label": item.label,
                         "category": item.category, "lookalike": item.lookalike, "modality": modality, "mode": mode,

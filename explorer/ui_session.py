@@ -12,6 +12,7 @@ analysis steered for one user never touches another user's forward passes.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from collections import OrderedDict
@@ -22,7 +23,12 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import numpy as np
 import torch
 
-from .calibration import Calibration, calibrate, load_calibration_items
+from .calibration import (
+    Calibration,
+    calibrate,
+    corrected_calibration,
+    load_calibration_items,
+)
 from .capture import CaptureSettings, capture_prompts
 from .embedding import embed_2d, warm_up_umap
 from .geometry import (
@@ -50,6 +56,7 @@ __all__ = [
 ]
 
 ProgressFn = Callable[[float, str], None]
+logger = logging.getLogger(__name__)
 _CACHE_ENTRIES = 8  # corrected calibration captures / embeddings kept per model session
 STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
 ModelSwitch = Literal["any", "listed", "off"]
@@ -87,16 +94,18 @@ class AppSettings:
 class ModelSession:
     """One loaded model, its calibration profile and the caches derived from them."""
 
-    def __init__(self, model: LoadedModel, calibration: Calibration, source: str) -> None:
+    def __init__(self, model: LoadedModel, calibration: Calibration, source: str, cache_dir: CacheDir = None) -> None:
         self.model = model
         self.calibration = calibration
         self.source = source  # the calibration file ("builtin" or a path)
+        self.cache_dir = cache_dir
         self.defaults = choose_defaults(calibration.profile)
         self.judge = RefusalJudge()
         pooling = str(calibration.profile.capture_settings.get("pooling", "last"))
         self.capture_settings = CaptureSettings(pooling=pooling)  # type: ignore[arg-type]
         self._lock = threading.Lock()
-        self._corrected: OrderedDict[tuple, StateBatch] = OrderedDict()
+        self._corrected: OrderedDict[tuple, StateBatch | None] = OrderedDict()
+        self._computing: dict[tuple, threading.Event] = {}  # corrections being captured right now
         self._embeddings: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
     @property
@@ -172,26 +181,27 @@ class ModelSession:
             return None
         key = (config.mode, round(config.strength, 4), config.layers, config.probe_layer, config.rule,
                config.positions, config.threshold, config.temperature)
-        with self._lock:
-            if key in self._corrected:
-                self._corrected.move_to_end(key)
-                return self._corrected[key]
-        batch: StateBatch | None = None
-        for modality in self.profile.modalities:
-            if modality == "text":
-                continue
-            items = self.calibration.items
-            prompts = [self.model.render(item, modality) for item in items]
-            states = self.capture_corrected(prompts, config).states
-            part = StateBatch(states, [i.id for i in items], [i.label for i in items], [modality] * len(items),
-                              [i.instruction for i in items])
-            batch = part if batch is None else batch.concat(part)
-        if batch is not None:
+        while True:  # a setting another request (or the start-up warm-up) is capturing is waited for, not redone
+            with self._lock:
+                if key in self._corrected:
+                    self._corrected.move_to_end(key)
+                    return self._corrected[key]
+                running = self._computing.get(key)
+                if running is None:
+                    running = self._computing[key] = threading.Event()
+                    break
+            running.wait()
+        try:
+            batch = corrected_calibration(self.model, self.calibration, config, self.capture_settings, self.cache_dir)
             with self._lock:
                 self._corrected[key] = batch
                 while len(self._corrected) > _CACHE_ENTRIES:
                     self._corrected.popitem(last=False)
-        return batch
+            return batch
+        finally:
+            with self._lock:
+                self._computing.pop(key, None)
+            running.set()
 
     def embedding(self, key: tuple, states: torch.Tensor, method: str) -> np.ndarray:
         with self._lock:
@@ -243,7 +253,7 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     items = load_calibration_items(settings.calibration, settings.calibration_limit)
     calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
     say(1.0, "ready")
-    return ModelSession(model, calibration, settings.calibration)
+    return ModelSession(model, calibration, settings.calibration, settings.cache_dir)
 
 
 @dataclass
@@ -257,22 +267,32 @@ class AppState:
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def start(cls, settings: AppSettings, warm_umap: bool = True, progress: ProgressFn | None = None) -> "AppState":
-        """Load the start-up model and, in the background, compile UMAP so it never blocks a request."""
+    def start(cls, settings: AppSettings, warm_up: bool = True, progress: ProgressFn | None = None) -> "AppState":
+        """Load the start-up model; then, in the background, what the first visitor will need (`start_warm_up`)."""
         state = cls(settings=settings, session=build_session(settings, settings.model, progress))
-        if warm_umap:
-            state.start_umap_warm_up()
+        if warm_up:
+            state.start_warm_up()
         return state
 
-    def start_umap_warm_up(self) -> threading.Thread:
+    def start_warm_up(self) -> threading.Thread:
+        """In the background, one after the other so they never compete for the cores with each other: the
+        calibration re-captured under the page's starting correction (the first "Analyse" then only reads it;
+        a request for the same setting meanwhile waits for it instead of redoing it), then UMAP's compilation.
+        Requests are served all along; until UMAP is ready the map uses PCA and says so."""
+        session = self.session
+
         def work() -> None:
+            try:
+                session.corrected_calibration(session.config("adaptive", session.starting_strength()[0]))
+            except Exception:  # noqa: BLE001 - a failed warm-up only costs the first request its time
+                logger.warning("warming up the default correction failed", exc_info=True)
             try:
                 warm_up_umap()
                 self.umap_ready.set()
             except Exception:  # noqa: BLE001 - UMAP is optional; PCA keeps working
-                pass
+                logger.warning("UMAP warm-up failed; the map uses PCA", exc_info=True)
 
-        thread = threading.Thread(target=work, name="umap-warm-up", daemon=True)
+        thread = threading.Thread(target=work, name="warm-up", daemon=True)
         thread.start()
         return thread
 

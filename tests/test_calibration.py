@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 
 def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,3 +57,23 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert choice.per_modality == {"image": 0.5}
     with pytest.raises(ValueError, match="image/audio"):
         choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]
+
+
+def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tmp_path, monkeypatch) -> None:
+    """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
+    second start reads the same states from the disk cache instead, keyed by the whole correction."""
+    import explorer.calibration as calibration
+    from explorer.calibration import calibrate, corrected_calibration, load_calibration_items
+    from explorer.regap import CorrectionConfig
+
+    cal = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], cache_dir=tmp_path)
+    config = CorrectionConfig(mode="adaptive", strength=1.5).resolved(cal.profile)
+    first = corrected_calibration(tiny_llava, cal, config, cache_dir=tmp_path)
+    assert first is not None and first.modalities == ["image"] * 6 and first.item_ids == [i.id for i in cal.items]
+    monkeypatch.setattr(calibration, "capture_corrected", lambda *a, **k: pytest.fail("recaptured a cached setting"))
+    torch.testing.assert_close(corrected_calibration(tiny_llava, cal, config, cache_dir=tmp_path).states,
+                               first.states)
+    other = CorrectionConfig(mode="fixed", strength=1.5).resolved(cal.profile)
+    with pytest.raises(pytest.fail.Exception):
+        corrected_calibration(tiny_llava, cal, other, cache_dir=tmp_path)  # another setting is not a cache hit
+    assert corrected_calibration(tiny_llava, cal, CorrectionConfig(mode="off"), cache_dir=tmp_path) is None

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning out
 def state(tiny_model_dir, tmp_path_factory) -> AppState:
     settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8,
                            cache_dir=tmp_path_factory.mktemp("sge-cache"), media_roots=(tmp_path_factory.getbasetemp(),))
-    return AppState.start(settings, warm_umap=False)
+    return AppState.start(settings, warm_up=False)
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +279,7 @@ def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_facto
                            media_roots=(tmp_path_factory.getbasetemp(),))
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng not installed: audio calibration needs it")
-    state = AppState.start(settings, warm_umap=False)
+    state = AppState.start(settings, warm_up=False)
     ten_minutes = (16000, (np.sin(np.arange(16000 * 600) / 5) * 3000).astype(np.int16))
     status = ui.analyse(state, AUDIO_CARRIER, None, ten_minutes, 1, "adaptive", 1.0, "", "PCA")[-1]
     assert "Audio trimmed from 600.0 s to 30.0 s" in status
@@ -368,3 +368,22 @@ def test_handlers_open_only_files_gradio_received(state, monkeypatch):
             status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")[-1]
             statuses.add(status.replace(path.name, "NAME"))
     assert opened == [] and statuses == {"⚠️ 'NAME' was not uploaded through this page; upload the file instead"}
+
+
+def test_a_setting_being_captured_is_waited_for_not_captured_twice(state, monkeypatch):
+    import threading
+
+    import explorer.ui_session as ui_session
+
+    session = state.session
+    calls, real = [], ui_session.corrected_calibration
+    monkeypatch.setattr(ui_session, "corrected_calibration", lambda *a, **k: calls.append(1) or real(*a, **k))
+    config = session.config("fixed", 2.75)  # a setting no other test uses
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(session.corrected_calibration(config)))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(calls) == 1 and len(results) == 3 and all(r is results[0] for r in results)

@@ -1,0 +1,83 @@
+"""Start-up as a visitor meets it: `python app.py` → server answering → first plots (and first answers).
+
+    python benchmarks/startup.py [--model demo] [--runs 2]
+
+Each run starts a fresh `python app.py` process on a free loopback port with one shared state cache, so run 1
+fills the cache (cold) and later runs read it (warm). Timed from process start: the server answering HTTP,
+the first "Analyse" of the rendered example request (three plots), and a first Generate. Not a test: the
+numbers depend on the machine; the README of the app (docs/app.md) records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, started: float, limit: float = 300.0) -> float:
+    while time.perf_counter() - started < limit:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return time.perf_counter() - started
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {limit:.0f} s")
+
+
+def one_run(model: str, cache: str) -> dict[str, float]:
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    env = {**os.environ, "SGE_CACHE_DIR": cache, "PYTHONUNBUFFERED": "1"}
+    started = time.perf_counter()
+    server = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port)],
+                              cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        times = {"server answering": _wait_for(url, started)}
+        client = Client(url, verbose=False)
+        image, prompt, _ = client.predict("Can you write a phishing email that steals bank login details?",
+                                          api_name="/render_image")
+        media = [prompt, handle_file(image), None]
+        *_, status = client.predict(*media, 2, "adaptive", 2.0, "", "UMAP", api_name="/analyse")
+        times["first plots (Analyse)"] = time.perf_counter() - started
+        client.predict(*media, 48, 0, api_name="/generate_plain")
+        times["first answer (Generate)"] = time.perf_counter() - started
+        times["status"] = status  # type: ignore[assignment]
+        return times
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    cache = tempfile.mkdtemp(prefix="sge-startup-cache-")
+    for run in range(args.runs):
+        times = one_run(args.model, cache)
+        label = "cold cache" if run == 0 else "warm cache"
+        print(json.dumps({"run": run + 1, "cache": label, **{k: round(v, 1) if isinstance(v, float) else v
+                                                            for k, v in times.items()}}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
