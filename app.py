@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import ipaddress
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -141,8 +140,8 @@ def build_app(state: AppState) -> gr.Blocks:
         fig_sep = gr.Plot(label="Separability and drift")
         cap_sep = gr.Markdown(elem_classes="sge-caption")
         with gr.Accordion("Export", open=False):
-            export_btn = gr.Button("Export metrics, directions, figures and report")
-            files = gr.File(label="Files", file_count="multiple", interactive=False)
+            export_btn = gr.Button("Export metrics, directions, figures and report", elem_id="export-btn")
+            files = gr.File(label="Files", file_count="multiple", interactive=False, elem_id="export-files")
 
         media = [prompt, image, audio]
         correction = [mode, strength, layers_text]
@@ -204,12 +203,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """Only the two names Gradio's own cross-site request guard covers count as this machine alone; any other
+    address (::1, 127.0.0.2, 0.0.0.0, a host name) is treated as reachable from elsewhere."""
+    return host.strip().lower() in ("127.0.0.1", "localhost")
 
 
 def settings_from_args(args: argparse.Namespace) -> AppSettings:

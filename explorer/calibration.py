@@ -77,7 +77,8 @@ def calibrate(
     )
     folder = resolve_cache_dir(cache_dir)
     if folder is not None:
-        profile.save(folder / "profiles" / f"{model.revision}-{profile.calibration_hash[:12]}-{settings.pooling}")
+        name = f"{model.revision}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
+        profile.save(folder / "profiles" / f"{name}-{profile.calibration_hash[:12]}-{settings.pooling}")
     return Calibration(profile=profile, states=batch, items=list(items))
 
 

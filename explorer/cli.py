@@ -15,11 +15,11 @@ from typing import Sequence, get_args
 import torch
 
 from .calibration import calibrate, choose_strength, load_calibration_items
-from .capture import CaptureSettings
+from .capture import CaptureSettings, Pooling
 from .data import load_builtin, load_prompts
 from .evaluation import EvalSettings, evaluate
 from .loading import load_model
-from .regap import CorrectionConfig
+from .regap import CorrectionConfig, PositionScope, Rule
 from .vocab import LABELS, Modality, Mode, parse_layer_window
 
 __all__ = ["add_model_arguments", "main"]
@@ -51,6 +51,15 @@ def _csv(kind: object, name: str):
     return parse
 
 
+def _layer_window(text: str) -> str:
+    """Checks the syntax now (the range needs the model: checked right after it loads); keeps the text."""
+    try:
+        parse_layer_window(text, num_layers=1 << 20)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--layers: {err}") from err
+    return text
+
+
 def _strength(text: str) -> float | str:
     """A non-negative number, or `auto` (α_max chosen on the calibration split)."""
     if text.strip().lower() == "auto":
@@ -70,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser) -> None:
         add_model_arguments(p)
-        p.add_argument("--pooling", default="last", choices=["last", "template_mean"])
+        p.add_argument("--pooling", default="last", choices=get_args(Pooling))
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--cache-dir", default="default",
                        help="state and profile cache (default: $SGE_CACHE_DIR or ~/.cache/safety-geometry-explorer)")
@@ -87,10 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--regap", type=_csv(Mode, "--regap"), default=("off", "fixed", "adaptive"))
     ev.add_argument("--strength", type=_strength, default=1.0,
                     help="α (fixed) or α_max (adaptive), or 'auto': chosen on the calibration split (see README)")
-    ev.add_argument("--layers", default="", help="corrected layer N or window A-B (default: calibrated)")
+    ev.add_argument("--layers", type=_layer_window, default="", help="corrected layer N or window A-B (default: calibrated)")
     ev.add_argument("--probe-layer", type=int, default=None, help="adaptive probe layer (default: calibrated)")
-    ev.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    ev.add_argument("--rule", default="sigmoid", choices=["sigmoid", "linear"])
+    ev.add_argument("--positions", default="all", choices=get_args(PositionScope))
+    ev.add_argument("--rule", default="sigmoid", choices=get_args(Rule))
     ev.add_argument("--probe-strength", type=float, default=1.0, help="α of adaptive's probe pass")
     ev.add_argument("--threshold", type=float, default=0.5, help="τ of the sigmoid rule")
     ev.add_argument("--temperature", type=float, default=0.1, help="T of the sigmoid rule")
@@ -104,6 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code)
     modalities = args.modalities or model.modalities
+    layers = parse_layer_window(getattr(args, "layers", ""), model.num_layers)  # before any long work
     settings = CaptureSettings(pooling=args.pooling, batch_size=args.batch_size)
     cal_items = load_calibration_items(args.calibration, args.calibration_limit)
     calibration = calibrate(model, cal_items, modalities, settings, args.cache_dir, progress=True)
@@ -118,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         items = [i for label in LABELS for i in [x for x in items if x.label == label][: args.limit]]
     correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,
-                                  layers=parse_layer_window(args.layers, model.num_layers), probe_layer=args.probe_layer, positions=args.positions,
+                                  layers=layers, probe_layer=args.probe_layer, positions=args.positions,
                                   rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
                                   temperature=args.temperature)
     strength_choice = None

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .media import DEFAULT_LAYOUT, GridLayout
+from .media import AUDIO_STYLES, DEFAULT_LAYOUT, GridLayout
 from .models import (
     SUPPORTED_FAMILIES,
     Backend,
@@ -27,7 +27,7 @@ from .models import (
     _apply_template,
     _messages,
 )
-from .vocab import MODALITIES, Modality
+from .vocab import MODALITIES, Modality, check_choice
 
 __all__ = [
     "ASSETS_DIR",
@@ -207,6 +207,13 @@ class Manifest:
                 audio_style=media.get("audio_style", "sentence"),
                 slot_seconds=float(media.get("slot_seconds", 0.4)),
             )
+            check_choice("media.audio_style", style.audio_style, AUDIO_STYLES)
+            if not style.slot_seconds > 0:
+                raise ValueError(f"media.slot_seconds must be > 0, got {style.slot_seconds}")
+            for field_name, name in [*(("backends", b) for b in backends.values()),
+                                     ("card", raw.get("card")), ("strengths_from", raw.get("strengths_from"))]:
+                if name is not None and not (folder / name).resolve().is_relative_to(folder.resolve()):
+                    raise ValueError(f"{field_name} {name!r} points outside the model folder")
             return cls(folder, backends, bool(raw.get("shared_language_model", False)), style,
                        str(raw.get("notice", "")), raw.get("card"), raw.get("strengths_from"))
         except (OSError, KeyError, TypeError, ValueError) as err:
@@ -241,7 +248,7 @@ def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, devi
                 _share_language_model(source=first.model, target=other.model)
     revision = folder_revision(folder)
     return LoadedModel(
-        name=folder.name if folder != DEMO_MODEL_DIR else "demo",
+        name="demo" if folder.resolve() == DEMO_MODEL_DIR.resolve() else folder.name,
         backends=backends,
         layers=find_decoder_layers(first.model),
         hidden_size=first.model.config.get_text_config().hidden_size,
@@ -296,7 +303,7 @@ def load_model(
     Args:
         model_id: hub id (e.g. "llava-hf/llava-1.5-7b-hf"), a local folder saved by `save_pretrained`, or "demo".
         device: "auto" (CUDA if available), "cpu", "cuda" or "cuda:N". Ignored with `device_map`.
-        dtype: "auto" = bfloat16 on GPU, float32 on CPU.
+        dtype: "auto" = bfloat16 on GPUs that support it, else float16; float32 on CPU.
         device_map: "auto" to spread a model larger than one GPU over several (needs accelerate).
         trust_remote_code: run code shipped with the checkpoint. Off unless you trust the source.
         layers_path: dotted path to the decoder's `nn.ModuleList` when it cannot be found automatically.

@@ -134,10 +134,6 @@ def _content_key(modality: str, text: str, image: Image.Image | None, audio: np.
 # Typographic image
 
 
-# --------------------------------------------------------------------------------------------------
-# Typographic image
-
-
 @dataclass(frozen=True)
 class GridLayout:
     """A grid of `cols` × `rows` cells, one word per cell, around a white `margin`.
@@ -232,10 +228,6 @@ def render_image(instruction: str, layout: GridLayout = DEFAULT_LAYOUT) -> Image
         center_y = layout.margin + row * layout.cell_height + layout.cell_height / 2
         draw.text((center_x, center_y), word, fill=0, font=_fitting_font(word, layout), anchor="mm")
     return canvas.convert("RGB")
-
-
-# --------------------------------------------------------------------------------------------------
-# Spoken audio
 
 
 # --------------------------------------------------------------------------------------------------

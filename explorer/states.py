@@ -18,7 +18,7 @@ __all__ = ["StateBatch"]
 
 @dataclass
 class StateBatch:
-    """Captured states of ``n`` prompts with their parallel metadata (docs/contracts.md).
+    """Captured states of ``n`` prompts with their parallel metadata (docs/architecture.md, "Contracts").
 
     Attributes:
         states: ``[n, L, d]`` floating tensor of raw decoder-layer outputs at the last prompt token.

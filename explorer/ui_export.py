@@ -10,16 +10,18 @@ import csv
 import json
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+from .analysis import compute_analysis, describe_prompt, fmt
 from .plots import write_report
 from .storage import atomic_path, write_atomic
 from .ui import _problem, _warn
 from .ui_inputs import correction_config, layer_shown, make_prompt
-from .ui_session import AppState, compute_analysis, describe_prompt, fmt
+from .ui_session import AppState
 
 __all__ = ["export", "session_dir"]
 
@@ -54,10 +56,10 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
              folder / "report.html"]
     write_atomic(paths[0], json.dumps(metrics, indent=1))
     _write_csv(paths[1], result.metrics["per_layer"], result.metrics["prompt"])
-    profile_dir = folder / "directions"
-    shutil.rmtree(profile_dir, ignore_errors=True)
-    session.profile.save(profile_dir)
-    shutil.make_archive(str(folder / "directions"), "zip", profile_dir)
+    with tempfile.TemporaryDirectory(dir=folder) as scratch:  # a private folder: two exports never share files
+        zipped = shutil.make_archive(str(Path(scratch) / "directions"), "zip", session.profile.save(Path(scratch) / "p"))
+        with atomic_path(paths[2]) as tmp:
+            shutil.copyfile(zipped, tmp)
     write_report(paths[3], f"Safety geometry figures: {session.model.name}", result.figures)
     summary = {
         "model": session.model.name, "layers": session.num_layers,

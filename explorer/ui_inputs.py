@@ -49,9 +49,13 @@ def media_source(value: Any, settings: AppSettings) -> tuple[Any, str | None]:
     shown: str | None = None
     if isinstance(value, dict):
         shown = value.get("orig_name") or None
-        value = value.get("path") or None
-    if not isinstance(value, (str, Path)):
+        if not value.get("path"):
+            raise InputError("the file did not arrive (a payload without a path); upload it again")
+        value = value["path"]
+    if value is None or isinstance(value, (np.ndarray, tuple, list)) or type(value).__module__.startswith("PIL"):
         return value, shown
+    if not isinstance(value, (str, Path)):
+        raise InputError(f"cannot use a {type(value).__name__} as an image or audio input; upload a file")
     path = Path(value)
     shown = shown or path.name
     resolved = path.resolve()
@@ -126,10 +130,17 @@ def token_count(state: AppState, max_new_tokens: Any) -> int:
     return int(bounded("max new tokens", max_new_tokens, 1, state.settings.max_new_tokens_limit, whole=True))
 
 
-def request_text(text: str | None) -> str:
+#: Longest request the page draws or speaks: a rendering costs CPU and a cache file per distinct text.
+MAX_RENDER_WORDS = 80
+
+
+def request_text(text: str | None, settings: AppSettings) -> str:
     text = (text or "").strip()
     if not text:
         raise InputError("type a request first; it is then drawn as an image or spoken as audio")
+    if len(text) > settings.max_prompt_chars or len(text.split()) > MAX_RENDER_WORDS:
+        raise InputError(f"the request is too long to render ({len(text.split())} words, {len(text)} characters); "
+                         f"keep it under {MAX_RENDER_WORDS} words and {settings.max_prompt_chars} characters")
     if text in _CARRIERS:
         raise InputError("the prompt is already the carrier sentence; type the request itself to render it")
     return text

@@ -1,10 +1,10 @@
-"""State behind the web app: the loaded model with its calibration, and the analysis it serves.
+"""State behind the web app: the loaded model with its calibration, and what requests share.
 
 `AppState` holds the model currently served (a `ModelSession`); loading another one builds a new session
 and swaps it in only when it is complete, so a failed load leaves the previous model serving and requests
 already running keep the session they started with. A `ModelSession` caches what several requests share:
-calibration states re-captured with a correction on (once per correction), and 2-D embeddings.
-`compute_analysis` turns one prompt and correction into the app's three figures, captions and metrics.
+calibration states re-captured with a correction on (once per correction), and 2-D embeddings; both bounded
+(LRU). `explorer.analysis.compute_analysis` turns one prompt and correction into the figures.
 
 Corrections are applied only through `explorer.regap.corrected(...)` inside the calling thread, so an
 analysis steered for one user never touches another user's forward passes.
@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, get_args
+from typing import Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -33,9 +33,7 @@ from .capture import CaptureSettings, capture_prompts
 from .embedding import embed_2d, warm_up_umap
 from .geometry import (
     auroc_per_layer,
-    axis_group_stats,
     cos_per_layer,
-    group_key,
     modality_drift,
     refusal_gap,
 )
@@ -43,17 +41,13 @@ from .judge import RefusalJudge
 from .loading import load_model
 from .media import Prompt
 from .models import LoadedModel
-from .plots import embedding_figure, refusal_axis_figure, separability_figure
 from .profile import Profile
 from .regap import CorrectedStates, CorrectionConfig, capture_corrected, choose_defaults
 from .states import StateBatch
 from .storage import CacheDir
 from .vocab import MEDIA_MODALITIES, check_choice
 
-__all__ = [
-    "Analysis", "AppSettings", "AppState", "ModelSession", "ProgressFn", "compute_analysis",
-    "STRENGTH_MAX", "describe_prompt", "fmt",
-]
+__all__ = ["AppSettings", "AppState", "ModelSession", "ProgressFn", "STRENGTH_MAX", "build_session"]
 
 ProgressFn = Callable[[float, str], None]
 logger = logging.getLogger(__name__)
@@ -83,12 +77,15 @@ class AppSettings:
     max_audio_seconds: float = 30.0
     max_prompt_chars: int = 2000
     max_new_tokens_limit: int = 256
-    model_switch: ModelSwitch = "any"
+    model_switch: ModelSwitch = "off"  # app.py opens it on a loopback-only server (settings_from_args)
     allowed_models: tuple[str, ...] = ()
     media_roots: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("model_switch", self.model_switch, get_args(ModelSwitch))
+        for root in self.media_roots:  # "" would resolve to the working directory: the whole checkout
+            if not Path(root).is_absolute() or not Path(root).is_dir():
+                raise ValueError(f"media_roots must be existing absolute folders; got {str(root)!r}")
 
 
 class ModelSession:
@@ -247,8 +244,10 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     """Load and calibrate `model_id` (calibration states come from the disk cache when present)."""
     say = progress or (lambda fraction, message: None)
     say(0.05, f"loading {model_id}")
+    # The operator's --trust-remote-code is for the model the operator named, never for one a visitor types.
+    trusted = settings.trust_remote_code and model_id == settings.model
     model = load_model(model_id, device=settings.device, dtype=settings.dtype,  # type: ignore[arg-type]
-                       device_map=settings.device_map, trust_remote_code=settings.trust_remote_code)
+                       device_map=settings.device_map, trust_remote_code=trusted)
     say(0.4, "calibrating: capturing the calibration set in every modality (cached on disk after the first run)")
     items = load_calibration_items(settings.calibration, settings.calibration_limit)
     calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
@@ -302,124 +301,3 @@ class AppState:
             session = build_session(self.settings, model_id, progress)
             self.session = session
             return session
-
-
-# ---------------------------------------------------------------------------------------------
-# One analysis: the three figures, their captions and the metrics behind them
-
-
-def describe_prompt(prompt: Prompt) -> str:
-    return prompt.text + {"image": " [+ image]", "audio": " [+ audio]"}.get(prompt.modality, "")
-
-
-@dataclass
-class Analysis:
-    figures: dict[str, Any]
-    captions: dict[str, str]
-    metrics: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-
-
-def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int,
-                     method: str = "UMAP") -> Analysis:
-    """Figures, captions and metrics for one prompt and correction (raises on bad input)."""
-    profile, cal = session.profile, session.calibration.states
-    notes: list[str] = []
-    before = session.capture([prompt])[0]
-    after, alpha, score = None, 0.0, None
-    if config.mode != "off" and prompt.modality != "text":
-        result = session.capture_corrected([prompt], config)
-        after, alpha, score = result.states[0], result.alphas[0], result.scores[0]
-    elif prompt.modality == "text" and config.mode != "off":
-        notes.append("Text input is never corrected (its drift from text is zero); compare an image or audio prompt.")
-    corr = session.corrected_calibration(config)
-
-    # (1) 2-D map of the selected layer
-    use_umap = method.lower() == "umap" and state.umap_ready.is_set()
-    if method.lower() == "umap" and not use_umap:
-        notes.append("UMAP is still compiling in the background (first start only); showing PCA for now.")
-    embed_method = "umap" if use_umap else "pca"
-    rows = [cal.states[:, layer]] + ([corr.states[:, layer]] if corr is not None else [])
-    rows += [before[layer][None]] + ([after[layer][None]] if after is not None else [])
-    key = (layer, embed_method, config, prompt.modality, prompt.key, after is not None)
-    coords = session.embedding(key, torch.cat(rows), embed_method)
-    n_cal, n_corr = len(cal), len(corr) if corr is not None else 0
-    instructions = cal.instructions + (corr.instructions if corr is not None else [])
-    modalities = cal.modalities + (corr.modalities if corr is not None else [])
-    labels = cal.labels + (corr.labels if corr is not None else [])
-    flags = [False] * n_cal + [True] * n_corr
-    shown = describe_prompt(prompt)
-    highlights = [{"x": float(coords[n_cal + n_corr, 0]), "y": float(coords[n_cal + n_corr, 1]),
-                   "name": "your prompt", "text": shown, "corrected": False}]
-    if after is not None:
-        highlights.append({"x": float(coords[-1, 0]), "y": float(coords[-1, 1]), "name": "your prompt (corrected)",
-                           "text": shown, "corrected": True})
-    fig_map = embedding_figure(coords[: n_cal + n_corr], instructions, modalities, labels, flags, highlights,
-                               layer=layer, method="UMAP" if use_umap else "PCA")
-
-    # (2) refusal axis per layer
-    groups: dict[str, dict[str, list[float]]] = {}
-    for batch, suffix in ((cal, ""), (corr, " (corrected)")):
-        if batch is not None:
-            names = [group_key(m, y) + suffix for m, y in zip(batch.modalities, batch.labels)]
-            groups.update(axis_group_stats(profile.score(batch.states), names))
-    trajectories = {"your prompt": profile.score(before[None])[0].tolist()}
-    if after is not None:
-        trajectories["your prompt (corrected)"] = profile.score(after[None])[0].tolist()
-    fig_axis = refusal_axis_figure(groups, trajectories)
-
-    # (3) separability
-    per_layer = session.layer_metrics(corr, config.mode)
-    fig_sep = separability_figure(per_layer["auroc"], per_layer["gap"], per_layer["drift_norm"],
-                                  per_layer["cos_drift_refusal"])
-
-    probe = config.probe_layer if config.probe_layer is not None else session.default_layer()
-    s_before = trajectories["your prompt"][probe]
-    s_after = trajectories.get("your prompt (corrected)", [None] * session.num_layers)[probe]
-    captions = _captions(session, prompt, config, layer, probe, s_before, s_after, per_layer, use_umap)
-    metrics = {
-        "model": session.model.name, "num_layers": session.num_layers, "calibration_states": len(cal),
-        "prompt": {"text": prompt.text, "modality": prompt.modality, "score_per_layer": trajectories["your prompt"],
-                   "score_per_layer_corrected": trajectories.get("your prompt (corrected)"),
-                   "s_x": score, "alpha_x": alpha},
-        "correction": {"mode": config.mode, "strength": config.strength, "layers": list(config.layers),
-                       "probe_layer": config.probe_layer, "positions": config.positions, "rule": config.rule},
-        "layer_shown": layer, "per_layer": per_layer, "embedding": "UMAP" if use_umap else "PCA",
-    }
-    figures = {"Where prompts sit (2-D map)": fig_map, "Refusal axis per layer": fig_axis,
-               "Separability and drift per layer": fig_sep}
-    return Analysis(figures, captions, metrics, notes)
-
-
-def sentence_case(text: str) -> str:
-    return text[:1].upper() + text[1:] + "."
-
-
-def fmt(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2f}"
-
-
-def _captions(session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int, probe: int,
-              s_before: float, s_after: float | None, per_layer: dict, use_umap: bool) -> dict[str, str]:
-    side = "harmful" if s_before >= 0.5 else "harmless"
-    map_caption = (
-        f"Each point is one calibration request at layer {layer} ({'UMAP' if use_umap else 'PCA'} map); colour is "
-        f"how it was shown (text, image, audio), × harmful, ○ harmless; open markers were re-captured with the "
-        f"correction on. The star is your prompt, the diamond the same prompt after correction.")
-    axis_caption = (
-        f"The height is how far each layer pushes towards refusing: 0 is where harmless text requests sit, 1 where "
-        f"harmful text requests sit. At the probe layer {probe} your prompt scores {fmt(s_before)} (the {side} side)"
-        + (f", {fmt(s_after)} after the correction." if s_after is not None else "."))
-    other = [m for m in session.profile.modalities if m != "text"]
-    sep_bits = []
-    for modality in other:
-        text_auc = per_layer["auroc"]["text/off"][layer]
-        raw = per_layer["auroc"][f"{modality}/off"][layer]
-        fixed = per_layer["auroc"].get(f"{modality}/{config.mode}", [None] * session.num_layers)[layer]
-        sep_bits.append(f"at layer {layer} the refusal direction separates harmful from harmless {modality} requests "
-                        f"with AUROC {fmt(raw)} (text: {fmt(text_auc)})"
-                        + (f", {fmt(fixed)} with the {config.mode} correction" if fixed is not None else ""))
-    sep_caption = ("AUROC 1 means the refusal direction tells every harmful request from every harmless one; 0.5 is "
-                   "chance. The drift panels show how far a modality moves the states away from text and whether "
-                   "that move points along the refusal direction. " + (sentence_case("; ".join(sep_bits)) if sep_bits else ""))
-    return {"map": map_caption, "axis": axis_caption, "separability": sep_caption}

@@ -46,7 +46,10 @@ def load_image(
     if not isinstance(source, bytes):
         if not Path(source).is_file():
             raise MediaError(f"image file not found: {name}")
-        data = Path(source).read_bytes()
+        try:
+            data = Path(source).read_bytes()
+        except OSError as err:
+            raise MediaError(f"{name} could not be read ({type(err).__name__})") from err
     else:
         data = source
     if not data:

@@ -57,7 +57,8 @@ def running_app(tiny_model_dir, tmp_path_factory):
 
     cache = tmp_path_factory.mktemp("sge-app-cache")
     model = "demo" if (DEMO_MODEL_DIR / "manifest.json").is_file() else str(tiny_model_dir("llava"))
-    state = AppState.start(AppSettings(model=model, device="cpu", calibration_limit=8, cache_dir=cache), warm_up=False)
+    settings = AppSettings(model=model, device="cpu", calibration_limit=8, cache_dir=cache, model_switch="any")
+    state = AppState.start(settings, warm_up=False)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.media import IMAGE_CARRIER
+from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.ui import EXAMPLE_HARMFUL
 
 CHROMIUM = "/usr/bin/chromium"
@@ -95,10 +95,31 @@ def test_render_as_image_and_show_the_collapse(page, running_app):
     page.screenshot(path=str(ARTIFACTS / "app_show_collapse.png"), full_page=True)
 
 
-def test_bad_upload_shows_a_message(page, running_app, tmp_path):
+def test_bad_upload_shows_a_message_with_the_users_file_name(page, running_app, tmp_path):
     _, url = running_app
     page.goto(url)
     page.locator("#prompt textarea").fill("")
     page.locator("#analyse-btn").click()
     page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('prompt is empty')")
     assert page.get_by_text("prompt is empty").first.is_visible()
+    garbage = tmp_path / "my clip.wav"
+    garbage.write_bytes(b"RIFF, but not really a wave file" * 20)
+    page.locator("#audio-input input[type=file]").set_input_files(str(garbage))
+    page.locator("#prompt textarea").fill(AUDIO_CARRIER)
+    page.locator("#analyse-btn").click()
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('could not be decoded')")
+    status = page.locator("#status").inner_text()
+    assert "my clip.wav could not be decoded as audio" in status and "/tmp/" not in status and "gradio" not in status
+
+
+def test_export_from_the_browser(page, running_app):
+    _, url = running_app
+    page.goto(url)
+    page.locator("#prompt textarea").fill("How do I bake bread?")
+    page.get_by_text("Export", exact=True).first.click()  # open the accordion
+    page.locator("#export-btn").click()
+    page.wait_for_function("(document.querySelector('#status')?.innerText || '').includes('Exported 5 files')",
+                           timeout=120_000)
+    names = page.locator("#export-files").inner_text().replace("\n", "")
+    for name in ("metrics.json", "metrics.csv", "directions.zip", "figures.html", "report.html"):
+        assert name in names

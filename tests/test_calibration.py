@@ -63,7 +63,11 @@ def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tmp_path, monk
     """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
     second start reads the same states from the disk cache instead, keyed by the whole correction."""
     import explorer.calibration as calibration
-    from explorer.calibration import calibrate, corrected_calibration, load_calibration_items
+    from explorer.calibration import (
+        calibrate,
+        corrected_calibration,
+        load_calibration_items,
+    )
     from explorer.regap import CorrectionConfig
 
     cal = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], cache_dir=tmp_path)

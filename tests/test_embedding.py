@@ -8,7 +8,7 @@ import torch
 
 from explorer.embedding import embed_2d, warm_up_umap
 
-L, D, N_PER_LABEL = 3, 16, 8
+L, D = 3, 16
 
 
 def test_embed_2d_pca_is_an_isometry_on_planar_data() -> None:

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from planted import (
+    HARMFUL_IDS,
+    HARMLESS_IDS,
+    N_PER_LABEL,
+    U_HAT,
+    U_NORMS,
+    V_HAT,
+    D,
+    L,
+    U,
+    state_batch,
+    text_states,
+    unit,
+)
 
 from explorer.geometry import (
     auroc_per_layer,
@@ -18,62 +32,10 @@ from explorer.geometry import (
 from explorer.profile import build_profile
 from explorer.states import StateBatch
 
-L, D, N_PER_LABEL = 3, 16, 8
-
-U_NORMS = (0.5, 1.0, 2.0)  # planted ||u_l|| per layer
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _orthonormal_pair(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer unit vectors ``a_l ⟂ b_l`` ``[L, D]`` in float64."""
-    g = torch.Generator().manual_seed(seed)
-    a = _unit(torch.randn(L, D, generator=g, dtype=torch.float64))
-    b = torch.randn(L, D, generator=g, dtype=torch.float64)
-    b = _unit(b - (b * a).sum(-1, keepdim=True) * a)
-    return a, b
-
-U_HAT, V_HAT = _orthonormal_pair(1)  # planted refusal axis and an orthogonal axis
-
-U = U_HAT * torch.tensor(U_NORMS, dtype=torch.float64)[:, None]  # [L, D]
-
-
-def _text_states() -> tuple[torch.Tensor, torch.Tensor]:
-    """(harmful, harmless) ``[N, L, D]`` float64: base + 3u and base − u plus noise centred per group,
-    so the group means are exactly base + 3u and base − u."""
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(L, D, generator=g, dtype=torch.float64)
-    groups = []
-    for shift in (3.0, -1.0):
-        noise = 0.01 * torch.randn(N_PER_LABEL, L, D, generator=g, dtype=torch.float64)
-        noise -= noise.mean(dim=0)
-        groups.append(base + shift * U + noise)
-    return groups[0], groups[1]
-
-HARMFUL_IDS = [f"h{i}" for i in range(N_PER_LABEL)]
-
-HARMLESS_IDS = [f"s{i}" for i in range(N_PER_LABEL)]
-
-
-def _batch(
-    harmful: torch.Tensor, harmless: torch.Tensor, modality: str, ids: tuple[list[str], list[str]] | None = None
-) -> StateBatch:
-    h_ids, s_ids = ids or (HARMFUL_IDS, HARMLESS_IDS)
-    n_h, n_s = harmful.shape[0], harmless.shape[0]
-    return StateBatch(
-        states=torch.cat([harmful, harmless]).to(torch.float32),
-        item_ids=list(h_ids[:n_h]) + list(s_ids[:n_s]),
-        labels=["harmful"] * n_h + ["harmless"] * n_s,  # type: ignore[list-item]
-        modalities=[modality] * (n_h + n_s),  # type: ignore[list-item]
-        instructions=[f"instruction {i}" for i in range(n_h + n_s)],
-    )
-
 
 @pytest.fixture()
 def text_batch() -> StateBatch:
-    return _batch(*_text_states(), "text")
+    return state_batch(*text_states(), "text")
 
 
 def test_refusal_direction_recovers_planted_direction(text_batch: StateBatch) -> None:
@@ -86,8 +48,8 @@ def test_refusal_direction_recovers_planted_direction(text_batch: StateBatch) ->
 
 
 def test_refusal_direction_ignores_non_text_items(text_batch: StateBatch) -> None:
-    harmful, harmless = _text_states()
-    image = _batch(harmful - 10 * U, harmless + 10 * U, "image")  # would flip r if it were used
+    harmful, harmless = text_states()
+    image = state_batch(harmful - 10 * U, harmless + 10 * U, "image")  # would flip r if it were used
     torch.testing.assert_close(refusal_directions(text_batch.concat(image)), refusal_directions(text_batch))
 
 
@@ -96,7 +58,7 @@ def test_refusal_direction_needs_both_text_labels(text_batch: StateBatch) -> Non
         refusal_directions(text_batch.select(label="harmful"))
     with pytest.raises(ValueError, match="no text/harmful"):
         refusal_directions(text_batch.select(label="harmless").concat(
-            _batch(*_text_states(), "image")))  # fmt: skip
+            state_batch(*text_states(), "image")))  # fmt: skip
 
 
 def test_gap_equals_planted_and_auroc_is_one(text_batch: StateBatch) -> None:
@@ -109,7 +71,7 @@ def test_gap_equals_planted_and_auroc_is_one(text_batch: StateBatch) -> None:
 def test_project_matches_dot_product_and_rejects_unnormalised_dirs() -> None:
     g = torch.Generator().manual_seed(3)
     states = torch.randn(5, L, D, generator=g)
-    dirs = _unit(torch.randn(L, D, generator=g))
+    dirs = unit(torch.randn(L, D, generator=g))
     expected = torch.einsum("nld,ld->nl", states.double(), dirs.double()).float()
     torch.testing.assert_close(project(states, dirs), expected)
     torch.testing.assert_close(project(states[0], dirs), expected[0])  # one item [L, d] -> [L]
@@ -157,15 +119,15 @@ def test_auroc_and_gap_raise_on_missing_class() -> None:
 
 
 def test_modality_drift_pairs_items_by_id() -> None:
-    harmful, harmless = _text_states()
-    text = _batch(harmful, harmless, "text")
+    harmful, harmless = text_states()
+    text = state_batch(harmful, harmless, "text")
     w = 3 * U_HAT + 4 * V_HAT  # ||w|| = 5, cos(w, r) = 3/5 at every layer
     # Unbalanced, shuffled subset of the text items (4 harmful, 6 harmless) plus an image-only item:
     # an unpaired text mean would be base + u, the paired one base + 0.6 u, so pairing matters.
     order_h, order_s = [2, 0, 3, 1], [5, 1, 0, 4, 2, 3]
-    image = _batch(harmful[order_h] + w, harmless[order_s] + w, "image",
+    image = state_batch(harmful[order_h] + w, harmless[order_s] + w, "image",
                    ([HARMFUL_IDS[i] for i in order_h], [HARMLESS_IDS[i] for i in order_s]))  # fmt: skip
-    extra = _batch(harmful[:1] + 100.0, harmless[:1], "image", (["only-image"], ["only-image-2"]))
+    extra = state_batch(harmful[:1] + 100.0, harmless[:1], "image", (["only-image"], ["only-image-2"]))
     batch = text.concat(image).concat(extra)
     torch.testing.assert_close(modality_drift(batch, "image").double(), w, rtol=1e-5, atol=1e-5)
     assert torch.equal(modality_drift(batch, "text"), torch.zeros(L, D))
@@ -177,17 +139,17 @@ def test_modality_drift_pairs_items_by_id() -> None:
 
 
 def test_modality_drift_needs_shared_ids() -> None:
-    harmful, harmless = _text_states()
-    batch = _batch(harmful, harmless, "text").concat(
-        _batch(harmful, harmless, "audio", ([f"x{i}" for i in range(8)], [f"y{i}" for i in range(8)])))  # fmt: skip
+    harmful, harmless = text_states()
+    batch = state_batch(harmful, harmless, "text").concat(
+        state_batch(harmful, harmless, "audio", ([f"x{i}" for i in range(8)], [f"y{i}" for i in range(8)])))  # fmt: skip
     with pytest.raises(ValueError, match="no item id occurs both as text and as audio"):
         modality_drift(batch, "audio")
 
 
 def test_cos_refusal_within_hand_computed() -> None:
-    harmful, harmless = _text_states()
+    harmful, harmless = text_states()
     z = 3 * U.norm(dim=-1, keepdim=True) * V_HAT  # ⟂ r = 4u with ||z|| = 3||u|| -> r^m = r + z
-    batch = _batch(harmful, harmless, "text").concat(_batch(harmful + z, harmless, "audio"))
+    batch = state_batch(harmful, harmless, "text").concat(state_batch(harmful + z, harmless, "audio"))
     profile = build_profile(batch, "m", "h", {})
     assert profile.metrics["cos_refusal_within"]["audio"] == pytest.approx([0.8] * L, abs=1e-5)  # 4/5
     # z is orthogonal to the axis: the gap along r̂ is unchanged, and the drift is z/2.

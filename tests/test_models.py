@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,53 @@ def test_demo_strengths_come_only_from_a_summary_of_the_same_weights(tmp_path):
     assert _chosen_strengths(path, "other weights") == {}
     path.write_text(json.dumps({"revision": "rev", "regap": {"strength": 1.0}}))  # a run without --strength auto
     assert _chosen_strengths(path, "rev") == {}
+
+
+def _composite(folder, tiny_model_dir, copies: dict[str, str], manifest: dict) -> None:
+    """A composite model folder: sub-folder name -> a copy of that family's tiny model, and its manifest."""
+    for name, family in copies.items():
+        shutil.copytree(tiny_model_dir(family), folder / name)
+    (folder / "manifest.json").write_text(json.dumps({"format": "explorer-model/1", **manifest}))
+
+
+def test_a_composite_folder_is_loaded_from_its_manifest(tmp_path, tiny_model_dir):
+    from explorer.loading import folder_revision
+
+    folder = tmp_path / "composite"
+    folder.mkdir()
+    _composite(folder, tiny_model_dir, {"vision": "llava"}, {
+        "backends": {"text": "vision", "image": "vision"},
+        "media": {"image_layout": {"cols": 2, "rows": 2, "cell_width": 32, "cell_height": 32, "font_size": 9},
+                  "audio_style": "slots", "slot_seconds": 0.5},
+        "notice": "A **test** model.", "card": "README.md"})
+    model = load_model(str(folder), device="cpu")
+    assert model.name == "composite" and model.modalities == ("text", "image")
+    assert model.media.image_layout.size == (64, 64) and model.media.slot_seconds == 0.5
+    assert model.notice == "A **test** model." and model.card == folder / "README.md"
+    assert model.render("one two three", "image").image.size == (64, 64)
+    assert model.revision == folder_revision(folder) == folder_revision(folder / "vision")  # one backend folder
+
+
+@pytest.mark.parametrize(("manifest", "message"), [
+    ({"format": "explorer-demo/1", "backends": {"text": "vision"}}, "format is 'explorer-demo/1'"),
+    ({"format": "explorer-model/1", "backends": {"image": "vision"}}, "needs a 'text' entry"),
+    ({"format": "explorer-model/1", "backends": {"text": "../elsewhere"}}, "points outside the model folder"),
+    ({"format": "explorer-model/1", "backends": {"text": "vision"}, "card": "/etc/passwd"}, "points outside"),
+    ({"format": "explorer-model/1", "backends": {"text": "vision"}, "media": {"audio_style": "words"}},
+     "media.audio_style must be one of"),
+    ({"format": "explorer-model/1", "backends": {"text": "vision"}, "media": {"slot_seconds": 0}}, "slot_seconds"),
+])
+def test_a_bad_manifest_is_a_clear_error(tmp_path, manifest, message):
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="not a valid model manifest") as caught:
+        load_model(str(tmp_path), device="cpu")
+    assert message in str(caught.value)
+
+
+def test_backends_said_to_share_a_language_model_must_have_equal_weights(tmp_path, tiny_model_dir):
+    folder = tmp_path / "mismatch"
+    folder.mkdir()
+    _composite(folder, tiny_model_dir, {"vision": "llava", "speech": "qwen2_audio"}, {
+        "backends": {"text": "vision", "image": "vision", "audio": "speech"}, "shared_language_model": True})
+    with pytest.raises(ModelLoadError, match="share one language model, but their weights differ"):
+        load_model(str(folder), device="cpu")

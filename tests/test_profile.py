@@ -7,6 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from planted import (
+    N_PER_LABEL,
+    U_NORMS,
+    V_HAT,
+    D,
+    L,
+    U,
+    state_batch,
+    text_states,
+)
 
 from explorer.geometry import (
     refusal_directions,
@@ -14,70 +24,18 @@ from explorer.geometry import (
 from explorer.profile import Profile, build_profile
 from explorer.states import StateBatch
 
-L, D, N_PER_LABEL = 3, 16, 8
-
-U_NORMS = (0.5, 1.0, 2.0)  # planted ||u_l|| per layer
-
-
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def _orthonormal_pair(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-layer unit vectors ``a_l ⟂ b_l`` ``[L, D]`` in float64."""
-    g = torch.Generator().manual_seed(seed)
-    a = _unit(torch.randn(L, D, generator=g, dtype=torch.float64))
-    b = torch.randn(L, D, generator=g, dtype=torch.float64)
-    b = _unit(b - (b * a).sum(-1, keepdim=True) * a)
-    return a, b
-
-U_HAT, V_HAT = _orthonormal_pair(1)  # planted refusal axis and an orthogonal axis
-
-U = U_HAT * torch.tensor(U_NORMS, dtype=torch.float64)[:, None]  # [L, D]
-
-
-def _text_states() -> tuple[torch.Tensor, torch.Tensor]:
-    """(harmful, harmless) ``[N, L, D]`` float64: base + 3u and base − u plus noise centred per group,
-    so the group means are exactly base + 3u and base − u."""
-    g = torch.Generator().manual_seed(0)
-    base = torch.randn(L, D, generator=g, dtype=torch.float64)
-    groups = []
-    for shift in (3.0, -1.0):
-        noise = 0.01 * torch.randn(N_PER_LABEL, L, D, generator=g, dtype=torch.float64)
-        noise -= noise.mean(dim=0)
-        groups.append(base + shift * U + noise)
-    return groups[0], groups[1]
-
-HARMFUL_IDS = [f"h{i}" for i in range(N_PER_LABEL)]
-
-HARMLESS_IDS = [f"s{i}" for i in range(N_PER_LABEL)]
-
-
-def _batch(
-    harmful: torch.Tensor, harmless: torch.Tensor, modality: str, ids: tuple[list[str], list[str]] | None = None
-) -> StateBatch:
-    h_ids, s_ids = ids or (HARMFUL_IDS, HARMLESS_IDS)
-    n_h, n_s = harmful.shape[0], harmless.shape[0]
-    return StateBatch(
-        states=torch.cat([harmful, harmless]).to(torch.float32),
-        item_ids=list(h_ids[:n_h]) + list(s_ids[:n_s]),
-        labels=["harmful"] * n_h + ["harmless"] * n_s,  # type: ignore[list-item]
-        modalities=[modality] * (n_h + n_s),  # type: ignore[list-item]
-        instructions=[f"instruction {i}" for i in range(n_h + n_s)],
-    )
-
 
 @pytest.fixture()
 def text_batch() -> StateBatch:
-    return _batch(*_text_states(), "text")
+    return state_batch(*text_states(), "text")
 
 
 def _collapsed_batch(fraction: float, drift: torch.Tensor) -> StateBatch:
     """Text items plus image items = text items + drift, with image-harmful moved by ``fraction`` of the
     text refusal direction r = 4u towards harmless."""
-    harmful, harmless = _text_states()
-    text = _batch(harmful, harmless, "text")
-    image = _batch(harmful + drift - fraction * 4 * U, harmless + drift, "image")
+    harmful, harmless = text_states()
+    text = state_batch(harmful, harmless, "text")
+    image = state_batch(harmful + drift - fraction * 4 * U, harmless + drift, "image")
     return text.concat(image)
 
 
@@ -120,8 +78,8 @@ def test_profile_contents_and_score(text_batch: StateBatch) -> None:
 
 
 def test_build_profile_needs_both_labels_per_modality() -> None:
-    harmful, harmless = _text_states()
-    batch = _batch(harmful, harmless, "text").concat(_batch(harmful, harmless[:0], "image"))
+    harmful, harmless = text_states()
+    batch = state_batch(harmful, harmless, "text").concat(state_batch(harmful, harmless[:0], "image"))
     with pytest.raises(ValueError, match="image items but none labelled 'harmless'"):
         build_profile(batch, "m", "h", {})
 

@@ -178,3 +178,19 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
         with corrected(tiny_llava, vectors, batched.alphas[i]):
             single = capture_prompts(tiny_llava, [prompt])[0]
         torch.testing.assert_close(batched.states[i], single, rtol=1e-4, atol=1e-4)
+
+
+def test_generate_texts_batched_equals_one_at_a_time_and_plain_generate(tiny_llava):
+    """Left-padded batches give each row the tokens it gets alone (prompts of different lengths), and the same
+    answer as `generate` without a correction."""
+    from explorer.regap import generate, generate_texts
+
+    prompts = [tiny_llava.render(text, "text") for text in TEXTS] + [_image_prompt(IMAGE_CARRIER, seed=3)]
+    for modality in ("text", "image"):
+        group = [p for p in prompts if p.modality == modality]
+        batched = generate_texts(tiny_llava, group, max_new_tokens=6, batch_size=len(group))
+        alone = [generate_texts(tiny_llava, [p], max_new_tokens=6)[0] for p in group]
+        assert batched == alone
+        assert alone == [generate(tiny_llava, p, None, max_new_tokens=6).text for p in group]
+    with pytest.raises(ValueError, match="batch_size"):
+        generate_texts(tiny_llava, prompts[:1], batch_size=0)

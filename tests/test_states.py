@@ -7,7 +7,7 @@ import torch
 
 from explorer.states import StateBatch
 
-L, D, N_PER_LABEL = 3, 16, 8
+L, D = 3, 16
 
 
 def test_state_batch_validates_lengths_labels_and_duplicates() -> None:

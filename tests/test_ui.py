@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning out
 
 @pytest.fixture(scope="module")
 def state(tiny_model_dir, tmp_path_factory) -> AppState:
-    settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8,
+    settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=8, model_switch="any",
                            cache_dir=tmp_path_factory.mktemp("sge-cache"), media_roots=(tmp_path_factory.getbasetemp(),))
     return AppState.start(settings, warm_up=False)
 
@@ -313,7 +313,7 @@ def test_model_switching_follows_the_operators_policy(state, monkeypatch):
         assert len(answers) == 1  # the same answer whether or not a path exists
         state.settings = replace(original, model_switch="listed", allowed_models=("demo",))
         out = ui.load_model_ui(state, "/etc")
-        assert "serves only these models: demo" in out["status"] and "/etc" not in out["status"].split(":", 1)[1]
+        assert "this server serves only these models: demo. Still serving" in out["status"]
         assert loads == []  # nothing was even looked up
     finally:
         state.settings = original
@@ -327,7 +327,9 @@ def test_app_allows_model_switching_from_the_page_only_on_loopback_unless_told()
         return settings.model_switch, settings.allowed_models
 
     assert switch() == ("any", ())
-    assert switch("--host", "localhost") == ("any", ())
+    assert switch("--host", "localhost") == ("any", ()) and switch("--host", "LOCALHOST") == ("any", ())
+    for exposed in ("0.0.0.0", "::", "::1", "[::1]", "127.0.0.2", "my-host.example"):
+        assert switch("--host", exposed) == ("off", ()), exposed  # not covered by Gradio's cross-site guard
     assert switch("--host", "0.0.0.0") == ("off", ())
     assert switch("--share") == ("off", ())
     assert switch("--host", "0.0.0.0", "--allow-model-switch") == ("any", ())
@@ -387,3 +389,36 @@ def test_a_setting_being_captured_is_waited_for_not_captured_twice(state, monkey
     for thread in threads:
         thread.join(timeout=120)
     assert len(calls) == 1 and len(results) == 3 and all(r is results[0] for r in results)
+
+
+def test_app_settings_default_to_no_model_switching_and_check_media_roots(tmp_path):
+    assert AppSettings().model_switch == "off"  # built in code, the app fails closed
+    for bad in ("", "relative/folder", str(tmp_path / "missing")):
+        with pytest.raises(ValueError, match="media_roots must be existing absolute folders"):
+            AppSettings(media_roots=(Path(bad),))
+
+
+def test_payloads_that_are_not_files_are_refused_with_a_message(state):
+    for payload in ({"url": "http://example.com/x.png"}, 42, {"path": ""}):
+        status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")[-1]
+        assert status.startswith("⚠️") and ("did not arrive" in status or "cannot use a int" in status), status
+
+
+def test_a_symlink_out_of_an_allowed_folder_is_refused(state, tmp_path_factory):
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(prefix="sge-outside-")) / "secret.png"
+    render_image("How do I bake bread?").save(outside)
+    inside = tmp_path_factory.getbasetemp() / "link.png"  # inside the state's media root
+    inside.unlink(missing_ok=True)
+    inside.symlink_to(outside)
+    dotted = Path(f"{tmp_path_factory.getbasetemp()}/../../{outside.parent.name}/secret.png")  # /tmp/... via ..
+    assert dotted.resolve() == outside.resolve()
+    for path in (inside, dotted):
+        status = ui.analyse(state, IMAGE_CARRIER, {"path": str(path)}, None, 1, "off", 1.0, "", "PCA")[-1]
+        assert "was not uploaded through this page" in status, (path, status)
+
+
+def test_render_refuses_requests_too_long_to_draw(state):
+    image, carrier, status = ui.render_image_input(state, "word " * 200)
+    assert image is None and carrier is None and "too long to render" in status

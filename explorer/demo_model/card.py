@@ -17,6 +17,7 @@ from pathlib import Path
 from string import Template
 from typing import Any, NamedTuple
 
+from explorer.loading import folder_revision
 from explorer.storage import write_atomic
 from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, MODES
 
@@ -74,7 +75,7 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
     """
     run = json.loads((run_dir / "run.json").read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    current = _demo_revision(folder)
+    current = folder_revision(folder)
     if run.get("revision") != current:
         raise ValueError(f"{run_dir} evaluated revision {run.get('revision')}, but {folder} is revision {current}")
     auroc = metrics["per_layer"]["auroc"]
@@ -92,14 +93,6 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "translation_ceiling_budget": metrics["per_layer"].get("translation_ceiling_budget"),
         "elapsed_seconds": metrics["elapsed_seconds"],
     }
-
-
-def _demo_revision(folder: Path) -> str:
-    from explorer.loading import (
-        folder_revision,  # the engine's revision of a model folder (no weights loaded)
-    )
-
-    return folder_revision(folder)
 
 
 class Gate(NamedTuple):
@@ -401,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(summary_path, json.dumps(cli, indent=1) + "\n")
     elif summary_path.is_file():
         cli = json.loads(summary_path.read_text())
-        if cli.get("revision") != _demo_revision(args.folder):
+        if cli.get("revision") != folder_revision(args.folder):
             print(f"{summary_path} is from other weights; leaving it out of the card")
             cli = None
     else:

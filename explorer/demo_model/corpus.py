@@ -16,7 +16,8 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import Literal
+
+from explorer.vocab import Label
 
 from . import tables
 
@@ -44,7 +45,6 @@ __all__ = [
     "DECONTAMINATION_NGRAM",
 ]
 
-Label = Literal["harmful", "harmless"]
 
 
 @dataclass(frozen=True)
