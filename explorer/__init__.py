@@ -1,8 +1,8 @@
 """Safety Geometry Explorer: see why multimodal LLMs stop refusing, and correct it with ReGap.
 
 The data path, one module per stage (docs/architecture.md): `data` (instructions) → `media` (text / image /
-audio prompts; `uploads` opens user files safely) → `models` (load, build inputs) → `capture` (per-layer
-states, a `StateBatch`) → `geometry` (formulas) and `profile` (a model's geometry, saved) → `regap`
+audio prompts; `uploads` opens user files safely) → `loading` (find and load a model) → `models` (a loaded
+model builds its inputs) → `capture` (per-layer states, a `StateBatch`) → `geometry` (formulas) and `profile` (a model's geometry, saved) → `regap`
 (corrected generation) → `judge` → `evaluation` / `plots` / `ui`. Words shared by all of them: `vocab`.
 Formulas: docs/method.md.
 """

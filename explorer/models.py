@@ -6,7 +6,7 @@ a prompt is rendered exactly as the model saw it in training; `LoadedModel.rende
 model wants it (`MediaStyle`). How a model is found and loaded (hub ids, folders, composite folders such as the
 built-in demo) is `explorer.loading`.
 
->>> lm = load_model("demo")                                   # doctest: +SKIP
+>>> lm = explorer.loading.load_model("demo")                  # doctest: +SKIP
 >>> inputs = lm.encode([lm.render("How do I bake bread?", "text")])  # doctest: +SKIP
 """
 
