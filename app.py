@@ -93,10 +93,16 @@ def build_app(state: AppState) -> gr.Blocks:
                     as_image_btn = gr.Button("Render as image", size="sm")
                     as_audio_btn = gr.Button("Render as speech", size="sm")
                 with gr.Row():
-                    image = gr.Image(label="Image (optional)", type="pil", format="png", height=220,
-                                     sources=["upload", "clipboard", "webcam"], elem_id="image-input")
-                    audio = gr.Audio(label="Audio (optional)", sources=["upload", "microphone"], type="filepath",
-                                     format="wav", elem_id="audio-input")
+                    with gr.Column(min_width=260):
+                        # The label sits above the picture, not on it: a label drawn over the image hid the
+                        # first word of a rendered request.
+                        gr.Markdown("**Image** (optional): the request drawn as words, or your own picture")
+                        image = gr.Image(label="Image (optional)", show_label=False, type="pil", format="png",
+                                         height=320, sources=["upload", "clipboard", "webcam"], elem_id="image-input")
+                    with gr.Column(min_width=260):
+                        gr.Markdown("**Audio** (optional): the request spoken, or your own recording")
+                        audio = gr.Audio(label="Audio (optional)", show_label=False, sources=["upload", "microphone"],
+                                         type="filepath", format="wav", elem_id="audio-input")
                 examples = [[ui.EXAMPLE_HARMFUL, None, None]]
                 if image_example:
                     examples.append([IMAGE_CARRIER, image_example, None])

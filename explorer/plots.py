@@ -53,6 +53,17 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+def _legend_below(fig: go.Figure, base_height: int = 460, per_row: int = 4) -> go.Figure:
+    """Every legend entry visible: a horizontal legend under the plot, the figure tall enough for its rows
+    (a legend at the side scrolls, and its lower entries are cut off in the page and in exported reports)."""
+    entries = sum(1 for trace in fig.data if trace.showlegend is not False and trace.name)
+    rows = max(1, math.ceil(entries / per_row))
+    fig.update_layout(height=base_height + 26 * rows, margin={"b": 90 + 26 * rows},
+                      legend={"orientation": "h", "x": 0, "xanchor": "left", "y": -0.2, "yanchor": "top",
+                              "entrywidth": 230, "entrywidthmode": "pixels"})
+    return fig
+
+
 def _hover_text(text: str, width: int = 60) -> str:
     """Escape user text for plotly's HTML-ish hover labels and wrap long lines."""
     lines = textwrap.wrap(str(text), width) or [""]
@@ -140,7 +151,7 @@ def embedding_figure(coords: np.ndarray, instructions: Sequence[str], modalities
     fig.update_layout(template=_TEMPLATE, legend_title_text="modality · label",
                       title=f"Where prompts sit at layer {layer} ({method} map of the last-token state)",
                       xaxis_title=f"{method} dimension 1", yaxis_title=f"{method} dimension 2")
-    return fig if fig.data else _no_data(fig)
+    return _legend_below(fig) if fig.data else _no_data(fig)
 
 
 def _band(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[list, list]:
@@ -202,7 +213,7 @@ def refusal_axis_figure(group_stats: Mapping[str, Mapping[str, Sequence[float]]]
     fig.update_layout(template=_TEMPLATE, hovermode="closest",
                       title="How strongly each layer pushes towards refusal",
                       xaxis_title="layer", yaxis_title="position on the refusal direction")
-    return fig if fig.data else _no_data(fig)
+    return _legend_below(fig) if fig.data else _no_data(fig)
 
 
 _SEP_TITLES = ("Can the refusal direction tell harmful from harmless? (AUROC)",
