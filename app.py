@@ -130,6 +130,15 @@ def build_app(state: AppState) -> gr.Blocks:
                     analyse_btn = gr.Button("Analyse", variant="primary", elem_id="analyse-btn")
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
                 collapse_btn = gr.Button("Show the collapse", variant="secondary", elem_id="collapse-btn")
+        gallery_text, gallery_rows = ui.gallery(session)
+        if gallery_rows:
+            with gr.Accordion(f"Gallery: {len(gallery_rows)} held-out requests this model reads", open=False,
+                              elem_id="gallery"):
+                gr.Markdown(gallery_text, elem_id="gallery-info")
+                gallery_table = gr.Dataset(components=[gr.Textbox(visible=False, label="Request"),
+                                                       gr.Textbox(visible=False, label="Label"),
+                                                       gr.Textbox(visible=False, label="Measured")],
+                                           samples=gallery_rows, samples_per_page=30, elem_id="gallery-table")
         status = gr.Markdown(elem_id="status")
         story = gr.Markdown(elem_id="story")
         with gr.Row():
@@ -164,6 +173,9 @@ def build_app(state: AppState) -> gr.Blocks:
                            api_name="generate_corrected", **model_event)
         strength.release(bind(ui.generate_corrected), media + correction + [max_tokens, seed], [corr_text, corr_info],
                          api_name="strength_release", trigger_mode="always_last", **model_event)
+        if gallery_rows:
+            gallery_table.click(lambda row: (row[0], None, None), [gallery_table], [prompt, image, audio],
+                                api_name="gallery_pick")
         as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image")
         as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio")
 

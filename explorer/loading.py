@@ -190,6 +190,8 @@ class Manifest:
     notice: str = ""
     card: str | None = None
     strengths_from: str | None = None
+    vocabulary: str | None = None
+    gallery: str | None = None
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
@@ -210,12 +212,12 @@ class Manifest:
             check_choice("media.audio_style", style.audio_style, AUDIO_STYLES)
             if not style.slot_seconds > 0:
                 raise ValueError(f"media.slot_seconds must be > 0, got {style.slot_seconds}")
-            for field_name, name in [*(("backends", b) for b in backends.values()),
-                                     ("card", raw.get("card")), ("strengths_from", raw.get("strengths_from"))]:
+            files = ("card", "strengths_from", "vocabulary", "gallery")
+            for field_name, name in [*(("backends", b) for b in backends.values()), *((f, raw.get(f)) for f in files)]:
                 if name is not None and not (folder / name).resolve().is_relative_to(folder.resolve()):
                     raise ValueError(f"{field_name} {name!r} points outside the model folder")
             return cls(folder, backends, bool(raw.get("shared_language_model", False)), style,
-                       str(raw.get("notice", "")), raw.get("card"), raw.get("strengths_from"))
+                       str(raw.get("notice", "")), *(raw.get(f) for f in files))
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ModelLoadError(f"{path} is not a valid model manifest: {type(err).__name__}: {err}") from err
 
@@ -260,7 +262,25 @@ def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, devi
         card=folder / manifest.card if manifest.card else None,
         suggested_strengths=_chosen_strengths(folder / manifest.strengths_from, revision)
         if manifest.strengths_from else {},
+        vocabulary=_word_list(folder / manifest.vocabulary) if manifest.vocabulary else frozenset(),
+        gallery=_same_weights_json(folder / manifest.gallery, revision) if manifest.gallery else None,
     )
+
+
+def _word_list(path: Path) -> frozenset[str]:
+    try:
+        return frozenset(line.strip() for line in path.read_text().splitlines() if line.strip())
+    except OSError:
+        return frozenset()
+
+
+def _same_weights_json(path: Path, revision: str) -> dict[str, Any] | None:
+    """A JSON file measured on these exact weights (its "revision" matches), else None."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("revision") == revision else None
 
 
 def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, float]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .data import Instruction
-from .media import DEFAULT_LAYOUT, AudioStyle, GridLayout, Prompt, render
+from .media import DEFAULT_LAYOUT, AudioStyle, GridLayout, Prompt, prompt_words, render
 from .vocab import SAMPLE_RATE, Modality, normalise_layer
 
 __all__ = ["SUPPORTED_FAMILIES", "Backend", "LoadedModel", "MediaStyle", "ModelLoadError"]
@@ -89,6 +89,10 @@ class LoadedModel:
     card: Path | None = None
     # α_max per media modality chosen on the calibration split for these exact weights (demo: eval_summary.json)
     suggested_strengths: dict[str, float] = field(default_factory=dict)
+    # word forms of the training text, when the folder lists them (the demo): other words were never seen
+    vocabulary: frozenset[str] = frozenset()
+    # held-out requests the model reads, with the measured story per request (the demo's gallery.json)
+    gallery: dict[str, Any] | None = None
     _template_tokens: dict[Modality, int] = field(default_factory=dict, repr=False)
     _encode_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -111,6 +115,16 @@ class LoadedModel:
     def layer_index(self, layer: int) -> int:
         """Normalise a possibly negative layer index and check its range."""
         return normalise_layer(layer, self.num_layers)
+
+    def unseen_words(self, text: str) -> list[str]:
+        """Words of `text` outside the model's listed training vocabulary (none when it lists no vocabulary)."""
+        if not self.vocabulary:
+            return []
+        try:
+            words = prompt_words(text)
+        except ValueError:  # no words at all
+            return []
+        return list(dict.fromkeys(w for w in words if w.lower().rstrip("?") not in self.vocabulary))
 
     def render(self, item: Instruction | str, modality: Modality) -> Prompt:
         """The request as this model should see it in `modality` (its own grid and speech style)."""

@@ -34,6 +34,7 @@ from .ui_inputs import (
     make_prompt,
     request_text,
     token_count,
+    unseen_words_notice,
 )
 from .ui_session import AppSettings, AppState, ModelSession, ProgressFn
 from .uploads import MediaError
@@ -42,7 +43,7 @@ from .vocab import MODES, SAMPLE_RATE
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
     "analyse", "compute_analysis", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
-    "MODES", "render_audio_input", "render_image_input", "show_collapse",
+    "MODES", "gallery", "render_audio_input", "render_image_input", "show_collapse",
 ]
 
 logger = logging.getLogger(__name__)
@@ -215,10 +216,12 @@ def render_image_input(state: AppState, text: str | None) -> tuple[Any, str | No
     """→ (typographic image of the request, carrier text for the prompt box, status)."""
     session = state.session
     try:
-        image = session.model.render(request_text(text, state.settings), "image").image
+        request = request_text(text, state.settings)
+        image = session.model.render(request, "image").image
     except Exception as err:  # noqa: BLE001
         return None, None, _warn(_problem(err))
-    status = "Rendered the request as a typographic image; the prompt is now the carrier sentence."
+    status = " ".join(["Rendered the request as a typographic image; the prompt is now the carrier sentence.",
+                       *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
     if "image" not in session.model.modalities:
         status = _warn(f"{session.model.name} does not accept images; the image is shown but cannot be analysed")
     return image, IMAGE_CARRIER, status
@@ -228,14 +231,43 @@ def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | No
     """→ ((SAMPLE_RATE, int16 samples) of the spoken request, carrier text, status)."""
     session = state.session
     try:
-        samples = session.model.render(request_text(text, state.settings), "audio").audio
+        request = request_text(text, state.settings)
+        samples = session.model.render(request, "audio").audio
     except Exception as err:  # noqa: BLE001 - e.g. espeak-ng missing: say so
         return None, None, _warn(_problem(err))
     pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
-    status = "Rendered the request as speech; the prompt is now the carrier sentence."
+    status = " ".join(["Rendered the request as speech; the prompt is now the carrier sentence.",
+                       *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
     if "audio" not in session.model.modalities:
         status = _warn(f"{session.model.name} does not accept audio; the clip is shown but cannot be analysed")
     return (SAMPLE_RATE, pcm), AUDIO_CARRIER, status
+
+
+# ------------------------------------------------------------------------------------------------
+# The gallery (models whose folder ships one: the demo)
+
+
+def gallery(session: ModelSession) -> tuple[str, list[list[str]]]:
+    """(Markdown that says what the gallery is and how often the whole story holds, rows of [request, label,
+    what was measured]); ("", []) when the model has no gallery measured on its weights."""
+    data = session.model.gallery
+    if not data or not data.get("items"):
+        return "", []
+
+    def said(refused: bool) -> str:
+        return "refused" if refused else "complied"
+
+    rows = [[item["instruction"], item["label"],
+             f"text {said(item['text_refused'])} → image {said(item['image_refused'])} → ReGap "
+             f"{said(item['regap_refused'])}"] for item in data["items"]]
+    n, k = data["harmful_count"], data["harmful_whole_story"]
+    strengths = ", ".join(f"{m} {a:g}" for m, a in sorted(data.get("strength", {}).items()))
+    text = (f"Requests from the held-out evaluation split (never trained on) that {session.model.name} reads "
+            f"correctly when they are drawn as an image, with what an `eval --strength auto` run measured for each "
+            f"(α_max {strengths}). **For {k} of the {n} harmful ones ({100 * k / n:.0f}%) the whole story holds:** "
+            "refused as text → complied as an image → refused again with ReGap. The others, and the harmless ones "
+            "it refuses, are listed as measured. Click one to put it in the request box.")
+    return text, rows
 
 
 # ------------------------------------------------------------------------------------------------

@@ -107,7 +107,20 @@ def make_prompt(session: ModelSession, settings: AppSettings, text: str | None, 
         if notice:
             notices.append(notice)
         return Prompt(text=text or AUDIO_CARRIER, audio=samples, modality="audio"), notices
+    notices += unseen_words_notice(session, text)
     return Prompt(text=text, modality="text"), notices
+
+
+def unseen_words_notice(session: ModelSession, text: str) -> list[str]:
+    """A notice when the request uses words the model never saw in training (models that list a vocabulary:
+    the demo), since its answer to such a request says nothing about the mechanism."""
+    unseen = session.model.unseen_words(text)
+    if not unseen:
+        return []
+    shown = ", ".join(f"“{w}”" for w in unseen[:8]) + (" …" if len(unseen) > 8 else "")
+    return [f"{session.model.name} never saw {'this word' if len(unseen) == 1 else 'these words'} in training: "
+            f"{shown}. It knows only its training vocabulary, so its answer to this request is not meaningful; "
+            "the gallery holds requests it reads."]
 
 
 def correction_config(session: ModelSession, mode: str, strength: float, layers_text: str | None) -> CorrectionConfig:

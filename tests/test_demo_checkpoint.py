@@ -141,3 +141,33 @@ def test_engine_starts_the_demo_from_the_strengths_its_card_recorded(demo_model)
     assert summary["revision"] == demo_model.revision == folder_revision(DEMO)  # the card's run measured these weights
     assert demo_model.suggested_strengths == summary["regap"]["strength_choice"]["per_modality"]
     assert set(demo_model.suggested_strengths) == {"image", "audio"}
+
+
+@pytest.mark.slow
+def test_the_gallery_is_what_the_engine_gives_on_these_weights(demo_model) -> None:  # type: ignore[no-untyped-def]
+    """The gallery's measured story is reproduced by the engine for a whole-story request and a harmless one
+    (full builtin calibration, the gallery's α_max, greedy, its token budget), and its share is its own count."""
+    from explorer.calibration import calibrate, load_calibration_items
+    from explorer.regap import CorrectionConfig, generate
+
+    gallery = demo_model.gallery
+    assert gallery is not None and len(gallery["items"]) >= 20  # measured on these exact weights
+    harmful = [i for i in gallery["items"] if i["label"] == "harmful"]
+    whole = [i for i in harmful if i["text_refused"] and not i["image_refused"] and i["regap_refused"]]
+    assert gallery["harmful_count"] == len(harmful) and gallery["harmful_whole_story"] == len(whole)
+    profile = calibrate(demo_model, load_calibration_items("builtin")).profile
+    config = CorrectionConfig(mode="adaptive", modality_strengths=tuple(gallery["strength"].items()))
+    tokens = gallery["max_new_tokens"]
+    for item in (whole[0], next(i for i in gallery["items"] if i["label"] == "harmless")):
+        request = item["instruction"]
+        got = [JUDGE.is_refusal(generate(demo_model, demo_model.render(request, m), profile, c, tokens).text)
+               for m, c in (("text", CorrectionConfig(mode="off")), ("image", CorrectionConfig(mode="off")),
+                            ("image", config))]
+        assert got == [item["text_refused"], item["image_refused"], item["regap_refused"]], request
+
+
+def test_the_demo_marks_words_it_never_saw(demo_model) -> None:  # type: ignore[no-untyped-def]
+    assert demo_model.unseen_words("How do I bake bread?") == []
+    assert demo_model.unseen_words("How do I bake zqxj bread for my flibbertigibbet?") == ["zqxj", "flibbertigibbet?"]
+    requests = [i.instruction for i in load_builtin("evaluation")]
+    assert all(demo_model.unseen_words(r) == [] for r in requests)  # its reading vocabulary covers the split

@@ -422,3 +422,23 @@ def test_a_symlink_out_of_an_allowed_folder_is_refused(state, tmp_path_factory):
 def test_render_refuses_requests_too_long_to_draw(state):
     image, carrier, status = ui.render_image_input(state, "word " * 200)
     assert image is None and carrier is None and "too long to render" in status
+
+
+def test_gallery_and_unseen_words_on_a_model_that_lists_them(state, monkeypatch):
+    model = state.session.model
+    assert ui.gallery(state.session) == ("", [])  # no gallery: nothing shown
+    monkeypatch.setattr(model, "vocabulary", frozenset({"how", "do", "i", "bake", "bread"}))
+    monkeypatch.setattr(model, "gallery", {"items": [
+        {"instruction": "Bake bread?", "label": "harmless", "text_refused": False, "image_refused": False,
+         "regap_refused": False},
+        {"instruction": "Harm x?", "label": "harmful", "text_refused": True, "image_refused": False,
+         "regap_refused": True},
+        {"instruction": "Harm y?", "label": "harmful", "text_refused": True, "image_refused": False,
+         "regap_refused": False}], "harmful_count": 2, "harmful_whole_story": 1, "strength": {"image": 2.0}})
+    text, rows = ui.gallery(state.session)
+    assert "For 1 of the 2 harmful ones (50%) the whole story holds" in text and "α_max image 2" in text
+    assert rows[1] == ["Harm x?", "harmful", "text refused → image complied → ReGap refused"]
+    _, info = ui.final(ui.generate_plain(state, "How do I bake zqxj bread?", None, None, 4, 0))
+    assert "never saw this word in training: “zqxj”" in info and "not meaningful" in info
+    _, info = ui.final(ui.generate_plain(state, "How do I bake bread?", None, None, 4, 0))
+    assert "never saw" not in info

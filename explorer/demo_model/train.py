@@ -35,6 +35,7 @@ from explorer.storage import write_atomic
 from .build import DemoModels, build_models, count_parameters
 from .config import DemoConfig
 from .data import Batch, Sampler, TrainingData, check_slot_contract, load_training_data
+from .showcase import VOCABULARY_FILE, known_words
 from .tokenizer import build_tokenizer, words_not_single_token
 
 __all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss", "answer_logits",
@@ -51,6 +52,8 @@ MANIFEST = {
     ),
     "card": "README.md",
     "strengths_from": "eval_summary.json",
+    "vocabulary": "vocabulary.txt",
+    "gallery": "gallery.json",
 }
 
 
@@ -388,6 +391,7 @@ def save(models: DemoModels, out: Path, cfg: DemoConfig) -> None:
     models.audio_processor.save_pretrained(out / "audio")
     media = {"image_layout": asdict(cfg.image_layout), "audio_style": "slots", "slot_seconds": cfg.slot_seconds}
     write_atomic(out / "manifest.json", json.dumps({**MANIFEST, "media": media}, indent=2) + "\n")
+    write_atomic(out / VOCABULARY_FILE, "\n".join(known_words(cfg.max_words)) + "\n")  # gallery: see showcase.py
 
 
 def main(argv: list[str] | None = None) -> None:
