@@ -2,9 +2,11 @@
 
 Output folder (the CLI's stable contract, see README):
 - `generations.jsonl`: one line per item × modality × mode, appended as soon as it is generated, so an
-  interrupted run resumes where it stopped;
+  interrupted run resumes where it stopped; an item that cannot be rendered, encoded or generated gets a line
+  with `skipped` (the reason) instead, the run goes on, and a rerun tries it again;
 - `states/<modality>/<mode>.safetensors`-style per-item files of the prompt's last-token states as corrected;
-- `metrics.json`: refusal rates, per-layer separability, the ReGap settings and per-item s(x), α(x);
+- `metrics.json`: refusal rates, per-layer separability, the ReGap settings and per-item s(x), α(x), and
+  `skipped` (count per modality/mode) with `skipped_items` (id, modality, mode, reason): no rate counts them;
 - `report.html`: the plots.
 Text inputs are never corrected (δ^text = 0), so text is generated once and its result stands for every mode.
 """
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -36,6 +38,7 @@ from .plots import rates_figure, refusal_axis_figure, separability_figure, write
 from .profile import Profile
 from .regap import CorrectionConfig, generate
 from .storage import write_atomic
+from .uploads import MediaError
 from .vocab import LABELS, Modality, Mode
 
 __all__ = ["EvalSettings", "evaluate"]
@@ -115,7 +118,7 @@ def _copy_text_record(
     """Text is never corrected: its one generation is recorded under every other mode too."""
     for mode in modes:
         key = _record_key(record["id"], "text", mode)
-        if key not in done:
+        if key not in done or done[key].get("skipped"):
             copy = {**record, "mode": mode, "same_as_mode": record["mode"]}
             sink.write(json.dumps(copy) + "\n")
             done[key] = copy
@@ -146,49 +149,82 @@ def evaluate(
     total = sum(len(items) for _ in jobs)
     bar = tqdm(total=total, desc="eval", disable=not progress)
     per_item: list[dict[str, Any]] = []
-    states_by_job: dict[tuple[str, str], torch.Tensor] = {}
+    jobs_done: dict[tuple[str, str], JobStates] = {}
     with generations_path.open("a") as sink:
         for modality, mode in jobs:
-            job_states = []
+            job = JobStates()
             config = replace(settings.correction, mode=mode)
             for item in items:
                 key = _record_key(item.id, modality, mode)
                 state_path = _states_path(out_dir, modality, mode, item.id)
                 cached = read_states(state_path, (model.num_layers, model.hidden_size)) if key in done else None
-                if cached is not None:
+                if cached is not None and not done[key].get("skipped"):
                     record = done[key]
-                    job_states.append(cached)
-                else:
-                    result = generate(
-                        model, model.render(item, modality), profile, config,
-                        max_new_tokens=settings.max_new_tokens, capture_prompt_states=True,
-                    )
-                    assert result.prompt_states is not None
-                    save_states(state_path, result.prompt_states)
-                    record = {
-                        "id": item.id, "instruction": item.instruction, "label": item.label,
-                        "category": item.category, "lookalike": item.lookalike, "modality": modality, "mode": mode,
-                        "text": result.text, "refused": settings.judge.is_refusal(result.text),
-                        "score": result.score, "alpha": result.alpha,
-                        "layers": list(result.layers), "probe_layer": result.probe_layer,
-                    }
+                    job.add(cached, item.label)
+                else:  # new, or skipped last time (tried again: the cause may be gone)
+                    record, states = _generate_record(model, item, modality, mode, profile, config, settings)
+                    if states is not None:
+                        save_states(state_path, states)
+                        job.add(states, item.label)
                     sink.write(json.dumps(record) + "\n")
                     sink.flush()
                     done[key] = record
-                    job_states.append(result.prompt_states)
                 if modality == "text":
                     _copy_text_record(record, settings.modes[1:], done, sink)
                 if record.get("score") is not None:
                     per_item.append({"id": item.id, "modality": modality, "mode": mode,
                                      "s": record["score"], "alpha": record["alpha"]})
                 bar.update(1)
-            states_by_job[(modality, mode)] = torch.stack(job_states)
+            jobs_done[(modality, mode)] = job
     bar.close()
-    metrics = _metrics(model, items, profile, settings, done, states_by_job, per_item)
+    metrics = _metrics(model, items, profile, settings, done, jobs_done, per_item)
     metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
     write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    _write_report(out_dir / "report.html", model, profile, metrics, states_by_job, [i.label for i in items])
+    _write_report(out_dir / "report.html", model, profile, metrics, jobs_done)
     return metrics
+
+
+@dataclass
+class JobStates:
+    """The prompt states of one modality × mode and the labels of their items (skipped items have neither)."""
+
+    states: list[torch.Tensor] = field(default_factory=list)
+    labels: list[str] = field(default_factory=list)
+
+    def add(self, states: torch.Tensor, label: str) -> None:
+        self.states.append(states)
+        self.labels.append(label)
+
+    def stacked(self, num_layers: int, hidden_size: int) -> torch.Tensor:
+        return torch.stack(self.states) if self.states else torch.empty(0, num_layers, hidden_size)
+
+
+#: What makes one item unusable without saying anything about the rest of the run: bad media, a request its
+#: rendering cannot hold, a processor that rejects an input. Out-of-memory is not here: it ends the run (exit 3).
+_ITEM_ERRORS = (MediaError, ValueError, KeyError, IndexError, RuntimeError, OSError)
+
+
+def _generate_record(
+    model: LoadedModel, item: Instruction, modality: Modality, mode: str, profile: Profile,
+    config: CorrectionConfig, settings: EvalSettings,
+) -> tuple[dict[str, Any], torch.Tensor | None]:
+    """One generation's record (and its prompt states), or a record saying why the item was skipped."""
+    record: dict[str, Any] = {
+        "id": item.id, "instruction": item.instruction, "label": item.label, "category": item.category,
+        "lookalike": item.lookalike, "modality": modality, "mode": mode,
+    }
+    try:
+        result = generate(model, model.render(item, modality), profile, config,
+                          max_new_tokens=settings.max_new_tokens, capture_prompt_states=True)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except _ITEM_ERRORS as err:
+        return {**record, "skipped": f"{type(err).__name__}: {err}"}, None
+    assert result.prompt_states is not None
+    return {
+        **record, "text": result.text, "refused": settings.judge.is_refusal(result.text),
+        "score": result.score, "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer,
+    }, result.prompt_states
 
 
 def _metrics(
@@ -197,34 +233,49 @@ def _metrics(
     profile: Profile,
     settings: EvalSettings,
     done: dict[str, dict[str, Any]],
-    states_by_job: dict[tuple[str, str], torch.Tensor],
+    jobs: dict[tuple[str, str], JobStates],
     per_item: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    labels = [item.label for item in items]
     refusal_rate: dict[str, float] = {}
+    skipped: dict[str, int] = {}
     auroc: dict[str, list[float]] = {}
     gap: dict[str, list[float]] = {}
     uncorrected: dict[str, torch.Tensor] = {}  # media modality -> projections without correction
     for modality in settings.modalities:
         for mode in settings.modes:
             source_mode = mode if modality != "text" else settings.modes[0]
+            records = [done[_record_key(i.id, modality, source_mode)] for i in items]
+            skipped[f"{modality}/{mode}"] = sum(1 for r in records if r.get("skipped"))
             for label in LABELS:
-                flags = [done[_record_key(i.id, modality, source_mode)]["refused"] for i in items if i.label == label]
+                flags = [r["refused"] for r in records if r["label"] == label and not r.get("skipped")]
                 if flags:
                     refusal_rate[f"{modality}/{mode}/{label}"] = float(np.mean(flags))
-            projections = profile.project(states_by_job[(modality, source_mode)])
+            job = jobs[(modality, source_mode)]
+            labels = job.labels
+            projections = profile.project(job.stacked(model.num_layers, model.hidden_size))
             if mode == "off" and modality != "text":
                 uncorrected[modality] = projections
             if len(set(labels)) == 2:
                 auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
     ceiling, budget = {}, None
-    if "off" in settings.modes and "text/off/harmless" in refusal_rate and len(set(labels)) == 2:
+    if "off" in settings.modes and "text/off/harmless" in refusal_rate:
         budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)
         for modality, projections in uncorrected.items():
-            ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
+            labels = jobs[(modality, "off")].labels
+            if len(set(labels)) == 2:
+                ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
     resolved = settings.correction.resolved(profile)
-    lookalikes = [i for i in items if i.lookalike]
+    lookalike_rate = {}
+    for m in settings.modalities:
+        for mode in settings.modes:
+            records = [done[_record_key(i.id, m, mode if m != "text" else settings.modes[0])] for i in items
+                       if i.lookalike]
+            flags = [r["refused"] for r in records if not r.get("skipped")]
+            if flags:
+                lookalike_rate[f"{m}/{mode}"] = float(np.mean(flags))
+    skipped_items = [{"id": r["id"], "modality": r["modality"], "mode": r["mode"], "reason": r["skipped"]}
+                     for r in done.values() if r.get("skipped") and "same_as_mode" not in r]
     return {
         "model": model.name,
         "num_layers": model.num_layers,
@@ -232,11 +283,9 @@ def _metrics(
         "num_items": len(items),
         "calibration_hash": profile.calibration_hash,
         "refusal_rate": refusal_rate,
-        "lookalike_refusal_rate": {
-            f"{m}/{mode}": float(np.mean([done[_record_key(i.id, m, mode if m != 'text' else settings.modes[0])]
-                                          ["refused"] for i in lookalikes]))
-            for m in settings.modalities for mode in settings.modes
-        } if lookalikes else {},
+        "lookalike_refusal_rate": lookalike_rate,
+        "skipped": skipped,
+        "skipped_items": skipped_items,
         "per_layer": {
             "auroc": auroc,
             "refusal_gap": gap,
@@ -267,13 +316,14 @@ def _write_report(
     model: LoadedModel,
     profile: Profile,
     metrics: dict[str, Any],
-    states_by_job: dict[tuple[str, str], torch.Tensor],
-    labels: list[str],
+    jobs: dict[tuple[str, str], JobStates],
 ) -> None:
     group_stats = {}
-    for (modality, mode), states in states_by_job.items():
+    for (modality, mode), job in jobs.items():
+        if not job.states:
+            continue
         suffix = "" if mode == "off" else f" ({mode})"
-        for label, stats in axis_group_stats(profile.score(states), labels).items():
+        for label, stats in axis_group_stats(profile.score(torch.stack(job.states)), job.labels).items():
             group_stats[f"{modality}/{label}{suffix}"] = stats
     per_layer = metrics["per_layer"]
     figures = {
@@ -299,4 +349,9 @@ def _write_report(
         "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
         f"{metrics['regap']['strength']}",
     }
+    if metrics["skipped_items"]:
+        reasons = sorted({r["reason"] for r in metrics["skipped_items"]})
+        summary["skipped (not counted in any rate)"] = (
+            f"{len(metrics['skipped_items'])} generations of {len({r['id'] for r in metrics['skipped_items']})} "
+            f"items; reasons: {'; '.join(reasons[:5])}{' …' if len(reasons) > 5 else ''} (generations.jsonl)")
     write_report(path, f"Safety geometry evaluation: {model.name}", figures, summary, captions)
