@@ -3,7 +3,7 @@
     python benchmarks/bench.py [--model demo] [--tiny llava] [--repeats 5]
 
 - capture: `capture_prompts` (hooks on every layer + gather) vs the same batched forward without hooks [≤ 1.05]
-- fixed / adaptive: `regap.generate` with a correction vs plain `model.generate`, 64 new tokens each,
+- fixed / adaptive: `generation.generate` with a correction vs plain `model.generate`, 64 new tokens each,
   `min_new_tokens=64` so both sides produce the same number of tokens [≤ 1.05; adaptive adds a probe pass]
 - calibration: `calibrate` on a fresh cache vs plain forwards over the same prompts (rendering included in
   both) [≤ 1.35]
@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from explorer.calibration import calibrate, load_calibration_items  # noqa: E402
 from explorer.capture import CaptureSettings, capture_prompts  # noqa: E402
+from explorer.generation import generate  # noqa: E402
 from explorer.loading import load_model  # noqa: E402
 from explorer.models import LoadedModel  # noqa: E402
-from explorer.regap import CorrectionConfig, generate  # noqa: E402
+from explorer.regap import CorrectionConfig  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:

@@ -3,7 +3,7 @@
 The data path, one module per stage (docs/architecture.md): `data` (instructions) → `media` (text / image /
 audio prompts; `uploads` opens user files safely) → `loading` (find and load a model) → `models` (a loaded
 model builds its inputs) → `capture` (per-layer states, a `StateBatch`) → `geometry` (formulas) and `profile` (a model's geometry, saved) → `regap`
-(corrected generation) → `judge` → `evaluation` / `plots` / `ui`. Words shared by all of them: `vocab`.
+(the correction) and `generation` → `judge` → `evaluation` / `plots` / `ui`. Words shared by all of them: `vocab`.
 Formulas: docs/method.md.
 """
 
@@ -12,19 +12,13 @@ from .capture import CaptureSettings, capture_items, capture_prompts, record_lay
 from .data import Instruction, load_builtin, load_prompts
 from .embedding import embed_2d
 from .evaluation import EvalSettings, evaluate
+from .generation import GenerationResult, generate, generate_batch, generate_texts
 from .judge import RefusalJudge
 from .loading import load_model
 from .media import Prompt, render
 from .models import LoadedModel, ModelLoadError
 from .profile import Profile, build_profile
-from .regap import (
-    CorrectionConfig,
-    GenerationResult,
-    choose_defaults,
-    corrected,
-    generate,
-    generate_texts,
-)
+from .regap import CorrectionConfig, choose_defaults, corrected
 from .states import StateBatch
 from .uploads import MediaError, load_audio, load_image
 from .vocab import LABELS, MODALITIES, MODES
@@ -55,6 +49,7 @@ __all__ = [
     "embed_2d",
     "evaluate",
     "generate",
+    "generate_batch",
     "generate_texts",
     "load_audio",
     "load_builtin",

@@ -12,10 +12,11 @@ from typing import Any, Sequence
 
 from .capture import CaptureSettings, capture_items, read_states, save_states
 from .data import Instruction, calibration_hash, load_builtin, load_prompts
+from .generation import generate_batch
 from .judge import RefusalJudge
 from .models import LoadedModel
 from .profile import Profile, build_profile
-from .regap import CorrectionConfig, capture_corrected, generate
+from .regap import CorrectionConfig, capture_corrected
 from .states import StateBatch
 from .storage import CacheDir, resolve_cache_dir
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
@@ -155,6 +156,7 @@ def choose_strength(
     over_refusal_budget: float = OVER_REFUSAL_BUDGET,
     judge: RefusalJudge = RefusalJudge(),
     max_new_tokens: int = 16,
+    batch_size: int = 8,
 ) -> StrengthChoice:
     """Pick α_max for `config` (fixed or adaptive) per media modality by generating on the *calibration* items.
 
@@ -168,11 +170,10 @@ def choose_strength(
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
     def refusal_rate(modality: Modality, label: str, cfg: CorrectionConfig) -> float:
-        answers = [
-            generate(model, model.render(item, modality), profile, cfg, max_new_tokens=max_new_tokens).text
-            for item in items
-            if item.label == label
-        ]
+        prompts = [model.render(item, modality) for item in items if item.label == label]
+        answers = [result.text for start in range(0, len(prompts), batch_size)
+                   for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
+                                                max_new_tokens=max_new_tokens)]
         return judge.refusal_rate(answers)
 
     base = replace(config, modality_strengths=())

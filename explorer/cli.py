@@ -134,12 +134,14 @@ def _run(args: argparse.Namespace) -> int:
     strength_choice = None
     if args.strength == "auto":
         print("choosing α_max on the calibration split ...", file=sys.stderr)
-        strength_choice = choose_strength(model, cal_items, profile, correction, modalities)
+        strength_choice = choose_strength(model, cal_items, profile, correction, modalities,
+                                          batch_size=args.batch_size)
         correction = strength_choice.apply(correction)
         print(json.dumps({"strength": strength_choice.per_modality, "budget": round(strength_choice.budget, 4),
                           "calibration_rates": strength_choice.rates}), file=sys.stderr)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
-                                 max_new_tokens=args.max_new_tokens, strength_choice=strength_choice)
+                                 max_new_tokens=args.max_new_tokens, strength_choice=strength_choice,
+                                 batch_size=args.batch_size)
     metrics = evaluate(model, items, profile, eval_settings, args.out)
     print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
                       "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))

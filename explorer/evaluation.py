@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
 from .capture import read_states, save_states
 from .data import Instruction
+from .generation import GenerationResult, generate, generate_batch
 from .geometry import (
     auroc_per_layer,
     axis_group_stats,
@@ -36,7 +37,7 @@ from .judge import RefusalJudge
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
 from .profile import Profile
-from .regap import CorrectionConfig, generate
+from .regap import CorrectionConfig
 from .storage import write_atomic
 from .uploads import MediaError
 from .vocab import LABELS, Modality, Mode
@@ -54,10 +55,13 @@ class EvalSettings:
     max_new_tokens: int = 48
     judge: RefusalJudge = RefusalJudge()
     strength_choice: StrengthChoice | None = None  # how `--strength auto` chose α_max; recorded in metrics
+    batch_size: int = 8  # prompts generated together (greedy: the same tokens as one at a time)
 
     def __post_init__(self) -> None:
         if not self.modalities or not self.modes:
             raise ValueError("evaluate needs at least one modality and one mode")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be ≥ 1, got {self.max_new_tokens}")
         for mode in self.modes:
@@ -154,27 +158,41 @@ def evaluate(
         for modality, mode in jobs:
             job = JobStates()
             config = replace(settings.correction, mode=mode)
-            for item in items:
-                key = _record_key(item.id, modality, mode)
-                state_path = _states_path(out_dir, modality, mode, item.id)
-                cached = read_states(state_path, (model.num_layers, model.hidden_size)) if key in done else None
-                if cached is not None and not done[key].get("skipped"):
-                    record = done[key]
-                    job.add(cached, item.label)
-                else:  # new, or skipped last time (tried again: the cause may be gone)
-                    record, states = _generate_record(model, item, modality, mode, profile, config, settings)
-                    if states is not None:
-                        save_states(state_path, states)
-                        job.add(states, item.label)
-                    sink.write(json.dumps(record) + "\n")
-                    sink.flush()
-                    done[key] = record
+            pending: list[Instruction] = []
+
+            def finish(item: Instruction, record: dict[str, Any], states: torch.Tensor | None) -> None:
+                if states is not None:
+                    job.add(states, item.label)
                 if modality == "text":
                     _copy_text_record(record, settings.modes[1:], done, sink)
                 if record.get("score") is not None:
                     per_item.append({"id": item.id, "modality": modality, "mode": mode,
                                      "s": record["score"], "alpha": record["alpha"]})
                 bar.update(1)
+
+            def flush() -> None:  # generate the pending items in one batch; records are written as they come
+                for item, (record, states) in zip(pending, _generate_records(
+                        model, pending, modality, mode, profile, config, settings)):
+                    if states is not None:
+                        save_states(_states_path(out_dir, modality, mode, item.id), states)
+                    sink.write(json.dumps(record) + "\n")
+                    done[_record_key(item.id, modality, mode)] = record
+                    finish(item, record, states)
+                sink.flush()
+                pending.clear()
+
+            for item in items:
+                key = _record_key(item.id, modality, mode)
+                state_path = _states_path(out_dir, modality, mode, item.id)
+                cached = read_states(state_path, (model.num_layers, model.hidden_size)) if key in done else None
+                if cached is not None and not done[key].get("skipped"):
+                    finish(item, done[key], cached)
+                else:  # new, or skipped last time (tried again: the cause may be gone)
+                    pending.append(item)
+                    if len(pending) == settings.batch_size:
+                        flush()
+            if pending:
+                flush()
             jobs_done[(modality, mode)] = job
     bar.close()
     metrics = _metrics(model, items, profile, settings, done, jobs_done, per_item)
@@ -204,15 +222,54 @@ class JobStates:
 _ITEM_ERRORS = (MediaError, ValueError, KeyError, IndexError, RuntimeError, OSError)
 
 
+def _generate_records(
+    model: LoadedModel, items: Sequence[Instruction], modality: Modality, mode: str, profile: Profile,
+    config: CorrectionConfig, settings: EvalSettings,
+) -> list[tuple[dict[str, Any], torch.Tensor | None]]:
+    """Records (and prompt states) of items generated together; an item that cannot be rendered is skipped alone,
+    and if the batch itself fails, each item is generated alone so that only the bad one is skipped."""
+    if len(items) == 1:
+        return [_generate_record(model, items[0], modality, mode, profile, config, settings)]
+    prompts: dict[int, Any] = {}
+    for index, item in enumerate(items):
+        try:
+            prompts[index] = model.render(item, modality)
+        except _ITEM_ERRORS:
+            pass  # rendered again, alone, below: its record then says why it was skipped
+    try:
+        results = generate_batch(model, list(prompts.values()), profile, config,
+                                 max_new_tokens=settings.max_new_tokens, capture_prompt_states=True)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except _ITEM_ERRORS:
+        return [_generate_record(model, item, modality, mode, profile, config, settings) for item in items]
+    by_index = dict(zip(prompts, results))
+    out = []
+    for index, item in enumerate(items):
+        if index not in by_index:
+            out.append(_generate_record(model, item, modality, mode, profile, config, settings))
+            continue
+        result = by_index[index]
+        out.append(({**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states))
+    return out
+
+
+def _item_fields(item: Instruction, modality: str, mode: str) -> dict[str, Any]:
+    return {"id": item.id, "instruction": item.instruction, "label": item.label, "category": item.category,
+            "lookalike": item.lookalike, "modality": modality, "mode": mode}
+
+
+def _result_fields(result: GenerationResult, settings: EvalSettings) -> dict[str, Any]:
+    return {"text": result.text, "refused": settings.judge.is_refusal(result.text), "score": result.score,
+            "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer}
+
+
 def _generate_record(
     model: LoadedModel, item: Instruction, modality: Modality, mode: str, profile: Profile,
     config: CorrectionConfig, settings: EvalSettings,
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
     """One generation's record (and its prompt states), or a record saying why the item was skipped."""
-    record: dict[str, Any] = {
-        "id": item.id, "instruction": item.instruction, "label": item.label, "category": item.category,
-        "lookalike": item.lookalike, "modality": modality, "mode": mode,
-    }
+    record = _item_fields(item, modality, mode)
     try:
         result = generate(model, model.render(item, modality), profile, config,
                           max_new_tokens=settings.max_new_tokens, capture_prompt_states=True)
@@ -221,10 +278,7 @@ def _generate_record(
     except _ITEM_ERRORS as err:
         return {**record, "skipped": f"{type(err).__name__}: {err}"}, None
     assert result.prompt_states is not None
-    return {
-        **record, "text": result.text, "refused": settings.judge.is_refusal(result.text),
-        "score": result.score, "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer,
-    }, result.prompt_states
+    return {**record, **_result_fields(result, settings)}, result.prompt_states
 
 
 def _metrics(

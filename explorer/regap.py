@@ -4,17 +4,19 @@ Formulas 7–10 of docs/method.md (our reading of Guo et al., arXiv 2605.18104).
 `v_l` subtracted (times α) from decoder-layer outputs inside `corrected(...)`; the hooks are removed in
 `finally` and act only on calls from the opening thread, so a steered request never leaks into another.
 
->>> cfg = CorrectionConfig(mode="adaptive", strength=1.0)          # doctest: +SKIP
->>> result = generate(lm, prompt, profile, cfg, max_new_tokens=64)  # doctest: +SKIP
->>> result.text, result.score, result.alpha                        # doctest: +SKIP
+Generation with a correction is `explorer.generation` (`generate`, `generate_batch`).
+
+>>> cfg = CorrectionConfig(mode="adaptive", strength=1.0).resolved(profile)   # doctest: +SKIP
+>>> vectors = correction_vectors(profile, "image", "fixed", cfg.layers)       # doctest: +SKIP
+>>> with corrected(lm, vectors, alpha=1.0): ...                               # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
@@ -35,21 +37,17 @@ from .vocab import MODES, Mode, check_choice
 __all__ = [
     "CorrectedStates",
     "CorrectionConfig",
-    "GenerationResult",
     "Mode",
     "PositionScope",
     "adaptive_alpha",
     "choose_defaults",
     "correction_vectors",
     "corrected",
-    "generate",
-    "generate_texts",
     "capture_corrected",
     "self_rectification_score",
     "self_rectification_scores",
 ]
 
-_SAMPLING_LOCK = threading.Lock()
 PositionScope = Literal["all", "prompt", "generated"]
 Rule = Literal["linear", "sigmoid"]
 
@@ -115,21 +113,6 @@ class CorrectionConfig:
         if self.mode == "adaptive" and (probe is None or probe <= layers[-1] or probe >= profile.num_layers):
             raise ValueError(f"probe_layer {probe} must come after the corrected layers {layers}")
         return replace(self, layers=tuple(layers), probe_layer=probe)
-
-
-@dataclass
-class GenerationResult:
-    """One generation: the text, its tokens, and the correction actually applied."""
-
-    text: str
-    token_ids: list[int]
-    mode: Mode
-    modality: str
-    alpha: float
-    score: float | None = None
-    layers: tuple[int, ...] = ()
-    probe_layer: int | None = None
-    prompt_states: torch.Tensor | None = field(default=None, repr=False)  # [layers, d], as corrected
 
 
 def choose_defaults(profile: Profile) -> CorrectionConfig:
@@ -300,88 +283,3 @@ def capture_corrected(
     return CorrectedStates(torch.cat(chunks), alphas, scores)
 
 
-@torch.inference_mode()
-def generate(
-    model: LoadedModel,
-    prompt: Prompt,
-    profile: Profile | None,
-    config: CorrectionConfig = CorrectionConfig(mode="off"),
-    max_new_tokens: int = 64,
-    seed: int | None = None,
-    streamer: Any = None,
-    capture_prompt_states: bool = False,
-    min_new_tokens: int = 0,
-) -> GenerationResult:
-    """Generate for one prompt with the configured correction (greedy unless a seed asks for sampling).
-
-    `capture_prompt_states` also returns the prompt's last-token states as corrected (from the same prefill
-    pass, at no extra forward cost); `min_new_tokens` is for like-for-like timing.
-    """
-    if config.mode != "off" and profile is None:
-        raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
-    resolved = config.resolved(profile) if profile is not None and config.mode != "off" else config
-    resolved = resolved.for_modality(prompt.modality)
-    score: float | None = None
-    alpha = 0.0 if resolved.mode == "off" or prompt.modality == "text" else resolved.strength
-    if resolved.mode == "adaptive" and prompt.modality != "text":
-        score = self_rectification_score(model, prompt, profile, resolved)  # type: ignore[arg-type]
-        alpha = adaptive_alpha(score, resolved)
-    mode_for_vectors: Mode = "fixed" if resolved.mode == "adaptive" else resolved.mode
-    vectors = correction_vectors(profile, prompt.modality, mode_for_vectors, resolved.layers) if profile else {}
-    inputs = model.encode([prompt], padding_side="left")
-    backend = model.backend(prompt.modality)
-    sampling: dict[str, Any] = {"do_sample": False}
-    rng_guard: Any = nullcontext()
-    if seed is not None:
-        sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
-        rng_guard = _SAMPLING_LOCK  # torch's RNG is global: seeded runs take turns, so each is reproducible
-    tokenizer = backend.tokenizer
-    recorder = record_layers(model, first_call_only=True) if capture_prompt_states else nullcontext()
-    with rng_guard, corrected(model, vectors, alpha, resolved.positions), recorder as rec:
-        if seed is not None:
-            torch.manual_seed(seed)
-        output = backend.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens or None,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-            streamer=streamer,
-            **sampling,
-        )
-    new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
-    states = rec.last_token(inputs["attention_mask"])[0] if capture_prompt_states else None
-    return GenerationResult(
-        text=model.decode(prompt.modality, new_tokens),
-        token_ids=new_tokens,
-        mode=resolved.mode,
-        modality=prompt.modality,
-        alpha=alpha,
-        score=score,
-        layers=resolved.layers,
-        probe_layer=resolved.probe_layer,
-        prompt_states=states,
-    )
-
-
-@torch.inference_mode()
-def generate_texts(model: LoadedModel, prompts: Sequence[Prompt], max_new_tokens: int = 64, batch_size: int = 32) -> list[str]:
-    """Greedy answers for prompts of one modality, in batches with left padding (all rows end at their last
-    prompt token, so a row's tokens do not depend on its neighbours' lengths). A `corrected(...)` block the
-    caller holds applies to every row; for per-prompt correction with a profile use `generate`."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        batch = list(prompts[start : start + batch_size])
-        backend = model.backend(batch[0].modality)
-        tokenizer = backend.tokenizer
-        inputs = model.encode(batch, padding_side="left")
-        output = backend.model.generate(
-            **inputs,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-        )
-        new_tokens = output[:, inputs["input_ids"].shape[1] :]
-        answers += [model.decode(batch[0].modality, row.tolist()) for row in new_tokens]
-    return answers

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from .analysis import Analysis, compute_analysis, fmt
+from .generation import GenerationResult, generate
 from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from .models import ModelLoadError
-from .regap import CorrectionConfig, GenerationResult, generate
+from .regap import CorrectionConfig
 from .ui_inputs import (
     InputError,
     bounded,
@@ -119,7 +120,7 @@ def stream_generation(session: ModelSession, prompt: Prompt, config: CorrectionC
                       seed: int | None) -> Iterator[tuple[str, GenerationResult | None]]:
     """Yield (text so far, None) while generating, then (final text, result).
 
-    `regap.generate` runs entirely inside one worker thread: the correction hooks act only on the thread that
+    `generation.generate` runs entirely inside one worker thread: the correction hooks act only on the thread that
     opened them, and Gradio may resume this generator on a different thread for each chunk.
     """
     from transformers import TextIteratorStreamer

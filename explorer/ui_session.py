@@ -169,7 +169,7 @@ class ModelSession:
         return capture_prompts(self.model, prompts, self.capture_settings)
 
     def capture_corrected(self, prompts: Sequence[Prompt], config: CorrectionConfig) -> CorrectedStates:
-        """States with the correction on, each prompt at the α that `regap.generate` would give it."""
+        """States with the correction on, each prompt at the α that `generation.generate` would give it."""
         return capture_corrected(self.model, prompts, self.profile, config, self.capture_settings)
 
     def corrected_calibration(self, config: CorrectionConfig) -> StateBatch | None:

@@ -11,9 +11,9 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     feasible); audio harmful from α ≥ 1, harmless from α ≥ 1.5 → 1.0. With a zero budget and over-refusal
     already at α = 0.5, fall back to the smallest α. The choice is applied per modality to a config."""
     import explorer.calibration as calibration
-    import explorer.regap as regap
     from explorer.calibration import choose_strength
     from explorer.data import Instruction
+    from explorer.generation import GenerationResult
     from explorer.regap import CorrectionConfig
 
     items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
@@ -24,23 +24,27 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
         def __init__(self, item: Instruction, modality: str) -> None:
             self.item, self.modality = item, modality
 
-    def scripted(_model, prompt, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
+    def scripted_one(prompt, config):  # type: ignore[no-untyped-def]
         assert config.modality_strengths == ()  # candidates are tried as plain strengths
         harmful = prompt.item.label == "harmful"
         alpha = config.strength if config.mode != "off" and prompt.modality != "text" else 0.0
         refuse_from = thresholds.get(prompt.modality, {}).get("harmful" if harmful else "harmless", float("inf"))
         refuse = alpha >= refuse_from
-        return regap.GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
+        return GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
+
+    def scripted(_model, prompts, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
+        assert 1 <= len(prompts) <= 3  # batches of at most batch_size
+        return [scripted_one(prompt, config) for prompt in prompts]
 
     class ScriptedModel:
         def render(self, item: Instruction, modality: str) -> Shown:
             return Shown(by_text[item.instruction + item.label], modality)
 
     model = ScriptedModel()
-    monkeypatch.setattr(calibration, "generate", scripted)
+    monkeypatch.setattr(calibration, "generate_batch", scripted)
     thresholds = {"image": {"harmful": 1.5, "harmless": 3.0}, "audio": {"harmful": 1.0, "harmless": 1.5}}
     start = CorrectionConfig(mode="adaptive", modality_strengths=(("image", 9.0),))
-    choice = choose_strength(model, items, None, start, ["text", "image", "audio"])  # type: ignore[arg-type]
+    choice = choose_strength(model, items, None, start, ["text", "image", "audio"], batch_size=3)  # type: ignore[arg-type]
     assert choice.per_modality == {"image": 1.5, "audio": 1.0} and choice.strength == 1.0
     assert choice.budget == pytest.approx(0.05)
     assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "audio/harmful": 1.0,
@@ -53,7 +57,7 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert choice.to_dict()["strength"] == 1.0 and choice.to_dict()["per_modality"] == {"image": 1.5, "audio": 1.0}
     thresholds["image"] = {"harmful": 1.5, "harmless": 0.5}
     choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
-                             over_refusal_budget=0.0)
+                             over_refusal_budget=0.0, batch_size=3)
     assert choice.per_modality == {"image": 0.5}
     with pytest.raises(ValueError, match="image/audio"):
         choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]

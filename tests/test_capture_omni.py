@@ -8,9 +8,10 @@ import torch
 from PIL import Image
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.generation import generate
 from explorer.loading import load_model
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
-from explorer.regap import CorrectionConfig, generate
+from explorer.regap import CorrectionConfig
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 MODALITIES = ["text", "image", "audio"]

@@ -148,7 +148,8 @@ def test_the_gallery_is_what_the_engine_gives_on_these_weights(demo_model) -> No
     """The gallery's measured story is reproduced by the engine for a whole-story request and a harmless one
     (full builtin calibration, the gallery's α_max, greedy, its token budget), and its share is its own count."""
     from explorer.calibration import calibrate, load_calibration_items
-    from explorer.regap import CorrectionConfig, generate
+    from explorer.generation import generate
+    from explorer.regap import CorrectionConfig
 
     gallery = demo_model.gallery
     assert gallery is not None and len(gallery["items"]) >= 20  # measured on these exact weights

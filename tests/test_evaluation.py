@@ -12,18 +12,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs the CLI in a fresh interpreter whose generate() SIGKILLs the process at the N-th call: no cleanup, no
+# Runs the CLI in a fresh interpreter whose generate_batch() SIGKILLs the process at the N-th call: no cleanup, no
 # finally blocks, exactly what an out-of-memory killer or a pulled plug does.
 _KILL_AT = """
 import os, signal, sys
 import explorer.evaluation as evaluation
-real, calls = evaluation.generate, [0]
-def generate(*args, **kwargs):
+real, calls = evaluation.generate_batch, [0]
+def generate_batch(*args, **kwargs):
     calls[0] += 1
     if calls[0] == int(os.environ["KILL_AT"]):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
-evaluation.generate = generate
+evaluation.generate_batch = generate_batch
 from explorer.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -41,14 +41,14 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_generations(tiny_model_dir,
     cache = tmp_path / "cache"
     args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
             "--regap", "off,fixed,adaptive", "--strength", "1.5", "--calibration-limit", "4", "--limit", "3",
-            "--max-new-tokens", "6", "--cache-dir", str(cache)]
+            "--max-new-tokens", "6", "--batch-size", "2", "--cache-dir", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     whole = subprocess.run([sys.executable, "-c", _KILL_AT, *args, "--out", str(tmp_path / "whole")],
                            env={**env, "KILL_AT": "0"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = tmp_path / "killed"
     first = subprocess.run([sys.executable, "-c", _KILL_AT, *args, "--out", str(killed)],
-                           env={**env, "KILL_AT": "9"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
+                           env={**env, "KILL_AT": "5"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert first.returncode == -9  # SIGKILL, mid-run
     done_before = _records(killed)
     assert 0 < len(done_before) < len(_records(tmp_path / "whole"))
@@ -96,3 +96,26 @@ def test_an_item_that_cannot_be_used_is_recorded_and_the_run_goes_on(tiny_model_
     assert metrics["refusal_rate"]["image/off/harmless"] == float(image_off["ok-harmless"]["refused"])
     assert "skipped (not counted in any rate)" in (out / "report.html").read_text()
     assert main(args) == 0  # a rerun tries the skipped items again and still finishes
+
+
+def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
+    """`--batch-size 4` and `--batch-size 1` give the same generations (text, verdict, s, α) and metrics."""
+    from explorer.cli import main
+
+    runs = {}
+    for batch in (1, 4):
+        out = tmp_path / f"batch{batch}"
+        args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
+                "--regap", "off,fixed,shiftdc,cmrm,adaptive", "--strength", "1.5", "--calibration-limit", "3",
+                "--limit", "3", "--max-new-tokens", "5", "--batch-size", str(batch),
+                "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+        assert main(args) == 0
+        runs[batch] = (_records(out), json.loads((out / "metrics.json").read_text()))
+    (one, m1), (four, m4) = runs[1], runs[4]
+    assert one.keys() == four.keys()
+    for key in one:
+        assert (one[key]["text"], one[key]["refused"]) == (four[key]["text"], four[key]["refused"]), key
+        assert one[key]["alpha"] == pytest.approx(four[key]["alpha"], abs=1e-5), key  # float noise of the batch
+    assert m1["refusal_rate"] == m4["refusal_rate"]
+    for key, values in m1["per_layer"]["auroc"].items():
+        assert values == pytest.approx(m4["per_layer"]["auroc"][key], abs=1e-6)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.generation import generate
 from explorer.media import IMAGE_CARRIER, Prompt
 from explorer.profile import Profile
 from explorer.regap import (
@@ -19,8 +20,8 @@ from explorer.regap import (
     capture_corrected,
     corrected,
     correction_vectors,
-    generate,
 )
+from explorer.vocab import MODES
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 
@@ -183,7 +184,7 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
 def test_generate_texts_batched_equals_one_at_a_time_and_plain_generate(tiny_llava):
     """Left-padded batches give each row the tokens it gets alone (prompts of different lengths), and the same
     answer as `generate` without a correction."""
-    from explorer.regap import generate, generate_texts
+    from explorer.generation import generate, generate_texts
 
     prompts = [tiny_llava.render(text, "text") for text in TEXTS] + [_image_prompt(IMAGE_CARRIER, seed=3)]
     for modality in ("text", "image"):
@@ -194,3 +195,24 @@ def test_generate_texts_batched_equals_one_at_a_time_and_plain_generate(tiny_lla
         assert alone == [generate(tiny_llava, p, None, max_new_tokens=6).text for p in group]
     with pytest.raises(ValueError, match="batch_size"):
         generate_texts(tiny_llava, prompts[:1], batch_size=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generate_batch_equals_generate_one_prompt_at_a_time(tiny_llava, mode):
+    """Batched greedy generation (left padding, one α(x) per row for adaptive, one batched probe pass) gives every
+    row the tokens, α, score and prompt states that `generate` gives it alone: images of different sizes and
+    carrier texts of different lengths make the rows' lengths differ."""
+    from explorer.generation import generate_batch
+
+    profile = _profile_for(tiny_llava)
+    config = CorrectionConfig(mode=mode, strength=1.5)
+    prompts = [_image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Please.", " Now, in detail."])]
+    batched = generate_batch(tiny_llava, prompts, profile, config, max_new_tokens=8, capture_prompt_states=True)
+    for prompt, got in zip(prompts, batched):
+        alone = generate(tiny_llava, prompt, profile, config, max_new_tokens=8, capture_prompt_states=True)
+        assert got.token_ids == alone.token_ids and got.text == alone.text
+        assert got.alpha == pytest.approx(alone.alpha, abs=1e-6)
+        assert (got.score is None) == (alone.score is None)
+        if got.score is not None:
+            assert got.score == pytest.approx(alone.score, abs=1e-5)
+        torch.testing.assert_close(got.prompt_states, alone.prompt_states, rtol=1e-4, atol=1e-4)

@@ -25,12 +25,13 @@ import torch
 
 from explorer.capture import CaptureSettings, capture_prompts
 from explorer.data import Instruction, load_builtin, load_prompts
+from explorer.generation import generate_texts
 from explorer.geometry import auroc_per_layer, project, unit_directions
 from explorer.judge import RefusalJudge
 from explorer.loading import load_model
 from explorer.media import Prompt
 from explorer.models import LoadedModel
-from explorer.regap import corrected, generate_texts
+from explorer.regap import corrected
 from explorer.storage import write_atomic
 from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, Modality
 
