@@ -38,6 +38,7 @@ __all__ = [
     "capture_items",
     "capture_prompts",
     "last_token_index",
+    "token_positions",
     "read_states",
     "save_states",
     "layer_output",
@@ -76,16 +77,32 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return length - 1 - attention_mask.flip(1).to(torch.long).argmax(dim=1)
 
 
-class LayerRecord:
-    """Per-layer outputs of the forward passes made inside `record_layers`."""
+def token_positions(attention_mask: torch.Tensor, n_tokens: int = 1) -> torch.Tensor:
+    """[batch, n_tokens] positions of each row's last `n_tokens` real tokens, in order (the last column is the
+    last token); clamped at 0 for rows shorter than that."""
+    last = last_token_index(attention_mask)
+    return (last[:, None] - torch.arange(n_tokens - 1, -1, -1, device=last.device)[None, :]).clamp(min=0)
 
-    def __init__(self, num_layers: int, first_call_only: bool) -> None:
+
+class LayerRecord:
+    """Per-layer outputs of the forward passes made inside `record_layers`.
+
+    With `keep` ([batch, k] token positions) each layer's output is gathered at those positions inside the hook,
+    on that layer's own device, so a pass holds [batch, k, d] per layer instead of [batch, tokens, d]: thousands
+    of image tokens cost nothing to keep. Without it the whole output is kept.
+    """
+
+    def __init__(self, num_layers: int, first_call_only: bool, keep: torch.Tensor | None = None) -> None:
         self.outputs: list[torch.Tensor | None] = [None] * num_layers
         self.first_call_only = first_call_only
+        self.keep = keep
 
     def store(self, layer: int, hidden: torch.Tensor) -> None:
         if self.first_call_only and self.outputs[layer] is not None:
             return
+        if self.keep is not None:
+            rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+            hidden = hidden[rows, self.keep.to(hidden.device)]  # [batch, k, d]
         self.outputs[layer] = hidden.detach()
 
     def _recorded(self) -> list[torch.Tensor]:
@@ -93,21 +110,24 @@ class LayerRecord:
             raise RuntimeError("no forward pass was recorded for some layers")
         return self.outputs  # type: ignore[return-value]
 
-    def last_token(self, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[batch, layers, hidden] at each row's last real prompt token (gathered per layer, no big copy)."""
+    def _at(self, attention_mask: torch.Tensor, n_tokens: int) -> list[torch.Tensor]:
+        """Per layer, [batch, n_tokens, d] at each row's last `n_tokens` real tokens, moved to the CPU one layer at
+        a time (layers spread over several devices by a device map are each indexed on their own device)."""
         outputs = self._recorded()
-        rows = torch.arange(outputs[0].shape[0], device=outputs[0].device)
-        index = last_token_index(attention_mask).to(outputs[0].device)
-        return torch.stack([o[rows, index] for o in outputs], dim=1).float().cpu()
+        if self.keep is not None:  # gathered inside the hook already
+            if self.keep.shape[1] < n_tokens:
+                raise ValueError(f"the hook kept {self.keep.shape[1]} positions per row; {n_tokens} were asked for")
+            return [o[:, -n_tokens:].cpu() for o in outputs]
+        index = token_positions(attention_mask, n_tokens)
+        return [o[torch.arange(o.shape[0], device=o.device)[:, None], index.to(o.device)].cpu() for o in outputs]
+
+    def last_token(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[batch, layers, hidden] float32 at each row's last real prompt token."""
+        return torch.stack([o[:, -1].float() for o in self._at(attention_mask, 1)], dim=1)
 
     def trailing_mean(self, attention_mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
-        """[batch, layers, hidden]: mean over each row's last `n_tokens` real tokens."""
-        outputs = self._recorded()
-        device = outputs[0].device
-        last = last_token_index(attention_mask).to(device)
-        index = (last[:, None] - torch.arange(n_tokens, device=device)[None, :]).clamp(min=0)  # [B, n]
-        rows = torch.arange(outputs[0].shape[0], device=device)[:, None]
-        return torch.stack([o[rows, index].double().mean(dim=1) for o in outputs], dim=1).float().cpu()
+        """[batch, layers, hidden] float32: mean over each row's last `n_tokens` real tokens (float64 sum)."""
+        return torch.stack([o.double().mean(dim=1).float() for o in self._at(attention_mask, n_tokens)], dim=1)
 
 
 class _StopForward(Exception):
@@ -120,6 +140,7 @@ def record_layers(
     layers: Sequence[int] | None = None,
     first_call_only: bool = False,
     stop_early: bool = False,
+    keep: torch.Tensor | None = None,
 ) -> Iterator[LayerRecord]:
     """Record every decoder layer's raw output during the forward passes run inside the block.
 
@@ -128,7 +149,7 @@ def record_layers(
     vocabulary projection are never computed); the block's forward call must then be its last statement.
     Only calls from the opening thread are recorded; the hooks are removed even if the block raises.
     """
-    record = LayerRecord(model.num_layers, first_call_only)
+    record = LayerRecord(model.num_layers, first_call_only, keep)
     owner = threading.get_ident()
     wanted = range(model.num_layers) if layers is None else [model.layer_index(i) for i in layers]
     handles = []
@@ -165,13 +186,11 @@ def capture_prompts(
         batch = list(prompts[start : start + settings.batch_size])
         inputs = model.encode(batch, padding_side="right")
         backend = model.backend(batch[0].modality)
-        with record_layers(model, stop_early=True) as record:
-            backend.model(**inputs, use_cache=False)
         mask = inputs["attention_mask"]
-        if settings.pooling == "last":
-            chunks.append(record.last_token(mask))
-        else:
-            chunks.append(record.trailing_mean(mask, model.trailing_template_tokens(batch[0].modality)))
+        n_tokens = 1 if settings.pooling == "last" else model.trailing_template_tokens(batch[0].modality)
+        with record_layers(model, stop_early=True, keep=token_positions(mask, n_tokens)) as record:
+            backend.model(**inputs, use_cache=False)
+        chunks.append(record.last_token(mask) if n_tokens == 1 else record.trailing_mean(mask, n_tokens))
     return torch.cat(chunks, dim=0)
 
 
@@ -213,24 +232,27 @@ def capture_items(
     cache_dir: CacheDir = "default",
     progress: bool = False,
 ) -> StateBatch:
-    """States of `items` rendered in `modality`, read from the disk cache where present, else computed."""
-    prompts = [model.render(item, modality) for item in items]
-    states: list[torch.Tensor | None] = [None] * len(items)
+    """States of `items` rendered in `modality`, read from the disk cache where present, else computed.
+
+    Items are rendered, looked up and captured a batch at a time, so memory holds the states (the [n, L, d] the
+    profile and plots need) and one batch of media, never every rendered image or clip of a large file at once.
+    """
     folder = resolve_cache_dir(cache_dir)
-    paths = [_cache_path(model, p, settings, folder) if folder else None for p in prompts]
-    for i, path in enumerate(paths):
-        if path is not None:
-            states[i] = read_states(path, (model.num_layers, model.hidden_size))
-    todo = [i for i, s in enumerate(states) if s is None]
-    bar = tqdm(total=len(todo), desc=f"capture {modality}", disable=not progress or not todo, leave=False)
-    for start in range(0, len(todo), settings.batch_size):
-        chunk = todo[start : start + settings.batch_size]
-        computed = capture_prompts(model, [prompts[i] for i in chunk], settings)
-        for i, tensor in zip(chunk, computed):
-            states[i] = tensor
-            if paths[i] is not None:
-                meta = {"model": model.name, "item": items[i].id, "modality": modality, **asdict(settings)}
-                save_states(paths[i], tensor, {k: json.dumps(v) if not isinstance(v, str) else v for k, v in meta.items()})
+    states: list[torch.Tensor] = []
+    bar = tqdm(total=len(items), desc=f"capture {modality}", disable=not progress, leave=False)
+    for start in range(0, len(items), settings.batch_size):
+        chunk = list(items[start : start + settings.batch_size])
+        prompts = [model.render(item, modality) for item in chunk]
+        paths = [_cache_path(model, p, settings, folder) if folder else None for p in prompts]
+        found = [read_states(path, (model.num_layers, model.hidden_size)) if path else None for path in paths]
+        todo = [i for i, state in enumerate(found) if state is None]
+        if todo:
+            for i, tensor in zip(todo, capture_prompts(model, [prompts[i] for i in todo], settings)):
+                found[i] = tensor
+                if paths[i] is not None:
+                    meta = {"model": model.name, "item": chunk[i].id, "modality": modality, **asdict(settings)}
+                    save_states(paths[i], tensor, {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
+        states += found  # type: ignore[arg-type]
         bar.update(len(chunk))
     bar.close()
     return StateBatch(

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .capture import record_layers
+from .capture import record_layers, token_positions
 from .media import Prompt
 from .models import LoadedModel
 from .profile import Profile
@@ -90,7 +90,8 @@ def generate(
         sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
         rng_guard = _SAMPLING_LOCK  # torch's RNG is global: seeded runs take turns, so each is reproducible
     tokenizer = backend.tokenizer
-    recorder = record_layers(model, first_call_only=True) if capture_prompt_states else nullcontext()
+    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"]))
+                if capture_prompt_states else nullcontext())
     with rng_guard, corrected(model, vectors, alpha, resolved.positions), recorder as rec:
         if seed is not None:
             torch.manual_seed(seed)
@@ -187,7 +188,8 @@ def generate_batch(
     inputs = model.encode(prompts, padding_side="left")
     backend = model.backend(modality)
     tokenizer = backend.tokenizer
-    recorder = record_layers(model, first_call_only=True) if capture_prompt_states else nullcontext()
+    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"]))
+                if capture_prompt_states else nullcontext())
     with corrected(model, vectors, alphas, resolved.positions), recorder as rec:
         output = backend.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False,

@@ -21,13 +21,7 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 
-from .capture import (
-    CaptureSettings,
-    capture_prompts,
-    last_token_index,
-    layer_output,
-    record_layers,
-)
+from .capture import CaptureSettings, capture_prompts, layer_output, record_layers, token_positions
 from .geometry import normalised_score
 from .media import Prompt
 from .models import LoadedModel
@@ -234,13 +228,12 @@ def self_rectification_scores(
         inputs = model.encode(prompts[start : start + settings.batch_size], padding_side="right")
         # the forward stops at the probe layer: later layers and the vocabulary projection are not needed
         with corrected(model, vectors, config.probe_strength, "prompt"), record_layers(
-            model, [probe], stop_early=True
+            model, [probe], stop_early=True, keep=token_positions(inputs["attention_mask"])
         ) as record:
             backend.model(**inputs, use_cache=False)
-        hidden = record.outputs[probe]
+        hidden = record.outputs[probe]  # [batch, 1, d]: gathered at the last prompt token inside the hook
         assert hidden is not None
-        rows = torch.arange(hidden.shape[0])
-        state = hidden[rows, last_token_index(inputs["attention_mask"]).to(hidden.device)].float().cpu()
+        state = hidden[:, -1].float().cpu()
         projection = (state.double() @ unit)[:, None]  # formula 2 at the probe layer
         scores += normalised_score(projection, harmless, harmful)[:, 0].tolist()  # formula 6
     return scores

@@ -119,3 +119,26 @@ def test_cache_key_holds_dtype_and_device(tiny_llava, tmp_path):
     assert _cache_path(replace(tiny_llava, device=torch.device("cuda")), prompt, CaptureSettings(), tmp_path) != base
     assert _cache_path(replace(tiny_llava, revision="other"), prompt, CaptureSettings(), tmp_path) != base
     assert _cache_path(tiny_llava, prompt, CaptureSettings(pooling="template_mean"), tmp_path) != base
+
+
+def test_capture_keeps_only_the_asked_positions_inside_the_hook(tiny_llava):
+    """With `keep`, each layer's output is gathered in the hook: [batch, k, d] per layer is held, not the whole
+    [batch, tokens, d], and the states equal the ones gathered from the whole output afterwards."""
+    from explorer.capture import token_positions
+
+    prompts = [_image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Say more, please."])]
+    inputs = tiny_llava.encode(prompts, padding_side="right")
+    mask = inputs["attention_mask"]
+    backend = tiny_llava.backend("image")
+    with record_layers(tiny_llava) as whole:
+        backend.model(**inputs, use_cache=False)
+    with record_layers(tiny_llava, keep=token_positions(mask, 3)) as kept:
+        backend.model(**inputs, use_cache=False)
+    assert all(o.shape == (2, 3, tiny_llava.hidden_size) for o in kept.outputs)
+    assert whole.outputs[0].shape[1] == mask.shape[1] > 3
+    torch.testing.assert_close(kept.last_token(mask), whole.last_token(mask), rtol=0, atol=0)
+    torch.testing.assert_close(kept.trailing_mean(mask, 3), whole.trailing_mean(mask, 3), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="kept 3 positions"):
+        kept.trailing_mean(mask, 4)
+    positions = token_positions(torch.tensor([[1, 1, 1, 0], [0, 1, 1, 1]]), 2)
+    assert positions.tolist() == [[1, 2], [2, 3]]  # right and left padding alike; the last column is the last token
