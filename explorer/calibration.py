@@ -6,11 +6,16 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Sequence
 
-from .capture import CaptureSettings, capture_items, read_states, save_states
+from .capture import (
+    CaptureSettings,
+    capture_items,
+    read_states,
+    save_states,
+    states_cache_file,
+)
 from .data import Instruction, calibration_hash, load_builtin, load_prompts
 from .generation import generate_batch
 from .judge import RefusalJudge
@@ -102,10 +107,8 @@ def corrected_calibration(
     items, profile = calibration.items, calibration.profile
     batch: StateBatch | None = None
     for modality in (m for m in profile.modalities if m in MEDIA_MODALITIES):
-        fields = [model.name, model.revision, str(model.dtype), model.device.type, profile.calibration_hash,
-                  settings.cache_key(), modality, repr(sorted(asdict(config).items()))]
-        key = hashlib.sha256("|".join(fields).encode()).hexdigest()
-        path = folder / "corrected" / key[:2] / f"{key}.safetensors" if folder else None
+        path = states_cache_file(folder, "corrected", model, profile.calibration_hash, settings.cache_key(), modality,
+                                 repr(sorted(asdict(config).items()))) if folder else None
         states = read_states(path, (len(items), model.num_layers, model.hidden_size)) if path else None
         if states is None:
             prompts = [model.render(item, modality) for item in items]

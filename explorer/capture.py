@@ -41,6 +41,7 @@ __all__ = [
     "token_positions",
     "read_states",
     "save_states",
+    "states_cache_file",
     "layer_output",
     "record_layers",
 ]
@@ -194,12 +195,16 @@ def capture_prompts(
     return torch.cat(chunks, dim=0)
 
 
-def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, cache_dir: Path) -> Path:
-    """States depend on the weights, the numerics and the capture settings: all of them are in the key, so
-    fp32 CPU states and bf16 GPU states never mix in one profile."""
-    fields = [model.name, model.revision, str(model.dtype), model.device.type, prompt.key, settings.cache_key()]
+def states_cache_file(cache_dir: Path, kind: str, model: LoadedModel, *parts: str) -> Path:
+    """Where cached states of `kind` live: keyed by the model, its weights' revision, dtype and device type (so
+    fp32 CPU states and bf16 GPU states never mix in one profile) and whatever else they depend on (`parts`)."""
+    fields = [model.name, model.revision, str(model.dtype), model.device.type, *parts]
     key = hashlib.sha256("|".join(fields).encode()).hexdigest()
-    return cache_dir / "states" / key[:2] / f"{key}.safetensors"
+    return cache_dir / kind / key[:2] / f"{key}.safetensors"
+
+
+def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, cache_dir: Path) -> Path:
+    return states_cache_file(cache_dir, "states", model, prompt.key, settings.cache_key())
 
 
 def read_states(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:

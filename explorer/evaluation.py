@@ -231,11 +231,12 @@ def _generate_records(
     if len(items) == 1:
         return [_generate_record(model, items[0], modality, mode, profile, config, settings)]
     prompts: dict[int, Any] = {}
+    unusable: dict[int, Exception] = {}
     for index, item in enumerate(items):
         try:
             prompts[index] = model.render(item, modality)
-        except _ITEM_ERRORS:
-            pass  # rendered again, alone, below: its record then says why it was skipped
+        except _ITEM_ERRORS as err:
+            unusable[index] = err
     try:
         results = generate_batch(model, list(prompts.values()), profile, config,
                                  max_new_tokens=settings.max_new_tokens, capture_prompt_states=True)
@@ -246,8 +247,8 @@ def _generate_records(
     by_index = dict(zip(prompts, results))
     out = []
     for index, item in enumerate(items):
-        if index not in by_index:
-            out.append(_generate_record(model, item, modality, mode, profile, config, settings))
+        if index in unusable:
+            out.append((_skipped(item, modality, mode, unusable[index]), None))
             continue
         result = by_index[index]
         out.append(({**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states))
@@ -264,21 +265,24 @@ def _result_fields(result: GenerationResult, settings: EvalSettings) -> dict[str
             "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer}
 
 
+def _skipped(item: Instruction, modality: str, mode: str, err: Exception) -> dict[str, Any]:
+    return {**_item_fields(item, modality, mode), "skipped": f"{type(err).__name__}: {err}"}
+
+
 def _generate_record(
     model: LoadedModel, item: Instruction, modality: Modality, mode: str, profile: Profile,
     config: CorrectionConfig, settings: EvalSettings,
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
     """One generation's record (and its prompt states), or a record saying why the item was skipped."""
-    record = _item_fields(item, modality, mode)
     try:
         result = generate(model, model.render(item, modality), profile, config,
                           max_new_tokens=settings.max_new_tokens, capture_prompt_states=True)
     except torch.cuda.OutOfMemoryError:
         raise
     except _ITEM_ERRORS as err:
-        return {**record, "skipped": f"{type(err).__name__}: {err}"}, None
+        return _skipped(item, modality, mode, err), None
     assert result.prompt_states is not None
-    return {**record, **_result_fields(result, settings)}, result.prompt_states
+    return {**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states
 
 
 def _metrics(

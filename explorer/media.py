@@ -42,6 +42,7 @@ __all__ = [
     "IMAGE_CARRIER",
     "Prompt",
     "prompt_words",
+    "vocabulary_form",
     "render",
     "render_audio",
     "render_image",
@@ -193,6 +194,11 @@ def prompt_words(instruction: str) -> list[str]:
     if question:
         words[-1] += "?"
     return words
+
+
+def vocabulary_form(word: str) -> str:
+    """The form a rendered word is compared in against a model's listed vocabulary: lower case, no "?"."""
+    return word.lower().rstrip("?")
 
 
 def _fitting_font(word: str, layout: GridLayout) -> ImageFont.FreeTypeFont:

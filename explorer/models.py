@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from .data import Instruction
-from .media import DEFAULT_LAYOUT, AudioStyle, GridLayout, Prompt, prompt_words, render
+from .media import (
+    DEFAULT_LAYOUT,
+    AudioStyle,
+    GridLayout,
+    Prompt,
+    prompt_words,
+    render,
+    vocabulary_form,
+)
 from .vocab import SAMPLE_RATE, Modality, normalise_layer
 
 __all__ = ["SUPPORTED_FAMILIES", "Backend", "LoadedModel", "MediaStyle", "ModelLoadError"]
@@ -124,7 +132,7 @@ class LoadedModel:
             words = prompt_words(text)
         except ValueError:  # no words at all
             return []
-        return list(dict.fromkeys(w for w in words if w.lower().rstrip("?") not in self.vocabulary))
+        return list(dict.fromkeys(w for w in words if vocabulary_form(w) not in self.vocabulary))
 
     def render(self, item: Instruction | str, modality: Modality) -> Prompt:
         """The request as this model should see it in `modality` (its own grid and speech style)."""

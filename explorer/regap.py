@@ -21,7 +21,13 @@ from typing import Any, Iterator, Literal, Sequence, get_args
 
 import torch
 
-from .capture import CaptureSettings, capture_prompts, layer_output, record_layers, token_positions
+from .capture import (
+    CaptureSettings,
+    capture_prompts,
+    layer_output,
+    record_layers,
+    token_positions,
+)
 from .geometry import normalised_score
 from .media import Prompt
 from .models import LoadedModel

@@ -29,9 +29,9 @@ from .models import ModelLoadError
 from .regap import CorrectionConfig
 from .ui_inputs import (
     InputError,
+    analysis_of,
     bounded,
     correction_config,
-    layer_shown,
     make_prompt,
     request_text,
     token_count,
@@ -39,7 +39,7 @@ from .ui_inputs import (
 )
 from .ui_session import AppSettings, AppState, ModelSession, ProgressFn
 from .uploads import MediaError
-from .vocab import MODES, SAMPLE_RATE
+from .vocab import MODES, SAMPLE_RATE, Modality
 
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
@@ -100,11 +100,8 @@ def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: An
 
     On bad input the figures and captions are None (keep what is shown) and the status says why.
     """
-    session = state.session
     try:
-        prompt, notices = make_prompt(session, state.settings, text, image, audio)
-        config = correction_config(session, mode, strength, layers_text)
-        result = compute_analysis(state, session, prompt, config, layer_shown(session, layer), method)
+        result, prompt, _, notices = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
         return (None,) * 6 + (_warn(_problem(err)),)
     figs, caps = list(result.figures.values()), result.captions
@@ -213,34 +210,39 @@ def final(stream: Iterator[tuple[str, str]]) -> tuple[str, str]:
 # Render the typed request as an image or speech
 
 
+#: modality → (what the request was rendered as, the word for such inputs, what the page shows anyway)
+_RENDERED = {"image": ("a typographic image", "images", "the image is shown"),
+             "audio": ("speech", "audio", "the clip is shown")}
+
+
+def _render_request(state: AppState, text: str | None, modality: Modality) -> tuple[Prompt | None, str]:
+    """The typed request drawn or spoken as the served model wants it, and the status line that says so."""
+    session = state.session
+    try:  # e.g. espeak-ng missing, or a request too long: say so
+        request = request_text(text, state.settings)
+        prompt = session.model.render(request, modality)
+    except Exception as err:  # noqa: BLE001
+        return None, _warn(_problem(err))
+    shown_as, plural, shown = _RENDERED[modality]
+    status = " ".join([f"Rendered the request as {shown_as}; the prompt is now the carrier sentence.",
+                       *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
+    if modality not in session.model.modalities:
+        status = _warn(f"{session.model.name} does not accept {plural}; {shown} but cannot be analysed")
+    return prompt, status
+
+
 def render_image_input(state: AppState, text: str | None) -> tuple[Any, str | None, str]:
     """→ (typographic image of the request, carrier text for the prompt box, status)."""
-    session = state.session
-    try:
-        request = request_text(text, state.settings)
-        image = session.model.render(request, "image").image
-    except Exception as err:  # noqa: BLE001
-        return None, None, _warn(_problem(err))
-    status = " ".join(["Rendered the request as a typographic image; the prompt is now the carrier sentence.",
-                       *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
-    if "image" not in session.model.modalities:
-        status = _warn(f"{session.model.name} does not accept images; the image is shown but cannot be analysed")
-    return image, IMAGE_CARRIER, status
+    prompt, status = _render_request(state, text, "image")
+    return (prompt.image, IMAGE_CARRIER, status) if prompt else (None, None, status)
 
 
 def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | None, str]:
     """→ ((SAMPLE_RATE, int16 samples) of the spoken request, carrier text, status)."""
-    session = state.session
-    try:
-        request = request_text(text, state.settings)
-        samples = session.model.render(request, "audio").audio
-    except Exception as err:  # noqa: BLE001 - e.g. espeak-ng missing: say so
-        return None, None, _warn(_problem(err))
-    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype(np.int16)
-    status = " ".join(["Rendered the request as speech; the prompt is now the carrier sentence.",
-                       *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
-    if "audio" not in session.model.modalities:
-        status = _warn(f"{session.model.name} does not accept audio; the clip is shown but cannot be analysed")
+    prompt, status = _render_request(state, text, "audio")
+    if prompt is None:
+        return None, None, status
+    pcm = (np.clip(prompt.audio, -1.0, 1.0) * 32767).astype(np.int16)
     return (SAMPLE_RATE, pcm), AUDIO_CARRIER, status
 
 
@@ -299,9 +301,10 @@ def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | 
         session = state.session
         status = _warn(f"Could not load {model_id!r}: {_problem(err).rstrip('.')}. Still serving {session.model.name}.")
         ok = False
+    strength, strength_info = session.starting_strength()
     return {"status": status, "info": session.describe(), "num_layers": session.num_layers,
             "layer": session.default_layer(), "layers_text": session.layers_text(), "layers_info": session.layers_info(),
-            "strength": session.starting_strength()[0], "strength_info": session.starting_strength()[1], "ok": ok}
+            "strength": strength, "strength_info": strength_info, "ok": ok}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -16,11 +16,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .analysis import compute_analysis, describe_prompt, fmt
+from .analysis import describe_prompt, fmt
 from .plots import write_report
 from .storage import atomic_path, write_atomic
 from .ui import _problem, _warn
-from .ui_inputs import correction_config, layer_shown, make_prompt
+from .ui_inputs import analysis_of
 from .ui_session import AppState
 
 __all__ = ["export", "session_dir"]
@@ -44,9 +44,7 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
     session = state.session
     folder, sid = session_dir(state, session_id)
     try:
-        prompt, _ = make_prompt(session, state.settings, text, image, audio)
-        config = correction_config(session, mode, strength, layers_text)
-        result = compute_analysis(state, session, prompt, config, layer_shown(session, layer), method)
+        result, prompt, config, _ = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001
         return None, sid, _warn(_problem(err))
     metrics = {**result.metrics, "generations": {

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .analysis import Analysis, compute_analysis
 from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from .regap import CorrectionConfig
 from .ui_session import STRENGTH_MAX, AppSettings, AppState, ModelSession
@@ -22,7 +23,7 @@ from .uploads import load_audio, load_image
 from .vocab import MODES, parse_layer_window
 
 __all__ = [
-    "InputError", "bounded", "correction_config", "layer_shown", "make_prompt", "media_source", "request_text",
+    "InputError", "analysis_of", "bounded", "correction_config", "layer_shown", "make_prompt", "media_source", "request_text",
     "token_count",
 ]
 
@@ -157,3 +158,13 @@ def request_text(text: str | None, settings: AppSettings) -> str:
     if text in _CARRIERS:
         raise InputError("the prompt is already the carrier sentence; type the request itself to render it")
     return text
+
+
+def analysis_of(state: AppState, text: str | None, image: Any, audio: Any, layer: Any, mode: str, strength: Any,
+                layers_text: str | None, method: str) -> tuple[Analysis, Prompt, CorrectionConfig, list[str]]:
+    """The page's inputs checked and analysed (Analyse and Export read the same thing): (analysis, prompt,
+    correction, notices). Raises InputError / MediaError / ValueError with the message to show."""
+    session = state.session
+    prompt, notices = make_prompt(session, state.settings, text, image, audio)
+    config = correction_config(session, mode, strength, layers_text)
+    return compute_analysis(state, session, prompt, config, layer_shown(session, layer), method), prompt, config, notices

@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence, get_args
+from typing import Any, Callable, Literal, Sequence, get_args
 
 import numpy as np
 import torch
@@ -190,10 +190,7 @@ class ModelSession:
             running.wait()
         try:
             batch = corrected_calibration(self.model, self.calibration, config, self.capture_settings, self.cache_dir)
-            with self._lock:
-                self._corrected[key] = batch
-                while len(self._corrected) > _CACHE_ENTRIES:
-                    self._corrected.popitem(last=False)
+            self._remember(self._corrected, key, batch)
             return batch
         finally:
             with self._lock:
@@ -205,11 +202,15 @@ class ModelSession:
             if key in self._embeddings:
                 return self._embeddings[key]
         coords = embed_2d(states, method=method, seed=0)  # type: ignore[arg-type]
-        with self._lock:
-            self._embeddings[key] = coords
-            while len(self._embeddings) > _CACHE_ENTRIES:
-                self._embeddings.popitem(last=False)
+        self._remember(self._embeddings, key, coords)
         return coords
+
+    def _remember(self, cache: OrderedDict, key: tuple, value: Any) -> None:
+        """Keep `value` in a per-setting cache, dropping the least recently used beyond `_CACHE_ENTRIES`."""
+        with self._lock:
+            cache[key] = value
+            while len(cache) > _CACHE_ENTRIES:
+                cache.popitem(last=False)
 
     # ---------------------------------------------------------------------------------------------
     # Metrics for the separability plot and the export

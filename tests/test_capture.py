@@ -2,34 +2,20 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from noise_prompts import TEXTS, audio_prompt, image_prompt
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
 from explorer.loading import load_model
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from explorer.regap import corrected
 
-TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
-
-
-def _image_prompt(text: str, seed: int = 0) -> Prompt:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, size=(40, 56, 3), dtype=np.uint8)
-    return Prompt(text=text, image=Image.fromarray(pixels), modality="image")
-
-
-def _audio_prompt(text: str, seed: int = 0) -> Prompt:
-    wave = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
-    return Prompt(text=text, audio=wave, modality="audio")
-
 
 def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
     if family == "qwen2_audio":
-        return _audio_prompt(AUDIO_CARRIER + " " + text, seed)
-    return _image_prompt(IMAGE_CARRIER + " " + text, seed)
+        return audio_prompt(AUDIO_CARRIER + " " + text, seed)
+    return image_prompt(IMAGE_CARRIER + " " + text, seed)
 
 
 FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio"]  # omni: test_capture_omni.py
@@ -126,7 +112,7 @@ def test_capture_keeps_only_the_asked_positions_inside_the_hook(tiny_llava):
     [batch, tokens, d], and the states equal the ones gathered from the whole output afterwards."""
     from explorer.capture import token_positions
 
-    prompts = [_image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Say more, please."])]
+    prompts = [image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Say more, please."])]
     inputs = tiny_llava.encode(prompts, padding_side="right")
     mask = inputs["attention_mask"]
     backend = tiny_llava.backend("image")

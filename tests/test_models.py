@@ -5,20 +5,15 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
+from noise_prompts import audio_prompt
 
 from explorer.loading import load_model
-from explorer.media import AUDIO_CARRIER, Prompt
+from explorer.media import AUDIO_CARRIER
 from explorer.models import ModelLoadError
 from explorer.regap import (
     CorrectionConfig,
 )
-
-
-def _audio_prompt(text: str, seed: int = 0) -> Prompt:
-    wave = np.random.default_rng(seed).normal(0, 0.1, 16000).astype(np.float32)
-    return Prompt(text=text, audio=wave, modality="audio")
 
 
 def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
@@ -29,7 +24,7 @@ def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
     with pytest.raises(ModelLoadError, match="no model given"):
         load_model("  ")
     with pytest.raises(ModelLoadError, match="does not accept audio"):
-        tiny_llava.encode([_audio_prompt(AUDIO_CARRIER)])
+        tiny_llava.encode([audio_prompt(AUDIO_CARRIER)])
     # a model whose processor and tokenizer have no chat template
     import shutil
 

@@ -6,10 +6,9 @@ import math
 import threading
 from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from noise_prompts import TEXTS, image_prompt
 
 from explorer.capture import CaptureSettings, capture_prompts, record_layers
 from explorer.generation import generate
@@ -22,14 +21,6 @@ from explorer.regap import (
     correction_vectors,
 )
 from explorer.vocab import MODES
-
-TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
-
-
-def _image_prompt(text: str, seed: int = 0) -> Prompt:
-    rng = np.random.default_rng(seed)
-    pixels = rng.integers(0, 255, size=(40, 56, 3), dtype=np.uint8)
-    return Prompt(text=text, image=Image.fromarray(pixels), modality="image")
 
 
 def _profile_for(lm, drift_scale: float = 3.0) -> Profile:
@@ -48,7 +39,7 @@ def _profile_for(lm, drift_scale: float = 3.0) -> Profile:
 
 
 def test_patched_layer_equals_original_minus_vector_and_earlier_layers_unchanged(tiny_llava):
-    prompt = _image_prompt(IMAGE_CARRIER)
+    prompt = image_prompt(IMAGE_CARRIER)
     inputs = tiny_llava.encode([prompt])
     model = tiny_llava.backend("image").model
     vector = torch.randn(64)
@@ -64,7 +55,7 @@ def test_patched_layer_equals_original_minus_vector_and_earlier_layers_unchanged
 
 def test_alpha_zero_reproduces_baseline_and_steering_changes_generated_tokens(tiny_llava):
     profile = _profile_for(tiny_llava)
-    prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[0])
+    prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[0])
     base = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="off"), max_new_tokens=12)
     zero = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="fixed", strength=0.0, layers=(1,)),
                     max_new_tokens=12)
@@ -100,7 +91,7 @@ def test_window_uses_increments_and_cmrm_does_not(tiny_llava):
 
 def test_adaptive_exposes_score_and_alpha(tiny_llava):
     profile = _profile_for(tiny_llava)
-    prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
+    prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
     config = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2, rule="linear")
     result = generate(tiny_llava, prompt, profile, config, max_new_tokens=4)
     assert result.score is not None and result.mode == "adaptive"
@@ -121,7 +112,7 @@ def test_modality_strengths_override_strength_for_that_modality(tiny_llava):
     """An image prompt under modality_strengths {image: 3} behaves exactly as under strength 3; another
     modality's entry does not touch it; a negative entry is refused."""
     profile = _profile_for(tiny_llava)
-    prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
+    prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
     config = CorrectionConfig(mode="adaptive", strength=0.5, layers=(0,), probe_layer=2, rule="linear")
     own = generate(tiny_llava, prompt, profile, replace(config, modality_strengths=(("image", 3.0),)), max_new_tokens=6)
     plain_three = generate(tiny_llava, prompt, profile, replace(config, strength=3.0), max_new_tokens=6)
@@ -136,7 +127,7 @@ def test_modality_strengths_override_strength_for_that_modality(tiny_llava):
 
 def test_concurrent_steered_and_plain_threads_match_sequential(tiny_llava):
     profile = _profile_for(tiny_llava)
-    prompt = _image_prompt(IMAGE_CARRIER + " " + TEXTS[2])
+    prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[2])
     steered_cfg = CorrectionConfig(mode="fixed", strength=1.0, layers=(1,))
     plain_cfg = CorrectionConfig(mode="off")
     expected_plain = generate(tiny_llava, prompt, profile, plain_cfg, max_new_tokens=16).token_ids
@@ -164,7 +155,7 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
     from explorer.regap import self_rectification_score
 
     profile = _profile_for(tiny_llava)
-    prompts = [_image_prompt(IMAGE_CARRIER + " " + t, i) for i, t in enumerate(TEXTS)]
+    prompts = [image_prompt(IMAGE_CARRIER + " " + t, i) for i, t in enumerate(TEXTS)]
     # a steep sigmoid around the middle score, so the three rows get clearly different α(x)
     probe = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2)
     middle = sorted(self_rectification_score(tiny_llava, p, profile, probe) for p in prompts)[1]
@@ -186,7 +177,7 @@ def test_generate_texts_batched_equals_one_at_a_time_and_plain_generate(tiny_lla
     answer as `generate` without a correction."""
     from explorer.generation import generate, generate_texts
 
-    prompts = [tiny_llava.render(text, "text") for text in TEXTS] + [_image_prompt(IMAGE_CARRIER, seed=3)]
+    prompts = [tiny_llava.render(text, "text") for text in TEXTS] + [image_prompt(IMAGE_CARRIER, seed=3)]
     for modality in ("text", "image"):
         group = [p for p in prompts if p.modality == modality]
         batched = generate_texts(tiny_llava, group, max_new_tokens=6, batch_size=len(group))
@@ -206,7 +197,7 @@ def test_generate_batch_equals_generate_one_prompt_at_a_time(tiny_llava, mode):
 
     profile = _profile_for(tiny_llava)
     config = CorrectionConfig(mode=mode, strength=1.5)
-    prompts = [_image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Please.", " Now, in detail."])]
+    prompts = [image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Please.", " Now, in detail."])]
     batched = generate_batch(tiny_llava, prompts, profile, config, max_new_tokens=8, capture_prompt_states=True)
     for prompt, got in zip(prompts, batched):
         alone = generate(tiny_llava, prompt, profile, config, max_new_tokens=8, capture_prompt_states=True)

@@ -19,31 +19,26 @@ from typing import Any
 
 from explorer.data import load_builtin
 from explorer.loading import folder_revision
-from explorer.media import prompt_words
+from explorer.media import prompt_words, vocabulary_form
 from explorer.storage import write_atomic
 from explorer.vocab import LABELS
 
 from .corpus import NEUTRAL_SUFFIXES
 from .data import load_training_data
 
-__all__ = ["build_gallery", "known_words", "main", "normalise_word"]
+__all__ = ["build_gallery", "known_words", "main"]
 
 VOCABULARY_FILE = "vocabulary.txt"
 GALLERY_FILE = "gallery.json"
 _GALLERY_PER_LABEL = 12
 
 
-def normalise_word(word: str) -> str:
-    """The form words are compared in: lower case, no "?" (as `prompt_words` renders them otherwise)."""
-    return word.lower().rstrip("?")
-
-
 def known_words(max_words: int = 16) -> list[str]:
     """Every word form of the demo's training text (sentences, the reading bag of words, composed tails)."""
     data = load_training_data(max_words)
     texts = data.instructions + list(NEUTRAL_SUFFIXES)
-    words = {normalise_word(w) for w in data.words}
-    words |= {normalise_word(w) for text in texts for w in prompt_words(text)}
+    words = {vocabulary_form(w) for w in data.words}
+    words |= {vocabulary_form(w) for text in texts for w in prompt_words(text)}
     return sorted(words)
 
 
