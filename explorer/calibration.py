@@ -17,6 +17,7 @@ from .capture import (
     states_cache_file,
 )
 from .data import Instruction, calibration_hash, load_builtin, load_prompts
+from .distributed import SINGLE, Ranks, gather_rows, sum_counts
 from .generation import generate_batch
 from .judge import RefusalJudge
 from .models import LoadedModel
@@ -65,14 +66,20 @@ def calibrate(
     settings: CaptureSettings = CaptureSettings(),
     cache_dir: CacheDir = "default",
     progress: bool = False,
+    ranks: Ranks = SINGLE,
 ) -> Calibration:
-    """Capture `items` as text and in each other modality the model accepts, and build the profile."""
+    """Capture `items` as text and in each other modality the model accepts, and build the profile.
+
+    In a data-parallel run each rank captures its shard of the items and the states are all-gathered back into
+    item order, so every rank builds the very profile one process would (same states, same order)."""
     wanted = list(modalities) if modalities else list(model.modalities)
     if "text" not in wanted:
         wanted.insert(0, "text")  # the refusal direction is learned from text
     batch: StateBatch | None = None
     for modality in wanted:
-        part = capture_items(model, items, modality, settings, cache_dir, progress)
+        part = capture_items(model, ranks.shard(items), modality, settings, cache_dir, progress and ranks.is_main)
+        part = StateBatch(gather_rows(ranks, part.states, len(items)), [i.id for i in items],
+                          [i.label for i in items], [modality] * len(items), [i.instruction for i in items])
         batch = part if batch is None else batch.concat(part)
     assert batch is not None
     profile = build_profile(
@@ -82,7 +89,7 @@ def calibrate(
         capture_settings={**asdict(settings), "revision": model.revision},
     )
     folder = resolve_cache_dir(cache_dir)
-    if folder is not None:
+    if folder is not None and ranks.is_main:
         name = f"{model.revision}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
         profile.save(folder / "profiles" / f"{name}-{profile.calibration_hash[:12]}-{settings.pooling}")
     return Calibration(profile=profile, states=batch, items=list(items))
@@ -160,24 +167,29 @@ def choose_strength(
     judge: RefusalJudge = RefusalJudge(),
     max_new_tokens: int = 16,
     batch_size: int = 8,
+    ranks: Ranks = SINGLE,
 ) -> StrengthChoice:
     """Pick α_max for `config` (fixed or adaptive) per media modality by generating on the *calibration* items.
 
     Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless refusal
     stays within text's calibration harmless refusal plus `over_refusal_budget`, the one with the highest
     harmful refusal (ties: the smaller α); if none qualifies, the smallest candidate. Refusals are said first,
-    so a short `max_new_tokens` suffices for the judge.
+    so a short `max_new_tokens` suffices for the judge. In a data-parallel run each rank generates for its
+    shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
     """
     media = [m for m in modalities if m in MEDIA_MODALITIES]
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
     def refusal_rate(modality: Modality, label: str, cfg: CorrectionConfig) -> float:
-        prompts = [model.render(item, modality) for item in items if item.label == label]
+        prompts = [model.render(item, modality) for item in ranks.shard([i for i in items if i.label == label])]
         answers = [result.text for start in range(0, len(prompts), batch_size)
                    for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
                                                 max_new_tokens=max_new_tokens)]
-        return judge.refusal_rate(answers)
+        refused, total = sum_counts(ranks, [sum(judge.is_refusal(a) for a in answers), len(answers)])
+        if total == 0:
+            raise ValueError(f"no {label} calibration items to choose a strength on")
+        return refused / total
 
     base = replace(config, modality_strengths=())
     budget = refusal_rate("text", "harmless", replace(base, mode="off")) + over_refusal_budget

@@ -2,6 +2,7 @@
 
 A thin layer: it parses arguments, calls `load_model`, `calibrate` and `evaluate`, and turns the library's
 `ValueError`s into one clear line and exit code 2. Ctrl-C exits 130; rerunning the same command resumes.
+Started by `torchrun --nproc-per-node N -m explorer …`, each process does its share (explorer.distributed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from .calibration import calibrate, choose_strength, load_calibration_items
 from .capture import CaptureSettings, Pooling
 from .data import load_builtin, load_prompts
+from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
 from .loading import load_model
 from .regap import CorrectionConfig, PositionScope, Rule
@@ -109,16 +111,23 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
-    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
+def _run(args: argparse.Namespace, ranks: Ranks) -> int:
+    """One process's part of the command; under torchrun, `ranks` says which part (see explorer.distributed)."""
+    if ranks.active and args.device_map:
+        raise ValueError("--device-map splits one model over several GPUs; under torchrun each process holds a "
+                         "whole model on its own GPU: drop --device-map, or run one process")
+    device = start(ranks, args.device)
+    model = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code)
     modalities = args.modalities or model.modalities
     layers = parse_layer_window(getattr(args, "layers", ""), model.num_layers)  # before any long work
     settings = CaptureSettings(pooling=args.pooling, batch_size=args.batch_size)
     cal_items = load_calibration_items(args.calibration, args.calibration_limit)
-    calibration = calibrate(model, cal_items, modalities, settings, args.cache_dir, progress=True)
+    calibration = calibrate(model, cal_items, modalities, settings, args.cache_dir, progress=True, ranks=ranks)
     profile = calibration.profile
     if args.command == "calibrate":
+        if not ranks.is_main:
+            return 0
         if args.out:
             profile.save(args.out)
         print(json.dumps({"model": model.name, "num_layers": model.num_layers, "items": len(cal_items),
@@ -133,25 +142,28 @@ def _run(args: argparse.Namespace) -> int:
                                   temperature=args.temperature)
     strength_choice = None
     if args.strength == "auto":
-        print("choosing α_max on the calibration split ...", file=sys.stderr)
+        if ranks.is_main:
+            print("choosing α_max on the calibration split ...", file=sys.stderr)
         strength_choice = choose_strength(model, cal_items, profile, correction, modalities,
-                                          batch_size=args.batch_size)
+                                          batch_size=args.batch_size, ranks=ranks)
         correction = strength_choice.apply(correction)
-        print(json.dumps({"strength": strength_choice.per_modality, "budget": round(strength_choice.budget, 4),
-                          "calibration_rates": strength_choice.rates}), file=sys.stderr)
+        if ranks.is_main:
+            print(json.dumps({"strength": strength_choice.per_modality, "budget": round(strength_choice.budget, 4),
+                              "calibration_rates": strength_choice.rates}), file=sys.stderr)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens, strength_choice=strength_choice,
                                  batch_size=args.batch_size)
-    metrics = evaluate(model, items, profile, eval_settings, args.out)
-    print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
-                      "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))
+    metrics = evaluate(model, items, profile, eval_settings, args.out, ranks=ranks)
+    if ranks.is_main:
+        print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],
+                          "elapsed_seconds": metrics["elapsed_seconds"]}, indent=1))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return _run(args, ranks_from_env())
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
@@ -162,3 +174,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        stop()

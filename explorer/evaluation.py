@@ -2,8 +2,10 @@
 
 Output folder (the CLI's stable contract, see README):
 - `generations.jsonl`: one line per item × modality × mode, appended as soon as it is generated, so an
-  interrupted run resumes where it stopped; an item that cannot be rendered, encoded or generated gets a line
-  with `skipped` (the reason) instead, the run goes on, and a rerun tries it again;
+  interrupted run resumes where it stopped (a data-parallel run appends to one file per rank), and rewritten
+  once at the end in the order of one uninterrupted process (`explorer.eval_records`); an item that cannot be
+  rendered, encoded or generated gets a line with `skipped` (the reason) instead, the run goes on, and a rerun
+  tries it again;
 - `states/<modality>/<mode>.safetensors`-style per-item files of the prompt's last-token states as corrected;
 - `metrics.json`: refusal rates, per-layer separability, the ReGap settings and per-item s(x), α(x), and
   `skipped` (count per modality/mode) with `skipped_items` (id, modality, mode, reason): no rate counts them;
@@ -15,32 +17,34 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .calibration import OVER_REFUSAL_BUDGET, StrengthChoice
+from .calibration import StrengthChoice
 from .capture import read_states, save_states
 from .data import Instruction
-from .generation import GenerationResult, generate, generate_batch
-from .geometry import (
-    auroc_per_layer,
-    axis_group_stats,
-    refusal_gap,
-    translation_ceiling,
+from .distributed import SINGLE, Ranks, barrier, broadcast_object
+from .eval_metrics import JobStates, compute_metrics, write_eval_report
+from .eval_records import (
+    canonical_records,
+    read_done,
+    record_key,
+    shard_file,
+    states_path,
+    write_canonical,
 )
+from .generation import GenerationResult, generate, generate_batch
 from .judge import RefusalJudge
 from .models import LoadedModel
-from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
 from .profile import Profile
 from .regap import CorrectionConfig
 from .storage import write_atomic
 from .uploads import MediaError
-from .vocab import LABELS, Modality, Mode
+from .vocab import Modality, Mode
 
 __all__ = ["EvalSettings", "evaluate"]
 
@@ -68,51 +72,31 @@ class EvalSettings:
             replace(self.correction, mode=mode)  # validates the mode name
 
 
-def _record_key(item_id: str, modality: str, mode: str) -> str:
-    return f"{modality}/{mode}/{item_id}"
+def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings) -> dict[str, Any]:
+    """Resume only a run made with the same model, calibration and settings; refuse to mix two runs.
 
-
-def _drop_cut_line(path: Path) -> None:
-    """A run killed mid-write leaves a last line without its newline: cut it off, so the records appended by
-    the resumed run start on a line of their own (that one item is generated again)."""
-    if not path.is_file() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-
-
-def _read_done(path: Path) -> dict[str, dict[str, Any]]:
-    done: dict[str, dict[str, Any]] = {}
-    _drop_cut_line(path)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by Ctrl-C: regenerate that one
-            done[_record_key(record["id"], record["modality"], record["mode"])] = record
-    return done
-
-
-def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings) -> None:
-    """Resume only a run made with the same model, calibration and settings; refuse to mix two runs."""
-    fingerprint = {
+    Returns the fingerprint to record. Only reads: in a data-parallel run every rank reads the same file before
+    any rank writes it (`_record_run`, rank 0, after a barrier), so all ranks reach the same verdict."""
+    fingerprint = json.loads(json.dumps({
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
         "correction": asdict(settings.correction), "max_new_tokens": settings.max_new_tokens,
         "judge": list(settings.judge.phrases),
-    }
+    }))
     path = out_dir / "run.json"
     if path.is_file():
         previous = json.loads(path.read_text())
-        if previous != json.loads(json.dumps(fingerprint)):
-            changed = sorted(k for k in fingerprint if previous.get(k) != json.loads(json.dumps(fingerprint[k])))
+        if previous != fingerprint:
+            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
             raise ValueError(
                 f"{out_dir} holds a run with different settings ({', '.join(changed)}); "
                 "use another --out, or delete that folder to start over"
             )
-    else:
+    return fingerprint
+
+
+def _record_run(out_dir: Path, fingerprint: dict[str, Any]) -> None:
+    path = out_dir / "run.json"
+    if not path.is_file():
         write_atomic(path, json.dumps(fingerprint, indent=1))
 
 
@@ -121,16 +105,16 @@ def _copy_text_record(
 ) -> None:
     """Text is never corrected: its one generation is recorded under every other mode too."""
     for mode in modes:
-        key = _record_key(record["id"], "text", mode)
+        key = record_key(record["id"], "text", mode)
         if key not in done or done[key].get("skipped"):
             copy = {**record, "mode": mode, "same_as_mode": record["mode"]}
             sink.write(json.dumps(copy) + "\n")
             done[key] = copy
 
 
-def _states_path(out_dir: Path, modality: str, mode: str, item_id: str) -> Path:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in item_id)
-    return out_dir / "states" / modality / mode / f"{safe}.safetensors"
+def _jobs(settings: EvalSettings) -> list[tuple[Modality, Mode]]:
+    """(modality, mode) in run order; text only under the first mode (its record stands for every mode)."""
+    return [(m, mode) for m in settings.modalities for mode in (settings.modes if m != "text" else settings.modes[:1])]
 
 
 def evaluate(
@@ -140,81 +124,118 @@ def evaluate(
     settings: EvalSettings,
     out_dir: Path,
     progress: bool = True,
+    ranks: Ranks = SINGLE,
 ) -> dict[str, Any]:
-    """Generate for every item × modality × mode, judge, measure, and write the output folder."""
+    """Generate for every item × modality × mode, judge, measure, and write the output folder.
+
+    In a data-parallel run (`ranks` from torchrun, see `explorer.distributed`) this process generates only its
+    shard of the items, into its own record file; once every rank is done, rank 0 merges the records, computes
+    the metrics from every rank's records and states, and writes the folder; every rank returns the metrics.
+    """
     for modality in settings.modalities:
         model.backend(modality)  # fail before any work if a modality is not accepted
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_same_run(out_dir, model, profile, settings)
-    generations_path = out_dir / "generations.jsonl"
-    done = _read_done(generations_path)
+    fingerprint = _check_same_run(out_dir, model, profile, settings)
+    barrier(ranks)
+    if ranks.is_main:
+        _record_run(out_dir, fingerprint)
     started = time.perf_counter()
-    jobs = [(m, mode) for m in settings.modalities for mode in (settings.modes if m != "text" else settings.modes[:1])]
-    total = sum(len(items) for _ in jobs)
-    bar = tqdm(total=total, desc="eval", disable=not progress)
-    per_item: list[dict[str, Any]] = []
-    jobs_done: dict[tuple[str, str], JobStates] = {}
-    with generations_path.open("a") as sink:
+    own_file = shard_file(out_dir, ranks.rank if ranks.active else None)
+    done = read_done(out_dir, repair=own_file)
+    states = _generate_shard(model, ranks.shard(items), profile, settings, out_dir, done, own_file,
+                             progress and ranks.is_main)
+    barrier(ranks)
+    metrics = None
+    if ranks.is_main:
+        if ranks.active:
+            done = read_done(out_dir)  # now with every rank's records
+        metrics = _finish(model, items, profile, settings, out_dir, done, states)
+        metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
+        write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
+    return broadcast_object(ranks, metrics)
+
+
+def _generate_shard(
+    model: LoadedModel, items: Sequence[Instruction], profile: Profile, settings: EvalSettings, out_dir: Path,
+    done: dict[str, dict[str, Any]], sink_path: Path, progress: bool,
+) -> dict[str, torch.Tensor]:
+    """Generate what `items` still lack (new, skipped last time, or whose states file is gone or damaged),
+    appending each record to `sink_path` as it comes; return every item's prompt states by record key."""
+    jobs = _jobs(settings)
+    bar = tqdm(total=len(items) * len(jobs), desc="eval", disable=not progress)
+    states: dict[str, torch.Tensor] = {}
+    with sink_path.open("a") as sink:
         for modality, mode in jobs:
-            job = JobStates()
             config = replace(settings.correction, mode=mode)
             pending: list[Instruction] = []
 
-            def finish(item: Instruction, record: dict[str, Any], states: torch.Tensor | None) -> None:
-                if states is not None:
-                    job.add(states, item.label)
-                if modality == "text":
-                    _copy_text_record(record, settings.modes[1:], done, sink)
-                if record.get("score") is not None:
-                    per_item.append({"id": item.id, "modality": modality, "mode": mode,
-                                     "s": record["score"], "alpha": record["alpha"]})
-                bar.update(1)
-
             def flush() -> None:  # generate the pending items in one batch; records are written as they come
-                for item, (record, states) in zip(pending, _generate_records(
+                for item, (record, item_states) in zip(pending, _generate_records(
                         model, pending, modality, mode, profile, config, settings)):
-                    if states is not None:
-                        save_states(_states_path(out_dir, modality, mode, item.id), states)
+                    key = record_key(item.id, modality, mode)
+                    if item_states is not None:
+                        save_states(states_path(out_dir, modality, mode, item.id), item_states)
+                        states[key] = item_states
                     sink.write(json.dumps(record) + "\n")
-                    done[_record_key(item.id, modality, mode)] = record
-                    finish(item, record, states)
+                    done[key] = record
+                    if modality == "text":
+                        _copy_text_record(record, settings.modes[1:], done, sink)
+                    bar.update(1)
                 sink.flush()
                 pending.clear()
 
             for item in items:
-                key = _record_key(item.id, modality, mode)
-                state_path = _states_path(out_dir, modality, mode, item.id)
-                cached = read_states(state_path, (model.num_layers, model.hidden_size)) if key in done else None
+                key = record_key(item.id, modality, mode)
+                path = states_path(out_dir, modality, mode, item.id)
+                cached = read_states(path, (model.num_layers, model.hidden_size)) if key in done else None
                 if cached is not None and not done[key].get("skipped"):
-                    finish(item, done[key], cached)
+                    states[key] = cached
+                    if modality == "text":  # copies lost to a kill between the record and its copies
+                        _copy_text_record(done[key], settings.modes[1:], done, sink)
+                    bar.update(1)
                 else:  # new, or skipped last time (tried again: the cause may be gone)
                     pending.append(item)
                     if len(pending) == settings.batch_size:
                         flush()
             if pending:
                 flush()
-            jobs_done[(modality, mode)] = job
     bar.close()
-    metrics = _metrics(model, items, profile, settings, done, jobs_done, per_item)
-    metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
-    write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
-    _write_report(out_dir / "report.html", model, profile, metrics, jobs_done)
+    return states
+
+
+def _finish(
+    model: LoadedModel, items: Sequence[Instruction], profile: Profile, settings: EvalSettings, out_dir: Path,
+    done: dict[str, dict[str, Any]], states: dict[str, torch.Tensor],
+) -> dict[str, Any]:
+    """Gather every job's states and per-item scores in item order (this rank's from memory, the others' from
+    their files), write the generations in canonical order, the report, and return the metrics."""
+    jobs = _jobs(settings)
+    per_item: list[dict[str, Any]] = []
+    job_states: dict[tuple[str, str], JobStates] = {}
+    for modality, mode in jobs:
+        job = JobStates()
+        for item in items:
+            key = record_key(item.id, modality, mode)
+            record = done.get(key)
+            if record is None:
+                raise RuntimeError(f"no record of {key} after every process finished; rerun the same command")
+            if not record.get("skipped"):
+                item_states = states.get(key)
+                if item_states is None:
+                    item_states = read_states(states_path(out_dir, modality, mode, item.id),
+                                              (model.num_layers, model.hidden_size))
+                if item_states is None:
+                    raise RuntimeError(f"the prompt states of {key} are missing or damaged; rerun the same command "
+                                       "to generate that item again")
+                job.add(item_states, item.label)
+            if record.get("score") is not None:
+                per_item.append({"id": item.id, "modality": modality, "mode": mode,
+                                 "s": record["score"], "alpha": record["alpha"]})
+        job_states[(modality, mode)] = job
+    write_canonical(out_dir, canonical_records(items, jobs, settings.modes[1:], done))
+    metrics = compute_metrics(model, items, profile, settings, done, job_states, per_item)
+    write_eval_report(out_dir / "report.html", model, profile, metrics, job_states)
     return metrics
-
-
-@dataclass
-class JobStates:
-    """The prompt states of one modality × mode and the labels of their items (skipped items have neither)."""
-
-    states: list[torch.Tensor] = field(default_factory=list)
-    labels: list[str] = field(default_factory=list)
-
-    def add(self, states: torch.Tensor, label: str) -> None:
-        self.states.append(states)
-        self.labels.append(label)
-
-    def stacked(self, num_layers: int, hidden_size: int) -> torch.Tensor:
-        return torch.stack(self.states) if self.states else torch.empty(0, num_layers, hidden_size)
 
 
 #: What makes one item unusable without saying anything about the rest of the run: bad media, a request its
@@ -283,133 +304,3 @@ def _generate_record(
         return _skipped(item, modality, mode, err), None
     assert result.prompt_states is not None
     return {**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states
-
-
-def _metrics(
-    model: LoadedModel,
-    items: Sequence[Instruction],
-    profile: Profile,
-    settings: EvalSettings,
-    done: dict[str, dict[str, Any]],
-    jobs: dict[tuple[str, str], JobStates],
-    per_item: list[dict[str, Any]],
-) -> dict[str, Any]:
-    refusal_rate: dict[str, float] = {}
-    skipped: dict[str, int] = {}
-    auroc: dict[str, list[float]] = {}
-    gap: dict[str, list[float]] = {}
-    uncorrected: dict[str, torch.Tensor] = {}  # media modality -> projections without correction
-    for modality in settings.modalities:
-        for mode in settings.modes:
-            source_mode = mode if modality != "text" else settings.modes[0]
-            records = [done[_record_key(i.id, modality, source_mode)] for i in items]
-            skipped[f"{modality}/{mode}"] = sum(1 for r in records if r.get("skipped"))
-            for label in LABELS:
-                flags = [r["refused"] for r in records if r["label"] == label and not r.get("skipped")]
-                if flags:
-                    refusal_rate[f"{modality}/{mode}/{label}"] = float(np.mean(flags))
-            job = jobs[(modality, source_mode)]
-            labels = job.labels
-            projections = profile.project(job.stacked(model.num_layers, model.hidden_size))
-            if mode == "off" and modality != "text":
-                uncorrected[modality] = projections
-            if len(set(labels)) == 2:
-                auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
-                gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
-    ceiling, budget = {}, None
-    if "off" in settings.modes and "text/off/harmless" in refusal_rate:
-        budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)
-        for modality, projections in uncorrected.items():
-            labels = jobs[(modality, "off")].labels
-            if len(set(labels)) == 2:
-                ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
-    resolved = settings.correction.resolved(profile)
-    lookalike_rate = {}
-    for m in settings.modalities:
-        for mode in settings.modes:
-            records = [done[_record_key(i.id, m, mode if m != "text" else settings.modes[0])] for i in items
-                       if i.lookalike]
-            flags = [r["refused"] for r in records if not r.get("skipped")]
-            if flags:
-                lookalike_rate[f"{m}/{mode}"] = float(np.mean(flags))
-    skipped_items = [{"id": r["id"], "modality": r["modality"], "mode": r["mode"], "reason": r["skipped"]}
-                     for r in done.values() if r.get("skipped") and "same_as_mode" not in r]
-    return {
-        "model": model.name,
-        "num_layers": model.num_layers,
-        "hidden_size": model.hidden_size,
-        "num_items": len(items),
-        "calibration_hash": profile.calibration_hash,
-        "refusal_rate": refusal_rate,
-        "lookalike_refusal_rate": lookalike_rate,
-        "skipped": skipped,
-        "skipped_items": skipped_items,
-        "per_layer": {
-            "auroc": auroc,
-            "refusal_gap": gap,
-            "drift_norm": {m: v for m, v in profile.metrics.get("drift_norm", {}).items()},
-            "cos_drift_refusal": {m: v for m, v in profile.metrics.get("cos_drift_refusal", {}).items()},
-            "collapse_ratio": {m: v for m, v in profile.metrics.get("collapse_ratio", {}).items()},
-            "cos_refusal_within": {m: v for m, v in profile.metrics.get("cos_refusal_within", {}).items()},
-            "translation_ceiling": ceiling,
-            "translation_ceiling_budget": budget,
-        },
-        "regap": {
-            "layers": list(resolved.layers),
-            "strength": resolved.strength,
-            "probe_layer": resolved.probe_layer,
-            "positions": resolved.positions,
-            "rule": resolved.rule,
-            "modality_strengths": dict(resolved.modality_strengths),
-            "per_item": per_item,
-            **({"strength_choice": settings.strength_choice.to_dict()} if settings.strength_choice else {}),
-        },
-        "max_new_tokens": settings.max_new_tokens,
-        "judge_phrases": list(settings.judge.phrases),
-    }
-
-
-def _write_report(
-    path: Path,
-    model: LoadedModel,
-    profile: Profile,
-    metrics: dict[str, Any],
-    jobs: dict[tuple[str, str], JobStates],
-) -> None:
-    group_stats = {}
-    for (modality, mode), job in jobs.items():
-        if not job.states:
-            continue
-        suffix = "" if mode == "off" else f" ({mode})"
-        for label, stats in axis_group_stats(profile.score(torch.stack(job.states)), job.labels).items():
-            group_stats[f"{modality}/{label}{suffix}"] = stats
-    per_layer = metrics["per_layer"]
-    figures = {
-        "Refusal rates": rates_figure(metrics["refusal_rate"]),
-        "Separability per layer": separability_figure(
-            per_layer["auroc"], per_layer["refusal_gap"], per_layer["drift_norm"], per_layer["cos_drift_refusal"]
-        ),
-        "Refusal axis per layer": refusal_axis_figure(group_stats),
-    }
-    captions = {
-        "Refusal rates": "Share of answers the judge counts as refusals: on harmful items (higher is safer) "
-        "and on harmless items (lower is better: over-refusal).",
-        "Separability per layer": "AUROC of the projection on the text refusal direction, harmful vs harmless, per "
-        "layer; the refusal gap; the modality drift's norm and its cosine with the refusal direction.",
-        "Refusal axis per layer": "Normalised refusal score per layer (0 = harmless text, 1 = harmful text), group "
-        "mean ± one (population) standard deviation.",
-    }
-    summary = {
-        "model": model.name,
-        **({"about the model": model.notice.replace("**", "")} if model.notice else {}),
-        "layers": str(model.num_layers),
-        "items": str(metrics["num_items"]),
-        "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
-        f"{metrics['regap']['strength']}",
-    }
-    if metrics["skipped_items"]:
-        reasons = sorted({r["reason"] for r in metrics["skipped_items"]})
-        summary["skipped (not counted in any rate)"] = (
-            f"{len(metrics['skipped_items'])} generations of {len({r['id'] for r in metrics['skipped_items']})} "
-            f"items; reasons: {'; '.join(reasons[:5])}{' …' if len(reasons) > 5 else ''} (generations.jsonl)")
-    write_report(path, f"Safety geometry evaluation: {model.name}", figures, summary, captions)

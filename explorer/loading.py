@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .media import AUDIO_STYLES, DEFAULT_LAYOUT, GridLayout
+from .model_view import text_layout_for
 from .models import (
     SUPPORTED_FAMILIES,
     Backend,
@@ -205,7 +206,7 @@ class Manifest:
                 raise ValueError("backends needs a 'text' entry")
             media = raw.get("media", {})
             style = MediaStyle(
-                image_layout=GridLayout(**media["image_layout"]) if "image_layout" in media else DEFAULT_LAYOUT,
+                image_layout=GridLayout(**media["image_layout"]) if "image_layout" in media else None,
                 audio_style=media.get("audio_style", "sentence"),
                 slot_seconds=float(media.get("slot_seconds", 0.4)),
             )
@@ -257,7 +258,7 @@ def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, devi
         revision=revision,
         device=next(first.model.parameters()).device,
         dtype=dtype,
-        media=manifest.media,
+        media=media_style_for(backends, manifest.media),
         notice=manifest.notice,
         card=folder / manifest.card if manifest.card else None,
         suggested_strengths=_chosen_strengths(folder / manifest.strengths_from, revision)
@@ -265,6 +266,20 @@ def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, devi
         vocabulary=_word_list(folder / manifest.vocabulary) if manifest.vocabulary else frozenset(),
         gallery=_same_weights_json(folder / manifest.gallery, revision) if manifest.gallery else None,
     )
+
+
+def media_style_for(backends: dict[Modality, Backend], given: MediaStyle = MediaStyle(image_layout=None)) -> MediaStyle:
+    """How to draw and speak requests for these backends: the `given` style, with what it leaves open read from the
+    processors themselves (a canvas the image processor keeps whole and legible; the feature extractor's window)."""
+    layout = given.image_layout
+    image_processor = getattr(backends["image"].processor, "image_processor", None) if "image" in backends else None
+    if layout is None:
+        layout = text_layout_for(image_processor) if image_processor is not None else DEFAULT_LAYOUT
+    window = given.audio_window
+    features = getattr(backends["audio"].processor, "feature_extractor", None) if "audio" in backends else None
+    if window is None and getattr(features, "n_samples", None) and getattr(features, "sampling_rate", None):
+        window = features.n_samples / features.sampling_rate
+    return replace(given, image_layout=layout, audio_window=window)
 
 
 def _word_list(path: Path) -> frozenset[str]:
@@ -352,4 +367,5 @@ def load_model(
         revision=_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
         device=resolved,
         dtype=torch_dtype,
+        media=media_style_for(backends),
     )

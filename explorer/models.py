@@ -24,7 +24,7 @@ from .data import Instruction
 from .media import (
     DEFAULT_LAYOUT,
     AudioStyle,
-    GridLayout,
+    ImageLayout,
     Prompt,
     prompt_words,
     render,
@@ -72,12 +72,15 @@ class Backend:
 
 @dataclass(frozen=True)
 class MediaStyle:
-    """How a model wants requests drawn and spoken: the word grid of its images and the style of its speech
-    ("sentence": natural speech; "slots": one word per `slot_seconds`, the word-aligned audio the demo hears)."""
+    """How a model wants requests drawn and spoken: the layout of its images (wrapped lines on a canvas its
+    processor keeps whole, or the demo's word grid), the style of its speech ("sentence": natural speech; "slots":
+    one word per `slot_seconds`, the word-aligned audio the demo hears) and how many seconds of audio it hears
+    (`audio_window`, None when unknown): longer speech is refused rather than cut."""
 
-    image_layout: GridLayout = DEFAULT_LAYOUT
+    image_layout: ImageLayout | None = DEFAULT_LAYOUT  # None only in a manifest: "from the processor"
     audio_style: AudioStyle = "sentence"
     slot_seconds: float = 0.4
+    audio_window: float | None = None
 
 
 @dataclass
@@ -138,7 +141,7 @@ class LoadedModel:
         """The request as this model should see it in `modality` (its own grid and speech style)."""
         media = self.media
         return render(item, modality, image_layout=media.image_layout, audio_style=media.audio_style,
-                      slot_seconds=media.slot_seconds)
+                      slot_seconds=media.slot_seconds, audio_window=media.audio_window)
 
     def chat_text(self, prompt: Prompt) -> str:
         """The prompt rendered through the processor's chat template, generation prompt appended."""

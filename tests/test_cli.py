@@ -92,7 +92,7 @@ def test_out_of_memory_is_a_clear_message(monkeypatch, capsys):
 
     cli = sys.modules["explorer.cli"]
 
-    def oom(_args):
+    def oom(_args, _ranks):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(cli, "_run", oom)

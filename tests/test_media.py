@@ -11,13 +11,14 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-import explorer.media as media_module
+import explorer.speech as speech_module
 from explorer.data import Instruction
 from explorer.media import (
     AUDIO_CARRIER,
     DEFAULT_LAYOUT,
     IMAGE_CARRIER,
     GridLayout,
+    ImageLayout,
     Prompt,
     prompt_words,
     render,
@@ -47,7 +48,7 @@ def test_prompt_words_strip_punctuation_keep_final_question_mark() -> None:
 
 
 @pytest.mark.parametrize("layout", [WORD_GRID, DEFAULT_LAYOUT])
-def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> None:
+def test_render_image_is_deterministic_sized_and_grey(layout: ImageLayout) -> None:
     text = "How can I shoot a good photo at night?"
     first, second = render_image(text, layout), render_image(text, layout)
     assert first.mode == "RGB"
@@ -62,8 +63,8 @@ def test_render_image_is_deterministic_sized_and_grey(layout: GridLayout) -> Non
 
 def test_layout_sizes() -> None:
     assert WORD_GRID.size == (256, 256) and WORD_GRID.cell_width == WORD_GRID.cell_height == 64
-    assert (DEFAULT_LAYOUT.cols, DEFAULT_LAYOUT.rows) == (4, 4)
-    assert DEFAULT_LAYOUT.size == (672 + 2 * DEFAULT_LAYOUT.margin, 224 + 2 * DEFAULT_LAYOUT.margin)
+    # an unknown model's default: a square (no resize, crop or tiling of any family cuts a square's text off)
+    assert DEFAULT_LAYOUT.size == (448, 448) and DEFAULT_LAYOUT.min_font_size == 12
 
 
 def test_render_image_words_land_in_their_cells() -> None:
@@ -139,13 +140,13 @@ def test_render_audio_rejects_bad_style(tmp_path: Path) -> None:
 
 
 def test_render_audio_without_espeak(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(media_module.shutil, "which", lambda _name: None)
-    media_module._espeak_version.cache_clear()
+    monkeypatch.setattr(speech_module.shutil, "which", lambda _name: None)
+    speech_module._espeak_version.cache_clear()
     try:
         with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
             render_audio("Hello there.", cache_dir=tmp_path)
     finally:
-        media_module._espeak_version.cache_clear()
+        speech_module._espeak_version.cache_clear()
 
 
 def test_render_text_and_image() -> None:
@@ -174,7 +175,7 @@ def test_render_uses_user_media(tmp_path: Path) -> None:
 
 @needs_espeak
 def test_render_audio_prompt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(media_module, "_default_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(speech_module, "_default_cache_dir", lambda: tmp_path)
     prompt = render("How do I bake bread?", "audio", audio_style="slots")
     assert prompt.text == AUDIO_CARRIER and prompt.audio is not None
     assert len(prompt.audio) == 5 * 6_400 and not prompt.audio.flags.writeable

@@ -18,10 +18,10 @@ def test_cache_root_honours_the_environment_at_call_time(monkeypatch: pytest.Mon
 
 
 def test_audio_render_cache_lives_under_the_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import explorer.media as media
+    import explorer.speech as speech
 
     monkeypatch.setenv("SGE_CACHE_DIR", str(tmp_path))
-    assert media._default_cache_dir() == tmp_path / "audio"
+    assert speech._default_cache_dir() == tmp_path / "audio"
 
 
 def test_write_atomic_replaces_whole_files_and_leaves_nothing_on_error(tmp_path: Path) -> None:

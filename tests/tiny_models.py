@@ -2,12 +2,16 @@
 
 Each builder writes a folder that `AutoModelForMultimodalLM` / `AutoProcessor` load exactly as they would load a
 hub checkpoint: a config of the real architecture (2 layers, hidden 32–64), a byte-level BPE tokenizer trained
-here on a few sentences, the family's real processor class, and a chat template shaped like the family's own.
+here on a few sentences, the family's real processor class *with the public preprocessing settings of a real
+checkpoint* (tests/data/public_processors.json: image sizes, crops, tiling, pixel bounds, audio windows), and a
+chat template shaped like the family's own. The vision encoders keep the real input resolution but use patches a
+few times larger than the real ones, so a 336–1536 px image costs only 64 patches per view.
 Nothing is downloaded; the weights are random, so these models test plumbing, never behaviour.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +19,20 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["FAMILIES", "build_tiny_model"]
+__all__ = ["FAMILIES", "PUBLIC_PROCESSORS", "build_tiny_model"]
+
+#: Public preprocessing settings of real checkpoints, by checkpoint name (see the file's "source" fields).
+PUBLIC_PROCESSORS: dict[str, dict] = {
+    name: entry for name, entry in json.loads(
+        (Path(__file__).parent / "data" / "public_processors.json").read_text(encoding="utf-8")
+    ).items() if not name.startswith("_")
+}
+
+
+def _public(checkpoint: str, part: str = "kwargs") -> dict:
+    """The public processor kwargs of `checkpoint` (part "kwargs": image; "audio": the audio feature extractor)."""
+    entry = PUBLIC_PROCESSORS[checkpoint]
+    return dict(entry["audio"]["kwargs"]) if part == "audio" else dict(entry["kwargs"])
 
 _CORPUS = [
     "Explain how to bake bread at home.",
@@ -110,7 +127,7 @@ def _text_config(model_type: str, vocab_size: int, hidden: int = 64, **extra: ob
     }
 
 
-def _clip_vision(image_size: int = 32, patch: int = 8) -> dict:
+def _clip_vision(image_size: int = 336, patch: int = 42) -> dict:
     return {
         "model_type": "clip_vision_model",
         "hidden_size": 32,
@@ -141,11 +158,9 @@ def _build_llava(out: Path) -> None:
         vision_feature_select_strategy="default",
         pad_token_id=tok.pad_token_id,
     )
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, do_center_crop=True
-    )
+    image_processor = CLIPImageProcessor(**_public("llava-hf/llava-1.5-7b-hf"))
     processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=8, chat_template=template,
+        image_processor=image_processor, tokenizer=tok, patch_size=42, chat_template=template,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
     LlavaForConditionalGeneration(cfg).save_pretrained(out)
@@ -162,21 +177,19 @@ def _build_llava_next(out: Path) -> None:
 
     template = _qwen_template(image="<image>\n")
     tok = _tokenizer({"image_token": "<image>"}, template)
+    settings = _public("llava-hf/llava-v1.6-mistral-7b-hf")
     cfg = LlavaNextConfig(
         text_config=_text_config("qwen2", len(tok)),
         vision_config=_clip_vision(),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
+        image_grid_pinpoints=settings["image_grid_pinpoints"],
         vision_feature_select_strategy="default",
         vision_feature_layer=-1,
         pad_token_id=tok.pad_token_id,
     )
-    image_processor = LlavaNextImageProcessor(
-        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-        image_grid_pinpoints=[[32, 32], [32, 64], [64, 32]],
-    )
+    image_processor = LlavaNextImageProcessor(**settings)
     processor = LlavaNextProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=8, chat_template=template,
+        image_processor=image_processor, tokenizer=tok, patch_size=42, chat_template=template,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
     LlavaNextForConditionalGeneration(cfg).save_pretrained(out)
@@ -219,7 +232,7 @@ def _build_qwen_vl(out: Path, version: str) -> None:
         config_cls = tf.Qwen2_5_VLConfig
         model_cls, proc_cls = tf.Qwen2_5_VLForConditionalGeneration, tf.Qwen2_5_VLProcessor
     cfg = config_cls(text_config=text, vision_config=vision, pad_token_id=tok.pad_token_id, **ids)
-    image_processor = tf.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    image_processor = tf.Qwen2VLImageProcessor(**_public("Qwen/Qwen2-VL-2B-Instruct"))
     video_processor = tf.Qwen2VLVideoProcessor()
     processor = proc_cls(
         image_processor=image_processor, tokenizer=tok, video_processor=video_processor, chat_template=template
@@ -237,10 +250,10 @@ def _build_gemma3(out: Path) -> None:
                image_token_id="<image_soft_token>")
     text = _text_config("gemma3_text", len(tok), head_dim=16, sliding_window=64, layer_types=None)
     vision = {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
+              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 896, "patch_size": 112}
     cfg = tf.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
                           pad_token_id=tok.pad_token_id, **ids)
-    image_processor = tf.Gemma3ImageProcessor(size={"height": 32, "width": 32}, do_pan_and_scan=False)
+    image_processor = tf.Gemma3ImageProcessor(**_public("google/gemma-3-4b-it"))
     processor = tf.Gemma3Processor(image_processor=image_processor, tokenizer=tok, image_seq_length=4,
                                    chat_template=_GEMMA_TEMPLATE)
     tf.Gemma3ForConditionalGeneration(cfg).save_pretrained(out)
@@ -253,32 +266,34 @@ def _build_idefics_family(out: Path, family: str) -> None:
     import transformers as tf
 
     prefix = {"smolvlm": "SmolVLM", "idefics3": "Idefics3"}[family]
+    checkpoint = {"smolvlm": "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "idefics3": "HuggingFaceTB/SmolVLM-Instruct"}
+    settings = _public(checkpoint[family])
+    tile = settings["max_image_size"]["longest_edge"]
     grid = {f"row{r}col{c}": f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)}
     special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
                "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>", **grid}
     tok = _tokenizer(special, _IDEFICS_TEMPLATE)
     vision = {"model_type": f"{family}_vision", "hidden_size": 32, "intermediate_size": 64,
-              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": 32, "patch_size": 8}
+              "num_hidden_layers": 2, "num_attention_heads": 4, "image_size": tile, "patch_size": tile // 8}
     cfg = getattr(tf, f"{prefix}Config")(
         text_config=_text_config("llama", len(tok)), vision_config=vision, scale_factor=2,
         image_token_id=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
     )
-    image_processor = getattr(tf, f"{prefix}ImageProcessor")(
-        do_image_splitting=False, size={"longest_edge": 32}, max_image_size={"longest_edge": 32},
-    )
+    image_processor = getattr(tf, f"{prefix}ImageProcessor")(**settings)
     extra = {"video_processor": tf.SmolVLMVideoProcessor()} if family == "smolvlm" else {}
-    processor = getattr(tf, f"{prefix}Processor")(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+    # 8×8 patches per view, merged 2×2 by scale_factor: 16 tokens per view
+    processor = getattr(tf, f"{prefix}Processor")(image_processor=image_processor, tokenizer=tok, image_seq_len=16,
                                                   chat_template=_IDEFICS_TEMPLATE, **extra)
     getattr(tf, f"{prefix}ForConditionalGeneration")(cfg).save_pretrained(out)
     processor.save_pretrained(out)
 
 
-def _whisper_features(max_source_positions: int):
+def _whisper_features(checkpoint: str):
+    """The checkpoint's public Whisper feature extractor, and the encoder length its window needs."""
     from transformers import WhisperFeatureExtractor
 
-    n_frames = max_source_positions * 2
-    return WhisperFeatureExtractor(feature_size=32, sampling_rate=16000, hop_length=160,
-                                   chunk_length=n_frames * 160 // 16000, n_fft=400)
+    extractor = WhisperFeatureExtractor(**_public(checkpoint, "audio"))
+    return extractor, extractor.nb_max_frames // 2
 
 
 def _build_qwen2_audio(out: Path) -> None:
@@ -287,11 +302,12 @@ def _build_qwen2_audio(out: Path) -> None:
     special = {"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>"}
     template = _qwen_template(audio="Audio 1: <|audio_bos|><|AUDIO|><|audio_eos|>\n")
     tok = _tokenizer(special, template)
-    audio = {"model_type": "qwen2_audio_encoder", "num_mel_bins": 32, "encoder_layers": 2, "d_model": 32,
-             "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": 100}
+    features, positions = _whisper_features("Qwen/Qwen2-Audio-7B-Instruct")
+    audio = {"model_type": "qwen2_audio_encoder", "num_mel_bins": features.feature_size, "encoder_layers": 2,
+             "d_model": 32, "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": positions}
     cfg = tf.Qwen2AudioConfig(audio_config=audio, text_config=_text_config("qwen2", len(tok)),
                               audio_token_id=tok.convert_tokens_to_ids("<|AUDIO|>"), pad_token_id=tok.pad_token_id)
-    processor = tf.Qwen2AudioProcessor(feature_extractor=_whisper_features(100), tokenizer=tok,
+    processor = tf.Qwen2AudioProcessor(feature_extractor=features, tokenizer=tok,
                                        chat_template=template)
     tf.Qwen2AudioForConditionalGeneration(cfg).save_pretrained(out)
     processor.save_pretrained(out)
@@ -348,18 +364,20 @@ def _build_qwen2_5_omni(out: Path) -> None:
     vision = {"model_type": "qwen2_5_omni_vision_encoder", "depth": 2, "hidden_size": 64, "num_heads": 4,
               "in_channels": 3, "spatial_merge_size": 2, "patch_size": 14, "temporal_patch_size": 2,
               "out_hidden_size": 64, "intermediate_size": 64, "fullatt_block_indexes": [1], "window_size": 56}
-    audio = {"model_type": "qwen2_5_omni_audio_encoder", "num_mel_bins": 32, "encoder_layers": 2, "d_model": 32,
-             "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": 100, "n_window": 50,
-             "output_dim": 64}
+    features, _ = _whisper_features("Qwen/Qwen2.5-Omni-7B")
+    # the real encoder attends in windows of 2 × n_window frames and has 1500 positions, whatever the window
+    audio = {"model_type": "qwen2_5_omni_audio_encoder", "num_mel_bins": features.feature_size, "encoder_layers": 2,
+             "d_model": 32, "encoder_attention_heads": 4, "encoder_ffn_dim": 64, "max_source_positions": 1500,
+             "n_window": 100, "output_dim": 64}
     thinker = tf.Qwen2_5OmniThinkerConfig(
         text_config=text, vision_config=vision, audio_config=audio,
         user_token_id=tok.convert_tokens_to_ids("user"), **ids,
     )
     cfg = tf.Qwen2_5OmniConfig(thinker_config=thinker.to_dict(), enable_audio_output=False)
-    image_processor = tf.Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=112 * 112)
+    image_processor = tf.Qwen2VLImageProcessor(**_public("Qwen/Qwen2.5-Omni-7B"))
     video_processor = tf.Qwen2VLVideoProcessor()
     processor = tf.Qwen2_5OmniProcessor(
-        image_processor=image_processor, video_processor=video_processor, feature_extractor=_whisper_features(100),
+        image_processor=image_processor, video_processor=video_processor, feature_extractor=features,
         tokenizer=tok, chat_template=_OMNI_TEMPLATE,
     )
     tf.Qwen2_5OmniForConditionalGeneration(cfg).save_pretrained(out)
