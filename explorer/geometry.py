@@ -46,11 +46,19 @@ def group_key(modality: str, label: str) -> str:
     return f"{modality}/{label}"
 
 
+#: Rows converted to float64 at a time: the float64 work copies stay a few MB whatever the number of items, so
+#: building a profile adds no memory that grows with the calibration file (the states themselves aside).
+_ROWS_PER_CHUNK = 256
+
+
 def _mean64(states: torch.Tensor) -> torch.Tensor:
-    """Mean over rows, accumulated in float64 (``[n, L, d]`` → ``[L, d]``)."""
+    """Mean over rows, accumulated in float64 a chunk of rows at a time (``[n, L, d]`` → ``[L, d]``)."""
     if states.shape[0] == 0:
         raise ValueError("cannot take the mean of an empty group")
-    return states.to(torch.float64).mean(dim=0)
+    total = torch.zeros(states.shape[1:], dtype=torch.float64)
+    for chunk in states.split(_ROWS_PER_CHUNK):
+        total += chunk.to(torch.float64).sum(dim=0)
+    return total / states.shape[0]
 
 
 def group_mean64(batch: StateBatch, modality: Modality, label: Label | None = None) -> torch.Tensor:
@@ -107,7 +115,10 @@ def project64(states: torch.Tensor, unit_dirs: torch.Tensor) -> torch.Tensor:
     norms = dirs.norm(dim=-1)
     if not bool(torch.allclose(norms, torch.ones_like(norms), atol=_UNIT_NORM_ATOL)):
         raise ValueError("unit_dirs must have unit norm per layer: pass unit_directions(r), not r")
-    return (states.to(torch.float64) * dirs).sum(dim=-1)
+    if states.ndim < 3 or states.shape[0] == 0:
+        return (states.to(torch.float64) * dirs).sum(dim=-1)
+    # a chunk of rows at a time: each row's sum is the same, the float64 copy stays small
+    return torch.cat([(chunk.to(torch.float64) * dirs).sum(dim=-1) for chunk in states.split(_ROWS_PER_CHUNK)])
 
 
 def project(states: torch.Tensor, unit_dirs: torch.Tensor) -> torch.Tensor:
