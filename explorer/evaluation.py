@@ -38,7 +38,7 @@ from .eval_records import (
     write_canonical,
 )
 from .generation import GenerationResult, generate, generate_batch
-from .judge import RefusalJudge
+from .judge import RefusalJudge, is_degenerate
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectionConfig
@@ -80,7 +80,7 @@ def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, setting
     fingerprint = json.loads(json.dumps({
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
         "correction": asdict(settings.correction), "max_new_tokens": settings.max_new_tokens,
-        "judge": list(settings.judge.phrases),
+        "judge": list(settings.judge.phrases), "judge_not_refusal": list(settings.judge.not_refusal),
     }))
     path = out_dir / "run.json"
     if path.is_file():
@@ -282,7 +282,8 @@ def _item_fields(item: Instruction, modality: str, mode: str) -> dict[str, Any]:
 
 
 def _result_fields(result: GenerationResult, settings: EvalSettings) -> dict[str, Any]:
-    return {"text": result.text, "refused": settings.judge.is_refusal(result.text), "score": result.score,
+    return {"text": result.text, "refused": settings.judge.is_refusal(result.text),
+            "degenerate": is_degenerate(result.text), "score": result.score,
             "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer}
 
 

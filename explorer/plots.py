@@ -259,12 +259,18 @@ def separability_figure(auroc: Mapping[str, Sequence[float]], gap: Mapping[str, 
     return fig
 
 
-def rates_figure(refusal_rate: Mapping[str, float]) -> go.Figure:
+def rates_figure(
+    refusal_rate: Mapping[str, float],
+    intervals: Mapping[str, Sequence[float]] | None = None,
+    counts: Mapping[str, int] | None = None,
+) -> go.Figure:
     """Refusal rates as grouped bars: keys ``"<modality>/<mode>/<label>"``, values fractions in [0, 1].
 
     Left panel: harmful requests refused (safety, higher is safer); right: harmless requests refused
     (over-refusal, lower is better). x = modality (bar colour), one bar group per mode (bar pattern).
+    `intervals` (same keys, [low, high]) draw 95% error bars; `counts` (same keys) print "n" under each rate.
     """
+    intervals, counts = intervals or {}, counts or {}
     cells: dict[str, dict[str, dict[str, float]]] = {}  # mode -> label -> modality -> value
     modalities: list[str] = []
     for key, value in refusal_rate.items():
@@ -285,10 +291,16 @@ def rates_figure(refusal_rate: Mapping[str, float]) -> go.Figure:
             if not vals:
                 continue
             y = [vals.get(m, math.nan) for m in modalities]
+            keys = [f"{m}/{mode}/{lab}" for m in modalities]
+            ci = [intervals.get(k) for k in keys]
+            error = {"type": "data", "symmetric": False, "color": "#333", "thickness": 1,
+                     "array": [c[1] - v if c else None for c, v in zip(ci, y)],
+                     "arrayminus": [v - c[0] if c else None for c, v in zip(ci, y)]} if any(ci) else None
             fig.add_trace(go.Bar(
                 x=modalities, y=[None if math.isnan(v) else v for v in y], name=mode, legendgroup=mode,
-                showlegend=col == 1 or "harmful" not in by_label, offsetgroup=mode,
-                text=["n/a" if math.isnan(v) else f"{v:.0%}" for v in y], textposition="outside",
+                showlegend=col == 1 or "harmful" not in by_label, offsetgroup=mode, error_y=error,
+                text=["n/a" if math.isnan(v) else f"{v:.0%}" + (f"<br>n={counts[k]}" if k in counts else "")
+                      for v, k in zip(y, keys)], textposition="outside",
                 marker={"color": [_color(m) for m in modalities], "line": {"color": "#333", "width": 1},
                         "pattern": {"shape": _MODE_PATTERNS.get(mode, "+"), "fgcolor": "#333"}},
                 hovertemplate=f"%{{x}} · {html.escape(mode)} · {lab}: %{{y:.1%}}<extra></extra>"),

@@ -9,6 +9,8 @@ import sys
 import pytest
 
 from explorer.cli import main
+from explorer.intervals import wilson_interval
+from explorer.judge import is_degenerate
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,20 @@ def test_eval_writes_the_documented_schema(eval_run):
             for label in ("harmful", "harmless")}
     assert set(metrics["refusal_rate"]) == keys
     assert all(0.0 <= v <= 1.0 for v in metrics["refusal_rate"].values())
+    # every rate has its count and its 95% Wilson interval; the counts are the records that were answered
+    lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert set(metrics["n"]) == set(metrics["refusal_rate_ci"]) == set(metrics["degenerate_rate"]) == keys
+    for key, rate in metrics["refusal_rate"].items():
+        modality, mode, label = key.split("/")
+        answered = [r for r in lines if (r["modality"], r["mode"], r["label"]) == (modality, mode, label)]
+        assert metrics["n"][key] == len(answered) == 3
+        assert rate == sum(r["refused"] for r in answered) / 3
+        assert metrics["refusal_rate_ci"][key] == pytest.approx(list(wilson_interval(round(rate * 3), 3)))
+        assert metrics["degenerate_rate"][key] == sum(is_degenerate(r["text"]) for r in answered) / 3
     per_layer = metrics["per_layer"]
+    assert set(per_layer["auroc_ci"]) == set(per_layer["auroc"])
+    for key, intervals in per_layer["auroc_ci"].items():
+        assert len(intervals) == 3 and all(0 <= lo <= hi <= 1 for lo, hi in intervals)
     assert set(per_layer["auroc"]) == {f"{m}/{mode}" for m in ("text", "image") for mode in ("off", "fixed", "adaptive")}
     assert all(len(v) == 3 for v in per_layer["auroc"].values())
     assert per_layer["auroc"]["text/fixed"] == per_layer["auroc"]["text/off"]  # text is never corrected
@@ -46,7 +61,6 @@ def test_eval_writes_the_documented_schema(eval_run):
     assert len(adaptive) == 6
     for r in adaptive:
         assert r["alpha"] == pytest.approx(1.5 * min(max(r["s"], 0.0), 1.0))
-    lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(lines) == 6 * 2 * 3  # items × modalities × modes
     assert {(r["modality"], r["mode"]) for r in lines} == {(m, mode) for m in ("text", "image")
                                                           for mode in ("off", "fixed", "adaptive")}
