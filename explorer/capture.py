@@ -130,6 +130,19 @@ class LayerRecord:
         """[batch, layers, hidden] float32: mean over each row's last `n_tokens` real tokens (float64 sum)."""
         return torch.stack([o.double().mean(dim=1).float() for o in self._at(attention_mask, n_tokens)], dim=1)
 
+    def pooled(self, attention_mask: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """[batch, layers, hidden]: the last token's state (`n_tokens` 1) or the mean of the last `n_tokens`."""
+        return self.last_token(attention_mask) if n_tokens == 1 else self.trailing_mean(attention_mask, n_tokens)
+
+
+def pooled_tokens(model: LoadedModel, modality: Modality, pooling: str) -> int:
+    """How many trailing prompt tokens one state is pooled over: 1 for "last"; for "template_mean" the chat
+    template's tokens after the user's content. One rule for calibration, the probe and evaluation states, so
+    s(x) is always normalised with statistics pooled the same way (docs/method.md)."""
+    if pooling not in ("last", "template_mean"):
+        raise ValueError(f"pooling must be 'last' or 'template_mean', got {pooling!r}")
+    return 1 if pooling == "last" else model.trailing_template_tokens(modality)
+
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass once the last wanted layer has run."""
@@ -188,10 +201,10 @@ def capture_prompts(
         inputs = model.encode(batch, padding_side="right")
         backend = model.backend(batch[0].modality)
         mask = inputs["attention_mask"]
-        n_tokens = 1 if settings.pooling == "last" else model.trailing_template_tokens(batch[0].modality)
+        n_tokens = pooled_tokens(model, batch[0].modality, settings.pooling)
         with record_layers(model, stop_early=True, keep=token_positions(mask, n_tokens)) as record:
             backend.model(**inputs, use_cache=False)
-        chunks.append(record.last_token(mask) if n_tokens == 1 else record.trailing_mean(mask, n_tokens))
+        chunks.append(record.pooled(mask, n_tokens))
     return torch.cat(chunks, dim=0)
 
 

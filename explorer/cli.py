@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence, get_args
 
@@ -140,18 +141,21 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
                                   layers=layers, probe_layer=args.probe_layer, positions=args.positions,
                                   rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
                                   temperature=args.temperature)
-    strength_choice = None
-    if args.strength == "auto":
-        if ranks.is_main:
-            print("choosing α_max on the calibration split ...", file=sys.stderr)
-        strength_choice = choose_strength(model, cal_items, profile, correction, modalities,
-                                          batch_size=args.batch_size, ranks=ranks)
-        correction = strength_choice.apply(correction)
-        if ranks.is_main:
-            print(json.dumps({"strength": strength_choice.per_modality, "budget": round(strength_choice.budget, 4),
-                              "calibration_rates": strength_choice.rates}), file=sys.stderr)
+    strength_choices = {}
+    if args.strength == "auto":  # each correcting mode gets its own α, chosen on calibration under one budget
+        for mode in (m for m in args.regap if m != "off"):
+            if ranks.is_main:
+                print(f"choosing α_max for {mode} on the calibration split ...", file=sys.stderr)
+            choice = choose_strength(model, cal_items, profile, replace(correction, mode=mode), modalities,
+                                     batch_size=args.batch_size, ranks=ranks)
+            strength_choices[mode] = choice
+            if ranks.is_main:
+                print(json.dumps({"mode": mode, "strength": choice.per_modality, "budget": round(choice.budget, 4),
+                                  "calibration_rates": choice.rates}), file=sys.stderr)
+        if "adaptive" in strength_choices:
+            correction = strength_choices["adaptive"].apply(correction)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
-                                 max_new_tokens=args.max_new_tokens, strength_choice=strength_choice,
+                                 max_new_tokens=args.max_new_tokens, strength_choices=strength_choices,
                                  batch_size=args.batch_size)
     metrics = evaluate(model, items, profile, eval_settings, args.out, ranks=ranks)
     if ranks.is_main:

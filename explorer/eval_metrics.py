@@ -18,6 +18,7 @@ from .calibration import OVER_REFUSAL_BUDGET
 from .data import Instruction
 from .eval_records import record_key
 from .geometry import (
+    accuracy_at_threshold,
     auroc_per_layer,
     axis_group_stats,
     refusal_gap,
@@ -73,6 +74,7 @@ def compute_metrics(
     skipped: dict[str, int] = {}
     auroc: dict[str, list[float]] = {}
     auroc_ci: dict[str, list[list[float]]] = {}
+    accuracy: dict[str, list[float]] = {}
     gap: dict[str, list[float]] = {}
     uncorrected: dict[str, torch.Tensor] = {}  # media modality -> projections without correction
     for modality in settings.modalities:
@@ -95,6 +97,8 @@ def compute_metrics(
             if len(set(labels)) == 2:
                 auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
+                accuracy[f"{modality}/{mode}"] = accuracy_at_threshold(
+                    profile.score(job.stacked(model.num_layers, model.hidden_size)), labels)
                 harmful = np.array([label == "harmful" for label in labels])
                 auroc_ci[f"{modality}/{mode}"] = [
                     [low, high] for low, high in auroc_bootstrap_interval(projections.numpy(), harmful)]
@@ -135,6 +139,10 @@ def compute_metrics(
         "per_layer": {
             "auroc": auroc,
             "auroc_ci": auroc_ci,
+            "accuracy_at_text_threshold": accuracy,
+            # adaptive's α(x) is read along the axis these numbers measure: they describe its corrected states,
+            # not a fixed map of the uncorrected ones (docs/method.md, formula 4c)
+            "input_dependent": sorted(k for k in auroc if k.endswith("/adaptive") and not k.startswith("text/")),
             "refusal_gap": gap,
             "drift_norm": {m: v for m, v in profile.metrics.get("drift_norm", {}).items()},
             "cos_drift_refusal": {m: v for m, v in profile.metrics.get("cos_drift_refusal", {}).items()},
@@ -151,7 +159,11 @@ def compute_metrics(
             "rule": resolved.rule,
             "modality_strengths": dict(resolved.modality_strengths),
             "per_item": per_item,
-            **({"strength_choice": settings.strength_choice.to_dict()} if settings.strength_choice else {}),
+            "mode_strengths": settings.mode_strengths,
+            **({"strength_choice": settings.strength_choices["adaptive"].to_dict()}
+               if "adaptive" in settings.strength_choices else {}),
+            **({"strength_choices": {mode: choice.to_dict() for mode, choice in settings.strength_choices.items()}}
+               if settings.strength_choices else {}),
         },
         "max_new_tokens": settings.max_new_tokens,
         "judge_phrases": list(settings.judge.phrases),

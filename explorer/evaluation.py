@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -58,7 +58,8 @@ class EvalSettings:
     correction: CorrectionConfig = CorrectionConfig()
     max_new_tokens: int = 48
     judge: RefusalJudge = RefusalJudge()
-    strength_choice: StrengthChoice | None = None  # how `--strength auto` chose α_max; recorded in metrics
+    #: how `--strength auto` chose each mode's own α (per modality) on calibration; recorded in metrics
+    strength_choices: Mapping[str, StrengthChoice] = field(default_factory=dict)
     batch_size: int = 8  # prompts generated together (greedy: the same tokens as one at a time)
 
     def __post_init__(self) -> None:
@@ -71,6 +72,24 @@ class EvalSettings:
         for mode in self.modes:
             replace(self.correction, mode=mode)  # validates the mode name
 
+    def correction_for(self, mode: str) -> CorrectionConfig:
+        """The correction `mode` runs with: its own chosen strengths when `--strength auto` chose them, so every
+        mode is compared at its own tuned α under the same over-refusal budget, never at another mode's."""
+        config = replace(self.correction, mode=mode)
+        choice = self.strength_choices.get(mode)
+        return choice.apply(config) if choice is not None else config
+
+    @property
+    def mode_strengths(self) -> dict[str, dict[str, float]]:
+        """{mode: {modality: α}} of every correcting mode, as each runs (`regap.mode_strengths` in metrics)."""
+        out = {}
+        for mode in self.modes:
+            if mode == "off":
+                continue
+            config = self.correction_for(mode)
+            out[mode] = {m: config.for_modality(m).strength for m in self.modalities if m != "text"}
+        return out
+
 
 def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings) -> dict[str, Any]:
     """Resume only a run made with the same model, calibration and settings; refuse to mix two runs.
@@ -79,7 +98,8 @@ def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, setting
     any rank writes it (`_record_run`, rank 0, after a barrier), so all ranks reach the same verdict."""
     fingerprint = json.loads(json.dumps({
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
-        "correction": asdict(settings.correction), "max_new_tokens": settings.max_new_tokens,
+        "correction": asdict(settings.correction), "mode_strengths": settings.mode_strengths,
+        "max_new_tokens": settings.max_new_tokens,
         "judge": list(settings.judge.phrases), "judge_not_refusal": list(settings.judge.not_refusal),
     }))
     path = out_dir / "run.json"
@@ -166,7 +186,7 @@ def _generate_shard(
     states: dict[str, torch.Tensor] = {}
     with sink_path.open("a") as sink:
         for modality, mode in jobs:
-            config = replace(settings.correction, mode=mode)
+            config = settings.correction_for(mode)
             pending: list[Instruction] = []
 
             def flush() -> None:  # generate the pending items in one batch; records are written as they come

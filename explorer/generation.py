@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .capture import record_layers, token_positions
+from .capture import pooled_tokens, record_layers, token_positions
 from .media import Prompt
 from .models import LoadedModel
 from .profile import Profile
@@ -90,7 +90,8 @@ def generate(
         sampling = {"do_sample": True, "temperature": 0.7, "top_p": 0.95}
         rng_guard = _SAMPLING_LOCK  # torch's RNG is global: seeded runs take turns, so each is reproducible
     tokenizer = backend.tokenizer
-    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"]))
+    n_tokens = pooled_tokens(model, prompt.modality, profile.pooling if profile is not None else "last")
+    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"], n_tokens))
                 if capture_prompt_states else nullcontext())
     with rng_guard, corrected(model, vectors, alpha, resolved.positions), recorder as rec:
         if seed is not None:
@@ -104,7 +105,7 @@ def generate(
             **sampling,
         )
     new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
-    states = rec.last_token(inputs["attention_mask"])[0] if capture_prompt_states else None
+    states = rec.pooled(inputs["attention_mask"], n_tokens)[0] if capture_prompt_states else None
     return GenerationResult(
         text=model.decode(prompt.modality, new_tokens),
         token_ids=new_tokens,
@@ -188,14 +189,15 @@ def generate_batch(
     inputs = model.encode(prompts, padding_side="left")
     backend = model.backend(modality)
     tokenizer = backend.tokenizer
-    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"]))
+    n_tokens = pooled_tokens(model, modality, profile.pooling if profile is not None else "last")
+    recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"], n_tokens))
                 if capture_prompt_states else nullcontext())
     with corrected(model, vectors, alphas, resolved.positions), recorder as rec:
         output = backend.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
         )
-    states = rec.last_token(inputs["attention_mask"]) if capture_prompt_states else None
+    states = rec.pooled(inputs["attention_mask"], n_tokens) if capture_prompt_states else None
     eos = _eos_ids(backend.model, tokenizer)
     results = []
     for row, tokens in enumerate(output[:, inputs["input_ids"].shape[1] :].tolist()):

@@ -25,6 +25,7 @@ from .states import StateBatch
 from .vocab import LABELS, MODALITIES, Label, Modality, check_choice
 
 __all__ = [
+    "accuracy_at_threshold",
     "auroc_per_layer",
     "axis_group_stats",
     "cos_per_layer",
@@ -158,6 +159,17 @@ def refusal_gap(proj: torch.Tensor, labels: list[Label] | list[str]) -> list[flo
     mask = torch.from_numpy(harmful)
     gap = p[mask].mean(dim=0) - p[~mask].mean(dim=0)
     return [float(g) for g in gap]
+
+
+def accuracy_at_threshold(scores: torch.Tensor, labels: list[Label] | list[str], threshold: float = 0.5) -> list[float]:
+    """Accuracy per layer of "harmful iff score > threshold" (formula 4c), `scores` [n, L] normalised refusal
+    scores (0 = harmless text mean, 1 = harmful text mean), so 0.5 is the threshold fixed on text calibration.
+
+    Why beside AUROC: a modality drift moves every item along the axis; AUROC keeps the order and does not see
+    it, this accuracy does."""
+    s, harmful = _check_proj_labels(scores, labels)
+    predicted = s.numpy() > threshold
+    return [float(np.mean(predicted[:, layer] == harmful)) for layer in range(predicted.shape[1])]
 
 
 def auroc_per_layer(proj: torch.Tensor, labels: list[Label] | list[str]) -> list[float]:

@@ -108,6 +108,12 @@ class Profile:
         return unit_directions(self.refusal_dirs)
 
     @property
+    def pooling(self) -> str:
+        """How the calibration states were pooled ("last" or "template_mean"): every state read against this
+        profile (the probe's s(x), evaluation states) is pooled the same way."""
+        return str(self.capture_settings.get("pooling", "last"))
+
+    @property
     def modalities(self) -> list[Modality]:
         """Modalities present in the profile, in the order text, image, audio."""
         present = {key.partition("/")[0] for key in self.means}

@@ -25,6 +25,7 @@ from .capture import (
     CaptureSettings,
     capture_prompts,
     layer_output,
+    pooled_tokens,
     record_layers,
     token_positions,
 )
@@ -57,7 +58,8 @@ class CorrectionConfig:
     """How to correct. Empty `layers` / `probe_layer=None` mean: the profile's calibrated defaults.
 
     Attributes:
-        mode: off, fixed (formula 7), shiftdc (8), cmrm (9), adaptive = ReGap (10).
+        mode: off, fixed (formula 7), shiftdc (8), cmrm (9), adaptive = ReGap (10), adaptive_raw = ReGap with
+            the probe uncorrected (probe_strength 0: α(x) from the raw score; the self-rectification ablation).
         strength: α for fixed/shiftdc/cmrm; α_max for adaptive.
         probe_strength: the fixed α of adaptive's probe pass (1 = remove the whole estimated drift).
         layers: corrected layers; one layer, or a contiguous window (increments, formula 7).
@@ -102,7 +104,11 @@ class CorrectionConfig:
         return replace(self, strength=own[modality]) if modality in own else self
 
     def resolved(self, profile: Profile) -> "CorrectionConfig":
-        """This config with empty layers / probe layer filled from the profile's calibrated defaults."""
+        """This config with empty layers / probe layer filled from the profile's calibrated defaults.
+
+        "adaptive_raw" resolves to "adaptive" with `probe_strength` 0: the same rule, gated on the raw score."""
+        if self.mode == "adaptive_raw":
+            return replace(self, mode="adaptive", probe_strength=0.0).resolved(profile)
         defaults = choose_defaults(profile)
         layers = self.layers or defaults.layers
         probe = self.probe_layer if self.probe_layer is not None else defaults.probe_layer
@@ -230,16 +236,17 @@ def self_rectification_scores(
     harmless = profile.proj_means["text/harmless"][probe : probe + 1]
     harmful = profile.proj_means["text/harmful"][probe : probe + 1]
     scores: list[float] = []
+    n_tokens = pooled_tokens(model, prompts[0].modality, profile.pooling)  # pooled as the profile's statistics
     for start in range(0, len(prompts), settings.batch_size):
         inputs = model.encode(prompts[start : start + settings.batch_size], padding_side="right")
         # the forward stops at the probe layer: later layers and the vocabulary projection are not needed
         with corrected(model, vectors, config.probe_strength, "prompt"), record_layers(
-            model, [probe], stop_early=True, keep=token_positions(inputs["attention_mask"])
+            model, [probe], stop_early=True, keep=token_positions(inputs["attention_mask"], n_tokens)
         ) as record:
             backend.model(**inputs, use_cache=False)
-        hidden = record.outputs[probe]  # [batch, 1, d]: gathered at the last prompt token inside the hook
+        hidden = record.outputs[probe]  # [batch, n_tokens, d]: gathered at the last prompt tokens inside the hook
         assert hidden is not None
-        state = hidden[:, -1].float().cpu()
+        state = (hidden[:, -1].float() if n_tokens == 1 else hidden.double().mean(dim=1).float()).cpu()
         projection = (state.double() @ unit)[:, None]  # formula 2 at the probe layer
         scores += normalised_score(projection, harmless, harmful)[:, 0].tolist()  # formula 6
     return scores

@@ -35,8 +35,9 @@ __all__ = [
 
 Modality = Literal["text", "image", "audio"]
 Label = Literal["harmful", "harmless"]
-#: Correction modes (formulas 7–10 of docs/method.md): none, fixed drift, ShiftDC-style, CMRM-style, ReGap.
-Mode = Literal["off", "fixed", "shiftdc", "cmrm", "adaptive"]
+#: Correction modes (formulas 7–10 of docs/method.md): none, fixed drift, ShiftDC-style, CMRM-style, ReGap, and
+#: ReGap gated on the raw score (its probe uncorrected: the ablation that shows what self-rectification adds).
+Mode = Literal["off", "fixed", "shiftdc", "cmrm", "adaptive", "adaptive_raw"]
 
 MODALITIES: tuple[Modality, ...] = get_args(Modality)
 MEDIA_MODALITIES: tuple[Modality, ...] = ("image", "audio")

@@ -118,13 +118,13 @@ def test_rerun_with_other_settings_is_refused(eval_run, capsys):
     out, args = eval_run
     changed = [("2.5" if a == "1.5" else a) for a in args]
     assert main(changed) == 2
-    assert "different settings (correction)" in capsys.readouterr().err
+    assert "different settings (correction" in capsys.readouterr().err
 
 
 def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
-            "--regap", "off,adaptive", "--strength", "auto", "--calibration-limit", "2", "--limit", "2",
+            "--regap", "off,fixed,adaptive", "--strength", "auto", "--calibration-limit", "2", "--limit", "2",
             "--max-new-tokens", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     assert main(args) == 0
     regap = json.loads((out / "metrics.json").read_text())["regap"]
@@ -136,8 +136,17 @@ def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp
     correction = json.loads((out / "run.json").read_text())["correction"]
     assert correction["strength"] == choice["strength"]
     assert correction["modality_strengths"] == [["image", choice["strength"]]]
-    image_alphas = [row["alpha"] for row in regap["per_item"] if row["modality"] == "image"]
+    image_alphas = [row["alpha"] for row in regap["per_item"] if row["modality"] == "image"
+                    and row["mode"] == "adaptive"]
     assert image_alphas and all(0 <= a <= choice["strength"] + 1e-9 for a in image_alphas)
+    # every correcting mode was tuned on its own and runs at its own α (issue 12: no mode borrows adaptive's)
+    choices = regap["strength_choices"]
+    assert set(choices) == {"fixed", "adaptive"} and choices["adaptive"] == choice
+    assert regap["mode_strengths"] == {mode: c["per_modality"] for mode, c in choices.items()}
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    fixed_alphas = {r["alpha"] for r in records if r["mode"] == "fixed" and r["modality"] == "image"}
+    assert fixed_alphas == {choices["fixed"]["per_modality"]["image"]}
+    assert json.loads((out / "run.json").read_text())["mode_strengths"] == regap["mode_strengths"]
 
 
 def test_strength_must_be_a_number_or_auto(capsys):

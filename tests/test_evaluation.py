@@ -119,3 +119,27 @@ def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
     assert m1["refusal_rate"] == m4["refusal_rate"]
     for key, values in m1["per_layer"]["auroc"].items():
         assert values == pytest.approx(m4["per_layer"]["auroc"][key], abs=1e-6)
+
+
+def test_each_mode_runs_at_its_own_chosen_strength(tiny_llava, tmp_path):
+    """Strengths chosen per mode are the ones each mode generates with (fixed at 2.0 here, adaptive at 0.5)."""
+    from explorer.calibration import StrengthChoice, calibrate, load_calibration_items
+    from explorer.data import load_builtin
+    from explorer.evaluation import EvalSettings, evaluate
+    from explorer.regap import CorrectionConfig
+
+    profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=2), ["text", "image"],
+                        cache_dir=tmp_path / "cache").profile
+    choices = {"fixed": StrengthChoice({"image": 2.0}, 0.05, {}), "adaptive": StrengthChoice({"image": 0.5}, 0.05, {})}
+    settings = EvalSettings(modalities=("text", "image"), modes=("off", "fixed", "adaptive"),
+                            correction=choices["adaptive"].apply(CorrectionConfig(mode="adaptive")),
+                            max_new_tokens=2, strength_choices=choices)
+    assert settings.mode_strengths == {"fixed": {"image": 2.0}, "adaptive": {"image": 0.5}}
+    items = load_builtin("evaluation")[:2]
+    metrics = evaluate(tiny_llava, items, profile, settings, tmp_path / "run", progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert {r["alpha"] for r in records if r["modality"] == "image" and r["mode"] == "fixed"} == {2.0}
+    adaptive = [r["alpha"] for r in records if r["modality"] == "image" and r["mode"] == "adaptive"]
+    assert adaptive and all(0 <= a <= 0.5 + 1e-9 for a in adaptive)
+    assert metrics["regap"]["mode_strengths"] == settings.mode_strengths
+    assert metrics["regap"]["strength_choices"]["fixed"]["per_modality"] == {"image": 2.0}

@@ -163,3 +163,14 @@ def test_normalised_score_hand_computed() -> None:
     torch.testing.assert_close(normalised_score(proj, lo, hi), torch.tensor([[0.5, 0.25], [0.0, 1.0]]))
     with pytest.raises(ValueError, match="undefined"):
         normalised_score(proj, lo, lo)
+
+
+def test_accuracy_at_the_text_threshold_sees_a_shift_auroc_does_not():
+    from explorer.geometry import accuracy_at_threshold, auroc_per_layer
+
+    scores = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.6, 0.7], [0.4, 0.3]])
+    labels = ["harmful", "harmless", "harmful", "harmless"]
+    assert accuracy_at_threshold(scores, labels) == [1.0, 0.5]
+    shifted = scores - 0.45  # a drift moving every item down the axis: the order (AUROC) is kept
+    assert auroc_per_layer(shifted, labels) == auroc_per_layer(scores, labels)
+    assert accuracy_at_threshold(shifted, labels) == [0.5, 0.5]  # every item now under the text threshold

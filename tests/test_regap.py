@@ -207,3 +207,64 @@ def test_generate_batch_equals_generate_one_prompt_at_a_time(tiny_llava, mode):
         if got.score is not None:
             assert got.score == pytest.approx(alone.score, abs=1e-5)
         torch.testing.assert_close(got.prompt_states, alone.prompt_states, rtol=1e-4, atol=1e-4)
+
+
+def test_template_mean_pooling_is_honoured_by_the_probe_and_the_eval_states(tiny_llava, tmp_path):
+    """With a profile calibrated on template-mean states, s(x) and the states `generate_batch` records are pooled
+    the same way (they were read at the last token before: s(x) normalised with the wrong statistics)."""
+    from explorer.calibration import calibrate, load_calibration_items
+    from explorer.capture import CaptureSettings, capture_prompts
+    from explorer.generation import generate_batch
+    from explorer.geometry import normalised_score
+    from explorer.regap import (
+        CorrectionConfig,
+        corrected,
+        correction_vectors,
+        self_rectification_scores,
+    )
+
+    pooled = CaptureSettings(pooling="template_mean")
+    profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], pooled,
+                        cache_dir=tmp_path).profile
+    assert profile.pooling == "template_mean"
+    prompts = [tiny_llava.render(i, "image") for i in load_calibration_items("builtin", limit=2)]
+    config = CorrectionConfig(mode="adaptive").resolved(profile)
+    probe = config.probe_layer
+    with corrected(tiny_llava, correction_vectors(profile, "image", "fixed", config.layers), 1.0, "prompt"):
+        states = capture_prompts(tiny_llava, prompts, pooled)[:, probe]
+    projection = (states.double() @ profile.unit_dirs[probe].double())[:, None]
+    expected = normalised_score(projection, profile.proj_means["text/harmless"][probe : probe + 1],
+                                profile.proj_means["text/harmful"][probe : probe + 1])[:, 0].tolist()
+    assert self_rectification_scores(tiny_llava, prompts, profile, config) == pytest.approx(expected, abs=1e-5)
+    results = generate_batch(tiny_llava, prompts, profile, CorrectionConfig(mode="off"), max_new_tokens=1,
+                             capture_prompt_states=True)
+    recorded = torch.stack([r.prompt_states for r in results])
+    torch.testing.assert_close(recorded, capture_prompts(tiny_llava, prompts, pooled), rtol=1e-4, atol=1e-4)
+    last = capture_prompts(tiny_llava, prompts, CaptureSettings())
+    assert not torch.allclose(recorded, last, atol=1e-3)  # and the pooling really differs from the last token
+
+
+def test_adaptive_raw_gates_on_the_uncorrected_score(tiny_llava, tmp_path):
+    """The self-rectification ablation: "adaptive_raw" is adaptive with the probe uncorrected, so s(x) is the raw
+    score of the input (no correction before the probe layer) and everything else is adaptive's."""
+    from explorer.calibration import calibrate, load_calibration_items
+    from explorer.capture import capture_prompts
+    from explorer.geometry import normalised_score
+    from explorer.regap import CorrectionConfig
+
+    profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"],
+                        cache_dir=tmp_path).profile
+    prompt = tiny_llava.render(load_calibration_items("builtin", limit=1)[0], "image")
+    raw = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="adaptive_raw", strength=2.0), max_new_tokens=3)
+    same = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="adaptive", strength=2.0, probe_strength=0.0),
+                    max_new_tokens=3)
+    assert (raw.text, raw.score, raw.alpha) == (same.text, same.score, same.alpha)
+    probe = CorrectionConfig().resolved(profile).probe_layer
+    state = capture_prompts(tiny_llava, [prompt])[:, probe]
+    expected = normalised_score((state.double() @ profile.unit_dirs[probe].double())[:, None],
+                                profile.proj_means["text/harmless"][probe : probe + 1],
+                                profile.proj_means["text/harmful"][probe : probe + 1])[0, 0]
+    assert raw.score == pytest.approx(float(expected), abs=1e-5)
+    corrected_probe = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="adaptive", strength=2.0),
+                               max_new_tokens=3)
+    assert corrected_probe.score != pytest.approx(raw.score, abs=1e-4)  # the corrected probe reads another state

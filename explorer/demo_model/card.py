@@ -52,6 +52,15 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _rate_cell(cli: dict[str, Any], key: str) -> str:
+    """A rate with its 95% Wilson interval and count, e.g. "56.4% [47.0–65.3], n=110" (issue 12)."""
+    cell = _pct(cli["refusal_rate"][key])
+    ci, n = cli.get("refusal_rate_ci", {}).get(key), cli.get("n", {}).get(key)
+    if ci:
+        cell += f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
+    return cell + (f", n={n}" if n is not None else "")
+
+
 def _points(x: float) -> str:
     return f"{100 * x:.0f}"
 
@@ -84,6 +93,8 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "num_items": metrics["num_items"],
         "max_new_tokens": metrics["max_new_tokens"],
         "refusal_rate": metrics["refusal_rate"],
+        "refusal_rate_ci": metrics.get("refusal_rate_ci", {}),
+        "n": metrics.get("n", {}),
         "lookalike_refusal_rate": metrics["lookalike_refusal_rate"],
         "auroc_off": {m: auroc[f"{m}/off"] for m in MODALITIES if f"{m}/off" in auroc},
         "regap": {k: v for k, v in metrics["regap"].items() if k != "per_item"},
@@ -161,8 +172,16 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
     rate, look = cli["refusal_rate"], cli["lookalike_refusal_rate"]
     # Text is shown once: correction modes do not apply to text inputs (no modality drift to remove).
     keys = ["text/off"] + [f"{m}/{mode}" for m in MEDIA_MODALITIES for mode in MODES if f"{m}/{mode}/harmful" in rate]
-    rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {_pct(rate[k + '/harmful'])} | {_pct(rate[k + '/harmless'])} | "
-            f"{_pct(look[k]) if k in look else '-'} |" for k in keys if k + "/harmful" in rate]
+    strengths = cli["regap"].get("mode_strengths", {})
+
+    def alpha(key: str) -> str:  # the α this mode ran with on this modality (each mode tuned on its own)
+        modality, mode = key.split("/")
+        value = strengths.get(mode, {}).get(modality)
+        return "-" if value is None else f"{value:g}"
+
+    rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {alpha(k)} | {_rate_cell(cli, k + '/harmful')} | "
+            f"{_rate_cell(cli, k + '/harmless')} | {_pct(look[k]) if k in look else '-'} |"
+            for k in keys if k + "/harmful" in rate]
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(cli["auroc_off"]["text"]))) + " |",
              "|---|" + "---|" * len(cli["auroc_off"]["text"])]
     auroc += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for m, values in cli["auroc_off"].items()]
