@@ -25,7 +25,7 @@ from .geometry import (
     translation_ceiling,
 )
 from .intervals import auroc_bootstrap_interval, wilson_interval
-from .judge import is_degenerate
+from .judge import answer_overlap, is_degenerate
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
 from .profile import Profile
@@ -56,6 +56,26 @@ def _rate_fields(flags: Sequence[bool]) -> tuple[float, list[float]]:
     """A rate and its 95% Wilson interval (the flags are never empty here)."""
     low, high = wilson_interval(sum(flags), len(flags))  # type: ignore[misc]
     return float(np.mean(flags)), [low, high]
+
+
+def _utility(
+    items: Sequence[Instruction], settings: EvalSettings, done: dict[str, dict[str, Any]]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Mean word-F1 overlap of each corrected harmless answer with the same item's uncorrected answer, per
+    "<modality>/<mode>" of the media modalities (needs the "off" mode; items answered in both)."""
+    utility: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    if "off" not in settings.modes:
+        return utility, counts
+    for modality in (m for m in settings.modalities if m != "text"):
+        for mode in (m for m in settings.modes if m != "off"):
+            pairs = [(done.get(record_key(i.id, modality, mode)), done.get(record_key(i.id, modality, "off")))
+                     for i in items if i.label == "harmless"]
+            scores = [answer_overlap(a["text"], b["text"]) for a, b in pairs
+                      if a and b and not a.get("skipped") and not b.get("skipped")]
+            if scores:
+                utility[f"{modality}/{mode}"], counts[f"{modality}/{mode}"] = float(np.mean(scores)), len(scores)
+    return utility, counts
 
 
 def compute_metrics(
@@ -110,6 +130,7 @@ def compute_metrics(
             if len(set(labels)) == 2:
                 ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
     resolved = settings.correction.resolved(profile)
+    utility, utility_n = _utility(items, settings, done)
     lookalike_rate, lookalike_ci, lookalike_n = {}, {}, {}
     for m in settings.modalities:
         for mode in settings.modes:
@@ -134,6 +155,8 @@ def compute_metrics(
         "lookalike_refusal_rate": lookalike_rate,
         "lookalike_refusal_rate_ci": lookalike_ci,
         "lookalike_n": lookalike_n,
+        "utility_overlap": utility,
+        "utility_n": utility_n,
         "skipped": skipped,
         "skipped_items": skipped_items,
         "per_layer": {

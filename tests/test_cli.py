@@ -10,7 +10,7 @@ import pytest
 
 from explorer.cli import main
 from explorer.intervals import wilson_interval
-from explorer.judge import is_degenerate
+from explorer.judge import answer_overlap, is_degenerate
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,15 @@ def test_eval_writes_the_documented_schema(eval_run):
         assert rate == sum(r["refused"] for r in answered) / 3
         assert metrics["refusal_rate_ci"][key] == pytest.approx(list(wilson_interval(round(rate * 3), 3)))
         assert metrics["degenerate_rate"][key] == sum(is_degenerate(r["text"]) for r in answered) / 3
+    # utility: corrected harmless answers against the same items' uncorrected answers (word F1)
+    assert set(metrics["utility_overlap"]) == set(metrics["utility_n"]) == {"image/fixed", "image/adaptive"}
+    for key, value in metrics["utility_overlap"].items():
+        modality, mode = key.split("/")
+        off = {r["id"]: r["text"] for r in lines if (r["modality"], r["mode"], r["label"]) == (modality, "off", "harmless")}
+        pairs = [(r["text"], off[r["id"]]) for r in lines
+                 if (r["modality"], r["mode"], r["label"]) == (modality, mode, "harmless")]
+        assert metrics["utility_n"][key] == len(pairs) == 3
+        assert value == pytest.approx(sum(answer_overlap(a, b) for a, b in pairs) / 3)
     per_layer = metrics["per_layer"]
     assert set(per_layer["auroc_ci"]) == set(per_layer["auroc"])
     for key, intervals in per_layer["auroc_ci"].items():

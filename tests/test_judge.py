@@ -123,3 +123,15 @@ def test_degenerate_answers(text, expected):
     from explorer.judge import is_degenerate
 
     assert is_degenerate(text) is expected
+
+
+@pytest.mark.parametrize("answer, reference, expected", [
+    ("Preheat the oven.", "preheat THE oven", 1.0),
+    ("the cat sat", "the cat ran away", 4 / 7),  # 2 shared words: precision 2/3, recall 2/4
+    ("tips tips tips", "tips", 0.5),  # multiplicity counts: precision 1/3, recall 1
+    ("", "", 1.0), ("I can't help with that.", "Mix flour and water.", 0.0), ("", "Mix flour.", 0.0),
+])
+def test_answer_overlap_is_word_f1(answer, reference, expected):
+    from explorer.judge import answer_overlap
+
+    assert answer_overlap(answer, reference) == pytest.approx(expected)
