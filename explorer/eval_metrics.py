@@ -117,8 +117,8 @@ def compute_metrics(
             if len(set(labels)) == 2:
                 auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
-                accuracy[f"{modality}/{mode}"] = accuracy_at_threshold(
-                    profile.score(job.stacked(model.num_layers, model.hidden_size)), labels)
+                accuracy[f"{modality}/{mode}"] = accuracy_at_threshold(profile.score_of_projections(projections),
+                                                                       labels)
                 harmful = np.array([label == "harmful" for label in labels])
                 auroc_ci[f"{modality}/{mode}"] = [
                     [low, high] for low, high in auroc_bootstrap_interval(projections.numpy(), harmful)]

@@ -129,9 +129,11 @@ class Profile:
 
     def score(self, states: torch.Tensor) -> torch.Tensor:
         """Normalised refusal score ``s_l(x)`` ``[..., L]`` from the text statistics (formula 6)."""
-        return normalised_score(
-            self.project(states), self.proj_means["text/harmless"], self.proj_means["text/harmful"]
-        )
+        return self.score_of_projections(self.project(states))
+
+    def score_of_projections(self, projections: torch.Tensor) -> torch.Tensor:
+        """Formula 6 on projections already computed (``[..., L]``), so a caller holding them projects once."""
+        return normalised_score(projections, self.proj_means["text/harmless"], self.proj_means["text/harmful"])
 
     def save(self, directory: str | Path) -> Path:
         """Writes ``profile.safetensors`` (all tensors, float32) and ``profile.json`` (the rest).
