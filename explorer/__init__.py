@@ -13,7 +13,8 @@ from .data import Instruction, load_builtin, load_prompts
 from .embedding import embed_2d
 from .evaluation import EvalSettings, evaluate
 from .generation import GenerationResult, generate, generate_batch, generate_texts
-from .judge import RefusalJudge
+from .judge import Judge, RefusalJudge
+from .judge_model import ModelJudge, load_judge
 from .loading import load_model
 from .media import Prompt, render
 from .models import LoadedModel, ModelLoadError
@@ -30,11 +31,13 @@ __all__ = [
     "EvalSettings",
     "GenerationResult",
     "Instruction",
+    "Judge",
     "LABELS",
     "LoadedModel",
     "MODALITIES",
     "MODES",
     "MediaError",
+    "ModelJudge",
     "ModelLoadError",
     "Profile",
     "Prompt",
@@ -55,6 +58,7 @@ __all__ = [
     "load_builtin",
     "load_calibration_items",
     "load_image",
+    "load_judge",
     "load_model",
     "load_prompts",
     "record_layers",

@@ -16,11 +16,18 @@ from .capture import (
     save_states,
     states_cache_file,
 )
-from .data import Instruction, calibration_hash, load_builtin, load_prompts
+from .data import (
+    VALIDATION_PATH,
+    Instruction,
+    calibration_hash,
+    load_builtin,
+    load_prompts,
+)
 from .distributed import SINGLE, Ranks, gather_rows, sum_counts
 from .generation import generate_batch
-from .judge import RefusalJudge
+from .judge import Judge, RefusalJudge
 from .models import LoadedModel
+from .peers import dataset_blank_shift
 from .profile import Profile, build_profile
 from .regap import CorrectionConfig, capture_corrected
 from .states import StateBatch
@@ -42,12 +49,26 @@ class Calibration:
     items: list[Instruction]
 
 
+#: Calibration sources that name a shipped file: the calibration split, and the validation file (the demo's own
+#: calibration: the demo trained on the calibration split, so its defaults are chosen on data it never saw).
+CALIBRATION_SOURCES = ("builtin", "validation")
+
+
+def calibration_source_for(source: str, model: LoadedModel) -> str:
+    """`default` → the model's own calibration source (its manifest's `calibration`, else `builtin`)."""
+    return model.calibration_source if source == "default" else source
+
+
 def load_calibration_items(source: str = "builtin", limit: int | None = None) -> list[Instruction]:
-    """`builtin` → the shipped calibration split; else a JSONL/CSV file of the user's (all its rows).
+    """`builtin` → the shipped calibration split; `validation` → the shipped validation file; else a JSONL/CSV
+    file of the user's (all its rows).
 
     `limit` keeps the first `limit` items of each label, so a small run stays balanced.
     """
-    items = load_builtin("calibration") if source == "builtin" else load_prompts(source)
+    if source == "builtin":
+        items = load_builtin("calibration")
+    else:
+        items = load_prompts(VALIDATION_PATH if source == "validation" else source)
     if limit is not None:
         kept: list[Instruction] = []
         for label in LABELS:
@@ -88,6 +109,10 @@ def calibrate(
         calibration_hash=calibration_hash(items),
         capture_settings={**asdict(settings), "revision": model.revision},
     )
+    for modality in wanted:
+        if modality != "text":  # CMRM's dataset level: the blank-medium shift over the prompts' own texts
+            texts = [model.render(item, modality).text for item in items]
+            profile.blank_shifts[modality] = dataset_blank_shift(model, texts, modality, settings)
     folder = resolve_cache_dir(cache_dir)
     if folder is not None and ranks.is_main:
         name = f"{model.revision}-{str(model.dtype).removeprefix('torch.')}-{model.device.type}"
@@ -164,7 +189,7 @@ def choose_strength(
     modalities: Sequence[Modality],
     candidates: Sequence[float] = STRENGTH_CANDIDATES,
     over_refusal_budget: float = OVER_REFUSAL_BUDGET,
-    judge: RefusalJudge = RefusalJudge(),
+    judge: Judge = RefusalJudge(),
     max_new_tokens: int = 16,
     batch_size: int = 8,
     ranks: Ranks = SINGLE,

@@ -16,10 +16,10 @@ import hashlib
 import json
 import logging
 import threading
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -192,9 +192,15 @@ def record_layers(
 
 @torch.inference_mode()
 def capture_prompts(
-    model: LoadedModel, prompts: Sequence[Prompt], settings: CaptureSettings = CaptureSettings()
+    model: LoadedModel,
+    prompts: Sequence[Prompt],
+    settings: CaptureSettings = CaptureSettings(),
+    steer: Callable[[int, torch.Tensor], AbstractContextManager[Any]] | None = None,
 ) -> torch.Tensor:
-    """[n, layers, hidden] float32 states for prompts of one modality, batched with right padding."""
+    """[n, layers, hidden] float32 states for prompts of one modality, batched with right padding.
+
+    `steer(start, attention_mask)`, when given, returns the context (a correction's hooks) that each batch's pass
+    runs in: `start` is the batch's first row, the mask tells a per-row correction where each row's tokens are."""
     chunks = []
     for start in range(0, len(prompts), settings.batch_size):
         batch = list(prompts[start : start + settings.batch_size])
@@ -202,7 +208,8 @@ def capture_prompts(
         backend = model.backend(batch[0].modality)
         mask = inputs["attention_mask"]
         n_tokens = pooled_tokens(model, batch[0].modality, settings.pooling)
-        with record_layers(model, stop_early=True, keep=token_positions(mask, n_tokens)) as record:
+        steering = steer(start, mask) if steer is not None else nullcontext()
+        with steering, record_layers(model, stop_early=True, keep=token_positions(mask, n_tokens)) as record:
             backend.model(**inputs, use_cache=False)
         chunks.append(record.pooled(mask, n_tokens))
     return torch.cat(chunks, dim=0)

@@ -16,11 +16,17 @@ from typing import Sequence, get_args
 
 import torch
 
-from .calibration import calibrate, choose_strength, load_calibration_items
+from .calibration import (
+    calibrate,
+    calibration_source_for,
+    choose_strength,
+    load_calibration_items,
+)
 from .capture import CaptureSettings, Pooling
 from .data import load_builtin, load_prompts
 from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
+from .judge_model import load_judge
 from .loading import load_model
 from .regap import CorrectionConfig, PositionScope, Rule
 from .vocab import LABELS, Modality, Mode, parse_layer_window
@@ -37,7 +43,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-map", default=None, help="'auto' to spread a large model over several GPUs")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run code shipped with the checkpoint (off by default: only for sources you trust)")
-    parser.add_argument("--calibration", default="builtin", help="'builtin' or a JSONL/CSV calibration file")
+    parser.add_argument("--calibration", default="default",
+                        help="'default' (the model's own: builtin, or validation for the demo), 'builtin' (the "
+                             "shipped calibration split), 'validation' (the shipped validation file) or a JSONL/CSV")
     parser.add_argument("--calibration-limit", type=int, default=None, help="at most N calibration items per label")
 
 
@@ -108,6 +116,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=0.1, help="T of the sigmoid rule")
     ev.add_argument("--max-new-tokens", type=int, default=48)
     ev.add_argument("--limit", type=int, default=None, help="at most N items per label")
+    ev.add_argument("--judge", default="phrases",
+                    help="'phrases' (default: the phrase judge) or a refusal classifier / chat model, local folder or "
+                         "Hugging Face id (docs/method.md, 'Judge')")
+    ev.add_argument("--judge-refusal-label", default=None,
+                    help="the --judge classifier's label that means refusal "
+                         "(default: the one with 'refus' or 'reject')")
     ev.add_argument("--out", type=Path, required=True)
     return parser
 
@@ -121,9 +135,13 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     model = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code)
     modalities = args.modalities or model.modalities
+    # before any long work, so a bad judge fails in seconds (`calibrate` has no --judge: the phrase judge, unused)
+    judge = load_judge(getattr(args, "judge", "phrases"), refusal_label=getattr(args, "judge_refusal_label", None),
+                       device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                       batch_size=args.batch_size)
     layers = parse_layer_window(getattr(args, "layers", ""), model.num_layers)  # before any long work
     settings = CaptureSettings(pooling=args.pooling, batch_size=args.batch_size)
-    cal_items = load_calibration_items(args.calibration, args.calibration_limit)
+    cal_items = load_calibration_items(calibration_source_for(args.calibration, model), args.calibration_limit)
     calibration = calibrate(model, cal_items, modalities, settings, args.cache_dir, progress=True, ranks=ranks)
     profile = calibration.profile
     if args.command == "calibrate":
@@ -147,7 +165,7 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             if ranks.is_main:
                 print(f"choosing α_max for {mode} on the calibration split ...", file=sys.stderr)
             choice = choose_strength(model, cal_items, profile, replace(correction, mode=mode), modalities,
-                                     batch_size=args.batch_size, ranks=ranks)
+                                     judge=judge, batch_size=args.batch_size, ranks=ranks)
             strength_choices[mode] = choice
             if ranks.is_main:
                 print(json.dumps({"mode": mode, "strength": choice.per_modality, "budget": round(choice.budget, 4),
@@ -156,7 +174,8 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
             correction = strength_choices["adaptive"].apply(correction)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens, strength_choices=strength_choices,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, judge=judge,
+                                 calibration_source=calibration_source_for(args.calibration, model))
     metrics = evaluate(model, items, profile, eval_settings, args.out, ranks=ranks)
     if ranks.is_main:
         print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],

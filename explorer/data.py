@@ -24,6 +24,7 @@ from .vocab import LABELS, Label, Modality
 
 __all__ = [
     "BUILTIN_PATH",
+    "VALIDATION_PATH",
     "Instruction",
     "Label",
     "Modality",
@@ -37,6 +38,8 @@ __all__ = [
 Split = Literal["calibration", "evaluation"]
 
 BUILTIN_PATH = Path(__file__).resolve().parent.parent / "assets" / "calibration" / "instructions.jsonl"
+#: Held-out requests written apart from the built-in file: the demo model's calibration (it never trained on them).
+VALIDATION_PATH = BUILTIN_PATH.parent / "validation.jsonl"
 
 _SPLITS: tuple[str, ...] = get_args(Split)
 _SUFFIXES = (".jsonl", ".csv")

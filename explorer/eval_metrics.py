@@ -148,6 +148,7 @@ def compute_metrics(
         "hidden_size": model.hidden_size,
         "num_items": len(items),
         "calibration_hash": profile.calibration_hash,
+        "calibration_source": settings.calibration_source,
         "refusal_rate": refusal_rate,
         "refusal_rate_ci": refusal_rate_ci,
         "n": counts,
@@ -189,7 +190,7 @@ def compute_metrics(
                if settings.strength_choices else {}),
         },
         "max_new_tokens": settings.max_new_tokens,
-        "judge_phrases": list(settings.judge.phrases),
+        "judge": settings.judge.describe(),
     }
 
 

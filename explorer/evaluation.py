@@ -38,7 +38,7 @@ from .eval_records import (
     write_canonical,
 )
 from .generation import GenerationResult, generate, generate_batch
-from .judge import RefusalJudge, is_degenerate
+from .judge import Judge, RefusalJudge, is_degenerate
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectionConfig
@@ -57,10 +57,11 @@ class EvalSettings:
     modes: tuple[Mode, ...] = ("off", "adaptive")
     correction: CorrectionConfig = CorrectionConfig()
     max_new_tokens: int = 48
-    judge: RefusalJudge = RefusalJudge()
+    judge: Judge = RefusalJudge()  # the phrase judge, or a model judge (explorer.judge_model)
     #: how `--strength auto` chose each mode's own α (per modality) on calibration; recorded in metrics
     strength_choices: Mapping[str, StrengthChoice] = field(default_factory=dict)
     batch_size: int = 8  # prompts generated together (greedy: the same tokens as one at a time)
+    calibration_source: str = ""  # where the profile and α were calibrated ("builtin", "validation", a path)
 
     def __post_init__(self) -> None:
         if not self.modalities or not self.modes:
@@ -100,7 +101,7 @@ def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, setting
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
         "correction": asdict(settings.correction), "mode_strengths": settings.mode_strengths,
         "max_new_tokens": settings.max_new_tokens,
-        "judge": list(settings.judge.phrases), "judge_not_refusal": list(settings.judge.not_refusal),
+        "judge": settings.judge.describe(),
     }))
     path = out_dir / "run.json"
     if path.is_file():

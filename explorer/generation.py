@@ -19,19 +19,11 @@ from typing import Any, Sequence
 
 import torch
 
-from .capture import pooled_tokens, record_layers, token_positions
+from .capture import CaptureSettings, pooled_tokens, record_layers, token_positions
 from .media import Prompt
 from .models import LoadedModel
 from .profile import Profile
-from .regap import (
-    CorrectionConfig,
-    Mode,
-    adaptive_alpha,
-    corrected,
-    correction_vectors,
-    self_rectification_score,
-    self_rectification_scores,
-)
+from .regap import CorrectionConfig, Mode, corrected, plan_correction
 
 __all__ = ["GenerationResult", "generate", "generate_batch", "generate_texts"]
 
@@ -75,13 +67,7 @@ def generate(
         raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
     resolved = config.resolved(profile) if profile is not None and config.mode != "off" else config
     resolved = resolved.for_modality(prompt.modality)
-    score: float | None = None
-    alpha = 0.0 if resolved.mode == "off" or prompt.modality == "text" else resolved.strength
-    if resolved.mode == "adaptive" and prompt.modality != "text":
-        score = self_rectification_score(model, prompt, profile, resolved)  # type: ignore[arg-type]
-        alpha = adaptive_alpha(score, resolved)
-    mode_for_vectors: Mode = "fixed" if resolved.mode == "adaptive" else resolved.mode
-    vectors = correction_vectors(profile, prompt.modality, mode_for_vectors, resolved.layers) if profile else {}
+    plan = plan_correction(model, [prompt], profile, resolved)
     inputs = model.encode([prompt], padding_side="left")
     backend = model.backend(prompt.modality)
     sampling: dict[str, Any] = {"do_sample": False}
@@ -93,7 +79,7 @@ def generate(
     n_tokens = pooled_tokens(model, prompt.modality, profile.pooling if profile is not None else "last")
     recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"], n_tokens))
                 if capture_prompt_states else nullcontext())
-    with rng_guard, corrected(model, vectors, alpha, resolved.positions), recorder as rec:
+    with rng_guard, corrected(model, plan.vectors, plan.alphas, plan.positions), recorder as rec:
         if seed is not None:
             torch.manual_seed(seed)
         output = backend.model.generate(
@@ -111,8 +97,8 @@ def generate(
         token_ids=new_tokens,
         mode=resolved.mode,
         modality=prompt.modality,
-        alpha=alpha,
-        score=score,
+        alpha=plan.alphas[0],
+        score=plan.scores[0],
         layers=resolved.layers,
         probe_layer=resolved.probe_layer,
         prompt_states=states,
@@ -178,21 +164,15 @@ def generate_batch(
         raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
     resolved = config.resolved(profile) if profile is not None and config.mode != "off" else config
     resolved = resolved.for_modality(modality)
-    corrected_input = resolved.mode != "off" and modality != "text"
-    scores: list[float | None] = [None] * len(prompts)
-    alphas = [resolved.strength if corrected_input else 0.0] * len(prompts)
-    if resolved.mode == "adaptive" and corrected_input:
-        scores = list(self_rectification_scores(model, prompts, profile, resolved))  # type: ignore[arg-type]
-        alphas = [adaptive_alpha(s, resolved) for s in scores]  # type: ignore[arg-type]
-    mode_for_vectors: Mode = "fixed" if resolved.mode == "adaptive" else resolved.mode
-    vectors = correction_vectors(profile, modality, mode_for_vectors, resolved.layers) if profile else {}
+    plan = plan_correction(model, prompts, profile, resolved, CaptureSettings(batch_size=len(prompts)))
+    alphas, scores = plan.alphas, plan.scores
     inputs = model.encode(prompts, padding_side="left")
     backend = model.backend(modality)
     tokenizer = backend.tokenizer
     n_tokens = pooled_tokens(model, modality, profile.pooling if profile is not None else "last")
     recorder = (record_layers(model, first_call_only=True, keep=token_positions(inputs["attention_mask"], n_tokens))
                 if capture_prompt_states else nullcontext())
-    with corrected(model, vectors, alphas, resolved.positions), recorder as rec:
+    with corrected(model, plan.vectors, alphas, plan.positions), recorder as rec:
         output = backend.model.generate(
             **inputs, max_new_tokens=max_new_tokens, do_sample=False,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,

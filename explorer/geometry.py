@@ -191,7 +191,7 @@ def translation_ceiling(
     threshold on ``p_l`` while at most ``b`` of the harmless items are, i.e. the ROC's best true-positive rate
     at false-positive rate ≤ ``b``.
 
-    Why: subtracting one vector from every state (fixed / shiftdc / cmrm at one layer) keeps the items'
+    Why: subtracting one vector from every state (fixed / fixed_axis at one layer) keeps the items'
     order on the axis, so if refusal is read off ``p_l`` this is the most such a correction can refuse within
     an over-refusal budget ``b``.
     """

@@ -180,8 +180,9 @@ class Manifest:
     nothing downstream asks "is this the demo?". Fields of manifest.json: `format`, `backends` (modality →
     sub-folder), `shared_language_model` (the backends run one LM, checked equal and then shared in memory so
     one set of hooks serves all), `media` (`image_layout` grid, `audio_style`, `slot_seconds`), and optional
-    `notice` (Markdown shown with the model), `card` (its model card, relative path) and `strengths_from` (a
-    JSON with the α_max per modality chosen on calibration for these exact weights).
+    `notice` (Markdown shown with the model), `card` (its model card, relative path), `strengths_from` (a
+    JSON with the α_max per modality chosen on calibration for these exact weights) and `calibration` (where
+    `--calibration default` calibrates: "builtin", or "validation" for a model trained on the calibration split).
     """
 
     folder: Path
@@ -193,6 +194,7 @@ class Manifest:
     strengths_from: str | None = None
     vocabulary: str | None = None
     gallery: str | None = None
+    calibration: str = "builtin"
 
     @classmethod
     def read(cls, folder: Path) -> Manifest:
@@ -217,8 +219,10 @@ class Manifest:
             for field_name, name in [*(("backends", b) for b in backends.values()), *((f, raw.get(f)) for f in files)]:
                 if name is not None and not (folder / name).resolve().is_relative_to(folder.resolve()):
                     raise ValueError(f"{field_name} {name!r} points outside the model folder")
+            calibration = str(raw.get("calibration", "builtin"))
+            check_choice("calibration", calibration, ("builtin", "validation"))
             return cls(folder, backends, bool(raw.get("shared_language_model", False)), style,
-                       str(raw.get("notice", "")), *(raw.get(f) for f in files))
+                       str(raw.get("notice", "")), *(raw.get(f) for f in files), calibration=calibration)
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ModelLoadError(f"{path} is not a valid model manifest: {type(err).__name__}: {err}") from err
 
@@ -265,6 +269,7 @@ def _load_composite(folder: Path, device: torch.device, dtype: torch.dtype, devi
         if manifest.strengths_from else {},
         vocabulary=_word_list(folder / manifest.vocabulary) if manifest.vocabulary else frozenset(),
         gallery=_same_weights_json(folder / manifest.gallery, revision) if manifest.gallery else None,
+        calibration_source=manifest.calibration,
     )
 
 

@@ -67,6 +67,9 @@ class Prompt:
     audio: np.ndarray | None = None
     modality: Modality = "text"
     key: str = ""
+    #: The request as plain text, when known (rendered prompts): the per-sample text counterpart that ShiftDC and
+    #: CMRM compare a media input with. Not part of `key`: it is not what the model is shown.
+    request: str | None = None
 
     def __post_init__(self) -> None:
         check_choice("modality", self.modality, MODALITIES)
@@ -226,13 +229,13 @@ def render(
     item = item_or_text if isinstance(item_or_text, Instruction) else None
     text = item.instruction if item is not None else str(item_or_text)
     if modality == "text":
-        return Prompt(text=text, modality="text")
+        return Prompt(text=text, modality="text", request=text)
     if modality == "image":
         if item is not None and item.image is not None:
             image = load_image(item.image)
         else:
             image = render_image(text, image_layout)
-        return Prompt(text=IMAGE_CARRIER, image=image, modality="image")
+        return Prompt(text=IMAGE_CARRIER, image=image, modality="image", request=text)
     if item is not None and item.audio is not None:
         audio, notice = load_audio(item.audio)
         if notice:
@@ -244,4 +247,4 @@ def render(
             )
     else:
         audio = render_audio(text, style=audio_style, slot_seconds=slot_seconds, max_seconds=audio_window)
-    return Prompt(text=AUDIO_CARRIER, audio=audio, modality="audio")
+    return Prompt(text=AUDIO_CARRIER, audio=audio, modality="audio", request=text)

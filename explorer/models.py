@@ -100,6 +100,9 @@ class LoadedModel:
     card: Path | None = None
     # α_max per media modality chosen on the calibration split for these exact weights (demo: eval_summary.json)
     suggested_strengths: dict[str, float] = field(default_factory=dict)
+    # where `--calibration default` calibrates: "builtin", or "validation" for a model trained on the calibration
+    # split (the demo), so its defaults are chosen on data it never saw
+    calibration_source: str = "builtin"
     # word forms of the training text, when the folder lists them (the demo): other words were never seen
     vocabulary: frozenset[str] = frozenset()
     # held-out requests the model reads, with the measured story per request (the demo's gallery.json)

@@ -40,7 +40,8 @@ LABEL_SYMBOLS: dict[str, str] = {"harmful": "x", "harmless": "circle"}
 NO_DATA = "No data yet"
 _OTHER_COLOR = "#7f7f7f"
 _PROMPT_COLORS = {False: "#222222", True: "#9467bd"}  # the user's prompt: before / after correction
-_MODE_PATTERNS = {"off": "", "fixed": "/", "adaptive": "x", "shiftdc": ".", "cmrm": "\\", "adaptive_raw": "-"}
+_MODE_PATTERNS = {"off": "", "fixed": "/", "fixed_axis": "|", "adaptive": "x", "adaptive_raw": "-", "shiftdc": ".",
+                  "cmrm": "\\", "cmrm_sample": "+"}
 _TEMPLATE = "plotly_white"
 
 

@@ -55,6 +55,8 @@ class Profile:
         refusal_dirs: ``[L, d]`` unnormalised ``r_l`` (formula 1).
         means: ``μ_l(m, y)`` ``[L, d]`` keyed ``"text/harmful"``, ``"image/harmless"``, ...
         drifts: ``δ_l^m`` ``[L, d]`` (formula 5) keyed by non-text modality.
+        blank_shifts: CMRM's dataset-level vector ``[L, d]`` per non-text modality (formula 13): the mean shift
+            of attaching a meaningless medium to the calibration prompts' texts (`explorer.peers`).
         proj_means: mean projection ``[L]`` on ``r̂_l`` per group, keyed like ``means`` (formula 2).
         metrics: ``metrics[name][modality]`` is a per-layer list: ``"auroc"`` (4) and ``"refusal_gap"`` (3)
             for every modality; ``"collapse_ratio"`` (3), ``"drift_norm"``, ``"cos_drift_refusal"`` and
@@ -71,6 +73,7 @@ class Profile:
     drifts: dict[str, torch.Tensor]
     proj_means: dict[str, torch.Tensor]
     metrics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    blank_shifts: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         L, d = self.num_layers, self.hidden_size
@@ -99,6 +102,7 @@ class Profile:
         out: list[tuple[str, torch.Tensor, tuple[int, ...]]] = [("refusal_dirs", self.refusal_dirs, (L, d))]
         out += [(f"means/{k}", v, (L, d)) for k, v in self.means.items()]
         out += [(f"drifts/{k}", v, (L, d)) for k, v in self.drifts.items()]
+        out += [(f"blank_shifts/{k}", v, (L, d)) for k, v in self.blank_shifts.items()]
         out += [(f"proj_means/{k}", v, (L,)) for k, v in self.proj_means.items()]
         return out
 
@@ -234,6 +238,7 @@ class Profile:
             refusal_dirs=tensors["refusal_dirs"],
             means=group("means/"),
             drifts=group("drifts/"),
+            blank_shifts=group("blank_shifts/"),
             proj_means=group("proj_means/"),
             metrics={name: {m: [float(x) for x in v] for m, v in per.items()} for name, per in meta["metrics"].items()},
         )

@@ -24,6 +24,7 @@ import torch
 from .capture import (
     CaptureSettings,
     capture_prompts,
+    last_token_index,
     layer_output,
     pooled_tokens,
     record_layers,
@@ -32,12 +33,14 @@ from .capture import (
 from .geometry import normalised_score
 from .media import Prompt
 from .models import LoadedModel
+from .peers import SAMPLE_MODES, peer_layers, sample_vectors
 from .profile import Profile
 from .vocab import MODES, Mode, check_choice
 
 __all__ = [
     "CorrectedStates",
     "CorrectionConfig",
+    "CorrectionPlan",
     "Mode",
     "PositionScope",
     "adaptive_alpha",
@@ -45,11 +48,12 @@ __all__ = [
     "correction_vectors",
     "corrected",
     "capture_corrected",
+    "plan_correction",
     "self_rectification_score",
     "self_rectification_scores",
 ]
 
-PositionScope = Literal["all", "prompt", "generated"]
+PositionScope = Literal["all", "prompt", "generated", "last_prompt"]
 Rule = Literal["linear", "sigmoid"]
 
 
@@ -58,9 +62,11 @@ class CorrectionConfig:
     """How to correct. Empty `layers` / `probe_layer=None` mean: the profile's calibrated defaults.
 
     Attributes:
-        mode: off, fixed (formula 7), shiftdc (8), cmrm (9), adaptive = ReGap (10), adaptive_raw = ReGap with
-            the probe uncorrected (probe_strength 0: α(x) from the raw score; the self-rectification ablation).
-        strength: α for fixed/shiftdc/cmrm; α_max for adaptive.
+        mode: off, fixed (formula 7), fixed_axis (8: fixed along the refusal axis only), adaptive = ReGap (10),
+            adaptive_raw = ReGap with the probe uncorrected (11: probe_strength 0, α(x) from the raw score; the
+            self-rectification ablation), and the peers as published: shiftdc (12), cmrm (13, dataset level),
+            cmrm_sample (14, sample level). Empty `layers` for a peer mode means the peer's own layers.
+        strength: α for the fixed-strength modes; α_max for adaptive.
         probe_strength: the fixed α of adaptive's probe pass (1 = remove the whole estimated drift).
         layers: corrected layers; one layer, or a contiguous window (increments, formula 7).
         probe_layer: l*, where adaptive reads the self-rectification score; must follow the corrected layers.
@@ -110,7 +116,7 @@ class CorrectionConfig:
         if self.mode == "adaptive_raw":
             return replace(self, mode="adaptive", probe_strength=0.0).resolved(profile)
         defaults = choose_defaults(profile)
-        layers = self.layers or defaults.layers
+        layers = self.layers or peer_layers(self.mode, profile.num_layers) or defaults.layers
         probe = self.probe_layer if self.probe_layer is not None else defaults.probe_layer
         if probe is not None and probe < 0:
             probe += profile.num_layers
@@ -139,23 +145,27 @@ def choose_defaults(profile: Profile) -> CorrectionConfig:
 
 
 def correction_vectors(profile: Profile, modality: str, mode: Mode, layers: Sequence[int]) -> dict[int, torch.Tensor]:
-    """`v_l` per corrected layer for an input of `modality` (formulas 7–9). Text input gets none."""
+    """`v_l` per corrected layer for an input of `modality`, from the profile (formulas 7, 8, 13). Text input gets
+    none; the per-sample modes (shiftdc, cmrm_sample) get theirs from `plan_correction`."""
     if mode == "off" or modality == "text" or not layers:
         return {}
     if modality not in profile.drifts:
         raise ValueError(
             f"the profile has no {modality} drift (calibrated modalities: {', '.join(profile.drifts) or 'none'})"
         )
+    if mode in SAMPLE_MODES:
+        raise ValueError(f"{mode} corrects each input with its own vectors: use plan_correction, not the profile's")
+    if mode == "cmrm":  # formula 13: every layer calibrated on its own towards the text-only state (no increments)
+        if modality not in profile.blank_shifts:
+            raise ValueError(f"the profile has no CMRM {modality} shift: it predates CMRM support; recalibrate")
+        return {layer: profile.blank_shifts[modality][layer].float() for layer in layers}
     drift = profile.drifts[modality].double()
     unit = profile.unit_dirs.double()
     vectors: dict[int, torch.Tensor] = {}
-    for position, layer in enumerate(layers):
-        if mode == "cmrm":
-            vector = drift[layer]
-        else:  # fixed / adaptive / shiftdc: increments over a window, so nothing is counted twice
-            vector = drift[layer] - (drift[layer - 1] if position > 0 else 0.0)
-            if mode == "shiftdc":
-                vector = (vector @ unit[layer]) * unit[layer]
+    for position, layer in enumerate(layers):  # increments over a window, so nothing is counted twice
+        vector = drift[layer] - (drift[layer - 1] if position > 0 else 0.0)
+        if mode == "fixed_axis":
+            vector = (vector @ unit[layer]) * unit[layer]
         vectors[layer] = vector.float()
     return vectors
 
@@ -166,13 +176,17 @@ def corrected(
     vectors: dict[int, torch.Tensor],
     alpha: float | Sequence[float],
     positions: PositionScope = "all",
+    last_positions: torch.Tensor | None = None,
 ) -> Iterator[None]:
     """Subtract `alpha * vectors[l]` from decoder layer l's output inside the block.
 
-    `alpha` is one number, or one per batch row (each prompt of a batch with its own α(x)). A forward pass over
-    more than one position is a prompt pass (prefill or plain forward); a one-position pass during cached
-    decoding is a generated token. `positions` picks which of them are corrected. Only the opening thread is
-    affected; the hooks are removed even if the block raises.
+    `vectors[l]` is one vector [d] for every row, or one per batch row [B, d] (per-sample corrections: ShiftDC,
+    CMRM's sample level). `alpha` is one number, or one per batch row (each prompt of a batch with its own α(x)).
+    A forward pass over more than one position is a prompt pass (prefill or plain forward); a one-position pass
+    during cached decoding is a generated token. `positions` picks which of them are corrected; "last_prompt"
+    corrects only each row's last prompt token in the prompt pass, at `last_positions` ([B] indices; default the
+    last position, as with left padding). Only the opening thread is affected; the hooks are removed even if the
+    block raises.
     """
     owner = threading.get_ident()
     handles = []
@@ -185,9 +199,17 @@ def corrected(
                 return None
             hidden = layer_output(output)
             is_prompt = hidden.shape[1] > 1
-            if (positions == "prompt" and not is_prompt) or (positions == "generated" and is_prompt):
+            if (positions in ("prompt", "last_prompt") and not is_prompt) or (positions == "generated" and is_prompt):
                 return None
-            shifted = hidden - shift.to(hidden.device, hidden.dtype)
+            delta = shift.to(hidden.device, hidden.dtype)
+            if positions == "last_prompt":
+                rows = torch.arange(hidden.shape[0], device=hidden.device)
+                cols = (last_positions.to(hidden.device) if last_positions is not None
+                        else torch.full_like(rows, hidden.shape[1] - 1))
+                shifted = hidden.clone()
+                shifted[rows, cols] = hidden[rows, cols] - (delta[:, 0] if delta.dim() == 3 else delta)
+            else:
+                shifted = hidden - delta
             return (shifted, *output[1:]) if isinstance(output, tuple) else shifted
 
         return hook
@@ -195,7 +217,8 @@ def corrected(
     try:
         if per_row or scale != 0:
             for layer, vector in vectors.items():
-                shift = scale * vector  # [B, 1, d] with one α per row, else [d]
+                # [B, 1, d] with one α or one vector per row, else [d]
+                shift = scale * (vector[:, None, :] if vector.dim() == 2 else vector)
                 handles.append(model.layers[layer].register_forward_hook(make_hook(shift)))
         yield
     finally:
@@ -257,6 +280,50 @@ def self_rectification_score(model: LoadedModel, prompt: Prompt, profile: Profil
     return self_rectification_scores(model, [prompt], profile, config)[0]
 
 
+@dataclass
+class CorrectionPlan:
+    """What a batch of prompts (one modality) gets: the vectors (one [d] for all rows, or [rows, d] per row), each
+    row's α and s(x), and the positions corrected."""
+
+    vectors: dict[int, torch.Tensor]
+    alphas: list[float]
+    scores: list[float | None]
+    positions: PositionScope
+
+    def rows(self, start: int, end: int) -> dict[int, torch.Tensor]:
+        """The vectors of rows start..end-1 (per-row vectors sliced; shared ones as they are)."""
+        return {layer: v[start:end] if v.dim() == 2 else v for layer, v in self.vectors.items()}
+
+
+def plan_correction(
+    model: LoadedModel,
+    prompts: Sequence[Prompt],
+    profile: Profile | None,
+    config: CorrectionConfig,
+    settings: CaptureSettings = CaptureSettings(),
+) -> CorrectionPlan:
+    """The one place that turns a config into vectors and strengths, for `generate`, `generate_batch` and
+    `capture_corrected` alike. `config` must be resolved (`CorrectionConfig.resolved`); the modality's own α is
+    applied here. Adaptive: a probe pass gives s(x) per prompt (formula 10). ShiftDC / CMRM sample level: extra
+    passes give each prompt its own vectors (`explorer.peers`). Text prompts are never corrected."""
+    n = len(prompts)
+    modality = prompts[0].modality
+    if config.mode == "off" or modality == "text" or profile is None:
+        return CorrectionPlan({}, [0.0] * n, [None] * n, config.positions)
+    config = config.for_modality(modality)
+    scores: list[float | None] = [None] * n
+    alphas = [config.strength] * n
+    if config.mode == "adaptive":
+        scores = list(self_rectification_scores(model, prompts, profile, config, settings))
+        alphas = [adaptive_alpha(s, config) for s in scores]  # type: ignore[arg-type]
+    if config.mode in SAMPLE_MODES:
+        vectors = sample_vectors(model, prompts, profile, config.mode, config.layers, settings)
+    else:
+        vectors = correction_vectors(profile, modality, "fixed" if config.mode == "adaptive" else config.mode,
+                                     config.layers)
+    return CorrectionPlan(vectors, alphas, scores, "last_prompt" if config.mode == "shiftdc" else config.positions)
+
+
 def capture_corrected(
     model: LoadedModel,
     prompts: Sequence[Prompt],
@@ -264,28 +331,15 @@ def capture_corrected(
     config: CorrectionConfig,
     settings: CaptureSettings = CaptureSettings(),
 ) -> CorrectedStates:
-    """Prompt states (one modality) with the correction on, each prompt at the α that `generate` gives it.
+    """Prompt states (one modality) with the correction on, each prompt at the α (and vectors) that `generate`
+    gives it. Text prompts are never corrected."""
+    resolved = config.resolved(profile) if config.mode != "off" else config
+    plan = plan_correction(model, prompts, profile, resolved, settings)
+    if not plan.vectors:
+        return CorrectedStates(capture_prompts(model, prompts, settings), plan.alphas, plan.scores)
 
-    Adaptive mode: a probe pass gives s(x) per prompt, then one batched pass applies each row's α(x).
-    Text prompts are never corrected.
-    """
-    n = len(prompts)
-    modality = prompts[0].modality
-    if config.mode == "off" or modality == "text":
-        return CorrectedStates(capture_prompts(model, prompts, settings), [0.0] * n, [None] * n)
-    config = config.resolved(profile).for_modality(modality)
-    scores: list[float | None] = [None] * n
-    alphas = [config.strength] * n
-    if config.mode == "adaptive":
-        scores = list(self_rectification_scores(model, prompts, profile, config, settings))
-        alphas = [adaptive_alpha(s, config) for s in scores]  # type: ignore[arg-type]
-    mode: Mode = "fixed" if config.mode == "adaptive" else config.mode
-    vectors = correction_vectors(profile, modality, mode, config.layers)
-    chunks = []
-    for start in range(0, n, settings.batch_size):
-        end = start + settings.batch_size
-        with corrected(model, vectors, alphas[start:end], config.positions):
-            chunks.append(capture_prompts(model, prompts[start:end], settings))
-    return CorrectedStates(torch.cat(chunks), alphas, scores)
+    def steer(start: int, mask: torch.Tensor):
+        end = start + mask.shape[0]
+        return corrected(model, plan.rows(start, end), plan.alphas[start:end], plan.positions, last_token_index(mask))
 
-
+    return CorrectedStates(capture_prompts(model, prompts, settings, steer=steer), plan.alphas, plan.scores)

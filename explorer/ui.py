@@ -33,12 +33,13 @@ from .ui_inputs import (
     bounded,
     correction_config,
     make_prompt,
+    media_only,
     request_text,
     token_count,
     unseen_words_notice,
 )
 from .ui_session import AppSettings, AppState, ModelSession, ProgressFn
-from .uploads import MediaError
+from .uploads import MediaError, load_audio
 from .vocab import MODES, SAMPLE_RATE, Modality
 
 __all__ = [
@@ -223,6 +224,8 @@ def _render_request(state: AppState, text: str | None, modality: Modality) -> tu
         prompt = session.model.render(request, modality)
     except Exception as err:  # noqa: BLE001
         return None, _warn(_problem(err))
+    if modality == "image":  # the page hands the same pixels back (lossless): remember whose request they draw
+        session.remember_render(media_only(prompt.image, None, request))
     shown_as, plural, shown = _RENDERED[modality]
     status = " ".join([f"Rendered the request as {shown_as}; the prompt is now the carrier sentence.",
                        *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
@@ -243,6 +246,8 @@ def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | No
     if prompt is None:
         return None, None, status
     pcm = (np.clip(prompt.audio, -1.0, 1.0) * 32767).astype(np.int16)
+    heard, _ = load_audio((SAMPLE_RATE, pcm))  # the samples the page will hand back, as make_prompt reads them
+    state.session.remember_render(media_only(None, heard, prompt.request))
     return (SAMPLE_RATE, pcm), AUDIO_CARRIER, status
 
 

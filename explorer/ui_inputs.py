@@ -100,16 +100,24 @@ def make_prompt(session: ModelSession, settings: AppSettings, text: str | None, 
 
             image = Image.fromarray(image)
         pil = load_image(image, max_pixels=settings.max_image_pixels, name=image_name)
-        return Prompt(text=text or IMAGE_CARRIER, image=pil, modality="image"), notices
+        request = session.rendered_request("image", media_only(pil, None).key)
+        return Prompt(text=text or IMAGE_CARRIER, image=pil, modality="image", request=request), notices
     if modality == "audio":
         if isinstance(audio, (tuple, list)):
             audio = (int(audio[0]), np.asarray(audio[1]))
         samples, notice = load_audio(audio, max_seconds=settings.max_audio_seconds, name=audio_name)
         if notice:
             notices.append(notice)
-        return Prompt(text=text or AUDIO_CARRIER, audio=samples, modality="audio"), notices
+        request = session.rendered_request("audio", media_only(None, samples).key)
+        return Prompt(text=text or AUDIO_CARRIER, audio=samples, modality="audio", request=request), notices
     notices += unseen_words_notice(session, text)
     return Prompt(text=text, modality="text"), notices
+
+
+def media_only(image: Any, audio: np.ndarray | None, request: str | None = None) -> Prompt:
+    """A prompt of the medium alone (no text): its key names the medium, whatever text goes with it."""
+    return Prompt(text="", image=image, audio=audio, modality="image" if image is not None else "audio",
+                  request=request)
 
 
 def unseen_words_notice(session: ModelSession, text: str) -> list[str]:

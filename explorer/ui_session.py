@@ -26,6 +26,7 @@ import torch
 from .calibration import (
     Calibration,
     calibrate,
+    calibration_source_for,
     corrected_calibration,
     load_calibration_items,
 )
@@ -70,7 +71,7 @@ class AppSettings:
     dtype: str = "auto"
     device_map: str | None = None
     trust_remote_code: bool = False
-    calibration: str = "builtin"
+    calibration: str = "default"  # the model's own source (the demo: the validation file it never trained on)
     calibration_limit: int | None = None
     cache_dir: CacheDir = "default"
     max_image_pixels: int = 20_000_000
@@ -104,6 +105,22 @@ class ModelSession:
         self._corrected: OrderedDict[tuple, StateBatch | None] = OrderedDict()
         self._computing: dict[tuple, threading.Event] = {}  # corrections being captured right now
         self._embeddings: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()  # (modality, media key) → request
+
+    def remember_render(self, prompt: Prompt) -> None:
+        """Remember the request behind a medium the app drew or spoke, so a later prompt carrying the same medium
+        gets its text counterpart (ShiftDC needs it; an uploaded file has none)."""
+        if prompt.request is None:
+            return
+        with self._lock:
+            self._rendered[(prompt.modality, prompt.key)] = prompt.request
+            while len(self._rendered) > 64:
+                self._rendered.popitem(last=False)
+
+    def rendered_request(self, modality: str, media_key: str) -> str | None:
+        """The request the app rendered as this medium (by its content key), if it did."""
+        with self._lock:
+            return self._rendered.get((modality, media_key))
 
     @property
     def profile(self) -> Profile:
@@ -250,10 +267,10 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     model = load_model(model_id, device=settings.device, dtype=settings.dtype,  # type: ignore[arg-type]
                        device_map=settings.device_map, trust_remote_code=trusted)
     say(0.4, "calibrating: capturing the calibration set in every modality (cached on disk after the first run)")
-    items = load_calibration_items(settings.calibration, settings.calibration_limit)
+    items = load_calibration_items(calibration_source_for(settings.calibration, model), settings.calibration_limit)
     calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
     say(1.0, "ready")
-    return ModelSession(model, calibration, settings.calibration, settings.cache_dir)
+    return ModelSession(model, calibration, calibration_source_for(settings.calibration, model), settings.cache_dir)
 
 
 @dataclass

@@ -35,9 +35,10 @@ __all__ = [
 
 Modality = Literal["text", "image", "audio"]
 Label = Literal["harmful", "harmless"]
-#: Correction modes (formulas 7–10 of docs/method.md): none, fixed drift, ShiftDC-style, CMRM-style, ReGap, and
-#: ReGap gated on the raw score (its probe uncorrected: the ablation that shows what self-rectification adds).
-Mode = Literal["off", "fixed", "shiftdc", "cmrm", "adaptive", "adaptive_raw"]
+#: Correction modes (formulas 7–14 of docs/method.md): none; fixed drift; its refusal-axis component; ReGap; ReGap
+#: gated on the raw score (its probe uncorrected: the ablation that shows what self-rectification adds); and the
+#: peers as published: ShiftDC (per sample), CMRM at dataset level and at sample level.
+Mode = Literal["off", "fixed", "fixed_axis", "adaptive", "adaptive_raw", "shiftdc", "cmrm", "cmrm_sample"]
 
 MODALITIES: tuple[Modality, ...] = get_args(Modality)
 MEDIA_MODALITIES: tuple[Modality, ...] = ("image", "audio")

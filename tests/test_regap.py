@@ -33,6 +33,7 @@ def _profile_for(lm, drift_scale: float = 3.0) -> Profile:
         model_id=lm.name, num_layers=L, hidden_size=d, calibration_hash="x", capture_settings={},
         refusal_dirs=means["text/harmful"] - means["text/harmless"], means=means,
         drifts={"image": drift_scale * torch.randn(L, d, generator=gen)},
+        blank_shifts={"image": drift_scale * torch.randn(L, d, generator=gen)},
         proj_means={"text/harmful": torch.ones(L), "text/harmless": torch.zeros(L)},
         metrics={"auroc": {"text": [1.0] * L, "image": [0.6, 0.5, 0.9]}},
     )
@@ -75,15 +76,16 @@ def test_alpha_zero_reproduces_baseline_and_steering_changes_generated_tokens(ti
             == generate(tiny_llava, text, profile, CorrectionConfig(mode="off")).token_ids)
 
 
-def test_window_uses_increments_and_cmrm_does_not(tiny_llava):
+def test_window_uses_increments_and_dataset_cmrm_does_not(tiny_llava):
     profile = _profile_for(tiny_llava)
     drift = profile.drifts["image"]
     fixed = correction_vectors(profile, "image", "fixed", (0, 1, 2))
     torch.testing.assert_close(sum(fixed.values()), drift[2])
     torch.testing.assert_close(fixed[1], drift[1] - drift[0])
-    cmrm = correction_vectors(profile, "image", "cmrm", (0, 1))
-    torch.testing.assert_close(cmrm[1], drift[1])
-    shift = correction_vectors(profile, "image", "shiftdc", (1,))[1]
+    cmrm = correction_vectors(profile, "image", "cmrm", (0, 1))  # CMRM's own shift, whole at every layer
+    torch.testing.assert_close(cmrm[1], profile.blank_shifts["image"][1])
+    torch.testing.assert_close(cmrm[0], profile.blank_shifts["image"][0])
+    shift = correction_vectors(profile, "image", "fixed_axis", (1,))[1]
     unit = profile.unit_dirs[1]
     torch.testing.assert_close(shift, (drift[1] @ unit) * unit, rtol=1e-5, atol=1e-5)
     assert correction_vectors(profile, "text", "fixed", (1,)) == {}

@@ -104,7 +104,7 @@ def test_generate_both_sides_stream_and_badge(state, image_request):
 def test_strength_zero_reproduces_plain_and_strength_three_changes_it(state, image_request):
     carrier, image = image_request
     plain = _results(state, carrier, image, "off", 0.0)
-    for mode in ("fixed", "adaptive", "cmrm", "shiftdc"):
+    for mode in ("fixed", "fixed_axis", "adaptive", "cmrm", "cmrm_sample", "shiftdc"):
         assert _results(state, carrier, image, mode, 0.0).token_ids == plain.token_ids, mode
     assert _results(state, carrier, image, "fixed", 3.0).token_ids != plain.token_ids
     text_plain, _ = ui.final(ui.generate_plain(state, carrier, image, None, 12, 0))
@@ -445,3 +445,16 @@ def test_gallery_and_unseen_words_on_a_model_that_lists_them(state, monkeypatch)
     assert "never saw this word in training: “zqxj”" in info and "not meaningful" in info
     _, info = ui.final(ui.generate_plain(state, "How do I bake bread?", None, None, 4, 0))
     assert "never saw" not in info
+
+
+def test_shiftdc_knows_the_request_of_an_image_the_app_drew_and_asks_for_it_otherwise(state, image_request):
+    """The app remembers the request behind the image it rendered (ShiftDC's text counterpart); a picture it did not
+    draw has no request, and ShiftDC says so instead of failing obscurely."""
+    carrier, image = image_request
+    prompt, _ = ui.make_prompt(state.session, state.settings, carrier, np.asarray(image))
+    assert prompt.request == ui.EXAMPLE_HARMFUL
+    assert _results(state, carrier, image, "shiftdc", 1.0).mode == "shiftdc"
+    other = Image.new("RGB", image.size, "white")
+    assert ui.make_prompt(state.session, state.settings, carrier, other)[0].request is None
+    text, status = ui.final(ui.generate_corrected(state, carrier, other, None, "shiftdc", 1.0, "", 4, 0))
+    assert text == "" and "no request text" in status

@@ -13,13 +13,14 @@ def test_vocabulary_is_defined_once_and_used_by_every_stage() -> None:
     import explorer.ui as ui
 
     assert vocab.MODALITIES == ("text", "image", "audio") and vocab.LABELS == ("harmful", "harmless")
-    assert MODES == ("off", "fixed", "shiftdc", "cmrm", "adaptive", "adaptive_raw")
+    assert MODES == ("off", "fixed", "fixed_axis", "adaptive", "adaptive_raw", "shiftdc", "cmrm", "cmrm_sample")
     assert ui.MODES is MODES and regap.Mode is vocab.Mode
 
 
 def test_check_choice_names_the_value_and_the_allowed_ones() -> None:
     check_choice("mode", "fixed", MODES)
-    with pytest.raises(ValueError, match="mode must be one of 'off', 'fixed', 'shiftdc', 'cmrm', 'adaptive', 'adaptive_raw'; got 'x'"):
+    with pytest.raises(ValueError, match="mode must be one of 'off', 'fixed', 'fixed_axis', 'adaptive', 'adaptive_raw', 'shiftdc', "
+                       "'cmrm', 'cmrm_sample'; got 'x'"):
         check_choice("mode", "x", MODES)
 
 

@@ -43,7 +43,7 @@ _TOLERANCE = 1e-9  # float slack of the one gate whose limit is a sum of two rat
 
 EVAL_COMMAND = (
     "python -m explorer eval --model demo --prompts builtin --modalities text,image,audio "
-    "--regap off,fixed,shiftdc,cmrm,adaptive --strength auto --out runs/demo-eval"
+    "--regap off,fixed,fixed_axis,shiftdc,cmrm,adaptive,adaptive_raw --strength auto --out runs/demo-eval"
 )
 CARD_COMMAND = "python -m explorer.demo_model.card assets/demo_model --eval runs/demo-eval"
 
@@ -206,7 +206,7 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
         strength=g.get("strength"),
         choice_note=_choice_note(g),
         rule=g.get("rule"),
-        optimism_note=_optimism_note(g, rate, cfg),
+        optimism_note=_optimism_note(g, rate, cfg, cli.get("calibration_source", "")),
         rate_rows="\n".join(rows),
         auroc_rows="\n".join(auroc),
         ceiling_note=ceiling_note,
@@ -271,10 +271,13 @@ def _choice_note(regap: dict[str, Any]) -> str:
             f"{100 * choice['budget']:.0f} points; calibration refusal per candidate α: {rates})")
 
 
-def _optimism_note(regap: dict[str, Any], rate: dict[str, float], cfg: DemoConfig) -> str:
+def _optimism_note(regap: dict[str, Any], rate: dict[str, float], cfg: DemoConfig, source: str = "") -> str:
     """Why the α chosen on calibration looks better there than on the evaluation split: the demo trains on the
     calibration sentences (text SFT share, and their renderings in the reading tasks)."""
     choice = regap.get("strength_choice") or {}
+    if source == "validation":
+        return ("\nThe calibration here is `assets/calibration/validation.jsonl` (the demo's manifest: it never trained"
+                " on those requests), so layers, probe and every α are chosen on held-out data.")
     if cfg.calibration_share <= 0 or not choice.get("per_modality"):
         return ""
     pairs = [

@@ -16,7 +16,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from explorer.data import BUILTIN_PATH, Instruction, load_builtin, load_prompts
+from explorer.data import (
+    BUILTIN_PATH,
+    VALIDATION_PATH,
+    Instruction,
+    load_builtin,
+    load_prompts,
+)
 from explorer.media import (
     AUDIO_CARRIER,
     IMAGE_CARRIER,
@@ -63,9 +69,8 @@ __all__ = [
 IGNORE = -100
 # Free-form requests written apart from the corpus templates: a test set, never trained on.
 PARAPHRASES_PATH = BUILTIN_PATH.parent / "paraphrases.jsonl"
-# Free-form requests for choosing between training recipes (never trained on, never reported as a result), so
-# that the evaluation split and the paraphrase file stay test sets.
-VALIDATION_PATH = BUILTIN_PATH.parent / "validation.jsonl"
+# VALIDATION_PATH (explorer.data): free-form requests for choosing between training recipes and the demo's
+# calibration (never trained on, never reported as a result), so the evaluation split and paraphrases stay test sets.
 
 
 def spoken_form(words: str) -> str:

@@ -52,6 +52,7 @@ MANIFEST = {
     ),
     "card": "README.md",
     "strengths_from": "eval_summary.json",
+    "calibration": "validation",
     "vocabulary": "vocabulary.txt",
     "gallery": "gallery.json",
 }
