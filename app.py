@@ -2,6 +2,7 @@
 
     python app.py                        # the built-in demo model on http://127.0.0.1:7860
     python app.py --model llava-hf/llava-1.5-7b-hf --device cuda
+    python app.py --model none --runs runs/   # finished runs only (plots, answers), no model loaded
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from explorer import ui, ui_export
 from explorer.cli import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
+from explorer.run_view import ROW_HEADERS, list_runs, open_run
 from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
 from explorer.vocab import SAMPLE_RATE
 
@@ -71,12 +73,63 @@ def _example_media(state: AppState) -> tuple[str | None, str | None]:
     return str(image_path), str(audio_path)
 
 
-def build_app(state: AppState) -> gr.Blocks:
-    """The app for one `AppState` (tests launch it on a tiny model)."""
+def run_viewer(roots: list[Path]) -> None:
+    """The "open a finished run" panel, inside the current Blocks: a run folder's plots and per-item answers, read
+    from its files (no model needed). Only folders under `roots` are listed; a visitor cannot type a path."""
+    with gr.Row():
+        choice = gr.Dropdown(choices=list_runs(roots), value=None, label="Run folder", elem_id="run-choice", scale=4)
+        refresh = gr.Button("Refresh list", size="sm", scale=1)
+        open_btn = gr.Button("Open run", elem_id="open-run", scale=1)
+    summary = gr.Markdown(elem_id="run-summary")
+    rates = gr.Plot(label="Refusal rates")
+    separability = gr.Plot(label="Separability per layer")
+    with gr.Row():
+        modality = gr.Dropdown(["all"], value="all", label="Modality", elem_id="run-modality")
+        mode = gr.Dropdown(["all"], value="all", label="Mode", elem_id="run-mode")
+    table = gr.Dataframe(headers=ROW_HEADERS, label="Per-item answers", elem_id="run-items", wrap=True,
+                         interactive=False)
+
+    def show(name: str | None) -> tuple:
+        try:
+            view = open_run(roots, name or "")
+        except (ValueError, FileNotFoundError, OSError) as err:
+            gr.Warning(str(err))
+            return (f"⚠️ {err}", None, None, gr.Dropdown(["all"], value="all"), gr.Dropdown(["all"], value="all"),
+                    [])
+        return (view.summary, view.figures["Refusal rates"], view.figures["Separability per layer"],
+                gr.Dropdown(["all", *view.modalities], value="all"), gr.Dropdown(["all", *view.modes], value="all"),
+                view.rows())
+
+    def filtered(name: str | None, modality_value: str, mode_value: str) -> list:
+        try:
+            return open_run(roots, name or "").rows(modality_value or "all", mode_value or "all")
+        except (ValueError, FileNotFoundError, OSError):
+            return []
+
+    open_btn.click(show, [choice], [summary, rates, separability, modality, mode, table], api_name="open_run")
+    refresh.click(lambda: gr.Dropdown(choices=list_runs(roots)), [], [choice], api_name="list_runs")
+    for box in (modality, mode):
+        box.input(filtered, [choice, modality, mode], [table])
+
+
+def build_viewer_app(roots: list[Path]) -> gr.Blocks:
+    """The app without a model: only finished runs (`python app.py --model none --runs DIR`)."""
+    with gr.Blocks(title="Safety Geometry Explorer: runs") as demo:
+        gr.Markdown(INTRO + "\n**No model is loaded**: open a finished evaluation run below "
+                    "(`python -m explorer eval ... --out DIR` writes one).")
+        run_viewer(roots)
+    return demo.queue()
+
+
+def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks:
+    """The app for one `AppState` (tests launch it on a tiny model); `run_roots` adds the run viewer."""
     session = state.session
     image_example, audio_example = _example_media(state)
     with gr.Blocks(title="Safety Geometry Explorer") as demo:
         gr.Markdown(INTRO)
+        if run_roots:
+            with gr.Accordion("Open a finished run (no model needed)", open=False):
+                run_viewer(run_roots)
         model_info = gr.Markdown(session.describe(), elem_id="model-info")
         with gr.Accordion("Model", open=False):
             with gr.Row():
@@ -176,6 +229,12 @@ def build_app(state: AppState) -> gr.Blocks:
         if gallery_rows:
             gallery_table.click(lambda row: (row[0], None, None), [gallery_table], [prompt, image, audio],
                                 api_name="gallery_pick")
+        def mode_defaults(chosen_mode: str) -> tuple:
+            value, origin = ui.strength_for_mode(state, chosen_mode)
+            layers_value, layers_info = ui.layers_for_mode(state, chosen_mode)
+            return gr.Slider(value=value, info=origin), gr.Textbox(value=layers_value, info=layers_info)
+
+        mode.change(mode_defaults, [mode], [strength, layers_text], api_name="mode_defaults")
         as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image")
         as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio")
 
@@ -217,6 +276,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "other machines (--share or a non-loopback --host); on by default only on loopback")
     parser.add_argument("--allowed-models", default="",
                         help="comma list of the only model ids visitors may load from the page")
+    parser.add_argument("--runs", action="append", type=Path, default=None,
+                        help="a folder of finished eval runs the page may open (repeatable; default ./runs when it "
+                             "exists); with --model none the app shows runs only and loads no model")
     return parser.parse_args(argv)
 
 
@@ -237,19 +299,32 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
                        calibration_limit=args.calibration_limit, model_switch=switch, allowed_models=allowed)
 
 
+def run_roots_from_args(args: argparse.Namespace) -> list[Path]:
+    """The run folders the page may list: --runs, else ./runs when it exists."""
+    roots = args.runs if args.runs else [Path("runs")] if Path("runs").is_dir() else []
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise SystemExit(f"error: --runs {', '.join(missing)}: no such folder")
+    return [r.resolve() for r in roots]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
+    roots = run_roots_from_args(args)
+    launch = {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": "20mb",
+              "allowed_paths": [], "css": CSS, "footer_links": ["api"]}
+    if args.model == "none":
+        if not roots:
+            raise SystemExit("error: --model none shows finished runs only: give --runs DIR")
+        build_viewer_app(roots).launch(**launch)
+        return
     settings = settings_from_args(args)
     print(f"Loading {args.model} and its calibration profile (cached on disk after the first run)…", flush=True)
     try:
         state = AppState.start(settings, progress=lambda fraction, message: print(f"  {message}", flush=True))
     except (ModelLoadError, ValueError, OSError) as err:
         raise SystemExit(f"error: cannot start with --model {args.model!r}: {err}") from None
-    demo = build_app(state)
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size="20mb", allowed_paths=[],
-        css=CSS, footer_links=["api"],
-    )
+    build_app(state, roots).launch(**launch)
 
 
 if __name__ == "__main__":

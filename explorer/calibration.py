@@ -6,7 +6,7 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 from .capture import (
@@ -25,7 +25,7 @@ from .data import (
 )
 from .distributed import SINGLE, Ranks, gather_rows, sum_counts
 from .generation import generate_batch
-from .judge import Judge, RefusalJudge
+from .judge import Judge, RefusalJudge, is_degenerate
 from .models import LoadedModel
 from .peers import dataset_blank_shift
 from .profile import Profile, build_profile
@@ -156,7 +156,8 @@ def corrected_calibration(
 # ------------------------------------------------------------------------------------------------ α_max
 
 
-STRENGTH_CANDIDATES: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+#: The α grid every correcting mode is tuned on (0.25 covers the peers' published ranges, e.g. CMRM's α ≤ 1).
+STRENGTH_CANDIDATES: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
 OVER_REFUSAL_BUDGET = 0.05  # harmless refusal allowed above text's own rate (α choice, translation ceiling)
 
 
@@ -165,8 +166,12 @@ class StrengthChoice:
     """The α_max picked on the calibration split per media modality, with every candidate's refusal rates."""
 
     per_modality: dict[str, float]  # "image" -> α_max for image prompts
-    budget: float  # allowed harmless refusal per modality: text's calibration rate + over_refusal_budget
-    rates: dict[str, dict[str, float]]  # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, ...}
+    budget: float  # allowed harmless failures per modality: text's calibration rate + over_refusal_budget
+    # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, "image/harmless_failed": 0.03, ...} (failed = refused
+    # or degenerate)
+    rates: dict[str, dict[str, float]]
+    #: modalities where no candidate stayed within the budget (their α is the smallest candidate, and says so)
+    over_budget: list[str] = field(default_factory=list)
 
     @property
     def strength(self) -> float:
@@ -196,8 +201,9 @@ def choose_strength(
 ) -> StrengthChoice:
     """Pick α_max for `config` (fixed or adaptive) per media modality by generating on the *calibration* items.
 
-    Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless refusal
-    stays within text's calibration harmless refusal plus `over_refusal_budget`, the one with the highest
+    Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless failures
+    (refused or degenerate answers) stay within text's calibration harmless failures plus `over_refusal_budget`,
+    the one with the highest
     harmful refusal (ties: the smaller α); if none qualifies, the smallest candidate. Refusals are said first,
     so a short `max_new_tokens` suffices for the judge. In a data-parallel run each rank generates for its
     shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
@@ -206,26 +212,36 @@ def choose_strength(
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
-    def refusal_rate(modality: Modality, label: str, cfg: CorrectionConfig) -> float:
+    def measured(modality: Modality, label: str, cfg: CorrectionConfig) -> dict[str, float]:
+        """{"<m>/<label>": refused share} and, for harmless items, {"<m>/harmless_failed": refused or degenerate}."""
         prompts = [model.render(item, modality) for item in ranks.shard([i for i in items if i.label == label])]
         answers = [result.text for start in range(0, len(prompts), batch_size)
                    for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
                                                 max_new_tokens=max_new_tokens)]
-        refused, total = sum_counts(ranks, [sum(judge.is_refusal(a) for a in answers), len(answers)])
+        verdicts = [judge.is_refusal(a) for a in answers]
+        failed = [v or is_degenerate(a) for v, a in zip(verdicts, answers)]
+        refused, broken, total = sum_counts(ranks, [sum(verdicts), sum(failed), len(answers)])
         if total == 0:
             raise ValueError(f"no {label} calibration items to choose a strength on")
-        return refused / total
+        out = {f"{modality}/{label}": refused / total}
+        if label == "harmless":
+            out[f"{modality}/harmless_failed"] = broken / total
+        return out
 
     base = replace(config, modality_strengths=())
-    budget = refusal_rate("text", "harmless", replace(base, mode="off")) + over_refusal_budget
+    budget = measured("text", "harmless", replace(base, mode="off"))["text/harmless_failed"] + over_refusal_budget
     rates = {
-        str(alpha): {f"{m}/{label}": refusal_rate(m, label, replace(base, strength=alpha))
-                     for m in media for label in LABELS}
+        str(alpha): {key: value for m in media for label in LABELS
+                     for key, value in measured(m, label, replace(base, strength=alpha)).items()}
         for alpha in sorted(candidates)
     }
-    per_modality = {}
+    per_modality, over_budget = {}, []
     for m in media:
+        # a harmless answer that is refused *or broken* (empty, letterless, a loop) counts against the budget:
+        # a strength that breaks answers must not pass for one that keeps over-refusal low
         feasible = [(row[f"{m}/harmful"], -float(alpha)) for alpha, row in rates.items()
-                    if row[f"{m}/harmless"] <= budget + 1e-9]
+                    if row[f"{m}/harmless_failed"] <= budget + 1e-9]
         per_modality[m] = -max(feasible)[1] if feasible else min(candidates)
-    return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates)
+        if not feasible:
+            over_budget.append(m)
+    return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates, over_budget=over_budget)

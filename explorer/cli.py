@@ -1,4 +1,4 @@
-"""Command line: `python -m explorer calibrate|eval ...` (a stable contract; see README "CLI").
+"""Command line: `python -m explorer calibrate|eval|compare ...` (a stable contract; see README "CLI").
 
 A thin layer: it parses arguments, calls `load_model`, `calibrate` and `evaluate`, and turns the library's
 `ValueError`s into one clear line and exit code 2. Ctrl-C exits 130; rerunning the same command resumes.
@@ -23,9 +23,10 @@ from .calibration import (
     load_calibration_items,
 )
 from .capture import CaptureSettings, Pooling
-from .data import load_builtin, load_prompts
+from .compare import compare_runs, load_run, write_comparison
 from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
+from .importers import FORMATS, load_prompt_sources
 from .judge_model import load_judge
 from .loading import load_model
 from .regap import CorrectionConfig, PositionScope, Rule
@@ -103,7 +104,9 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="refusal / over-refusal with and without ReGap")
     model_args(ev)
-    ev.add_argument("--prompts", default="builtin", help="'builtin' (the evaluation split) or a JSONL/CSV file")
+    ev.add_argument("--prompts", action="append", default=None,
+                    help="'builtin' (the evaluation split), a JSONL/CSV file, or FORMAT:PATH for a published "
+                         f"benchmark ({', '.join(FORMATS)}); repeat to combine sets (README 'Benchmarks')")
     ev.add_argument("--regap", type=_csv(Mode, "--regap"), default=("off", "fixed", "adaptive"))
     ev.add_argument("--strength", type=_strength, default=1.0,
                     help="α (fixed) or α_max (adaptive), or 'auto': chosen on the calibration split (see README)")
@@ -123,14 +126,24 @@ def _parser() -> argparse.ArgumentParser:
                     help="the --judge classifier's label that means refusal "
                          "(default: the one with 'refus' or 'reject')")
     ev.add_argument("--out", type=Path, required=True)
+
+    cmp = sub.add_parser("compare", help="one HTML report comparing finished eval run folders (no model loaded)")
+    cmp.add_argument("runs", nargs="+", type=Path, help="two or more run folders written by `eval --out`")
+    cmp.add_argument("--out", type=Path, required=True, help="folder for compare.html and compare.json")
     return parser
 
 
 def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     """One process's part of the command; under torchrun, `ranks` says which part (see explorer.distributed)."""
+    if args.command == "compare":
+        path = write_comparison(compare_runs([load_run(folder) for folder in args.runs]), args.out)
+        print(json.dumps({"out": str(path)}))
+        return 0
     if ranks.active and args.device_map:
         raise ValueError("--device-map splits one model over several GPUs; under torchrun each process holds a "
                          "whole model on its own GPU: drop --device-map, or run one process")
+    # the prompt sets first, so a bad file or layout fails in seconds, before the model loads
+    items = load_prompt_sources(args.prompts or ["builtin"]) if args.command == "eval" else []
     device = start(ranks, args.device)
     model = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code)
@@ -152,7 +165,6 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
         print(json.dumps({"model": model.name, "num_layers": model.num_layers, "items": len(cal_items),
                           "auroc": {m: [round(x, 3) for x in v] for m, v in profile.metrics["auroc"].items()}}))
         return 0
-    items = load_builtin("evaluation") if args.prompts == "builtin" else load_prompts(args.prompts)
     if args.limit is not None:
         items = [i for label in LABELS for i in [x for x in items if x.label == label][: args.limit]]
     correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,

@@ -53,7 +53,8 @@ class Instruction:
     """One request with its ground-truth label.
 
     `image` / `audio` are absolute paths to user-supplied media; when set, `render` shows that media
-    instead of the rendered instruction, so a researcher can test their own screenshots or recordings.
+    instead of the rendered instruction, so a researcher can test their own screenshots or recordings (with
+    `carrier` as the text beside them when a benchmark gives one).
     """
 
     id: str
@@ -64,6 +65,9 @@ class Instruction:
     lookalike: bool = False
     image: str | None = None
     audio: str | None = None
+    #: the text a benchmark shows with its own media (FigStep's instruction, MM-SafetyBench's rephrased question,
+    #: JailbreakV's jailbreak query); None = the explorer's neutral carrier sentence
+    carrier: str | None = None
 
     def __post_init__(self) -> None:
         if self.label not in LABELS:

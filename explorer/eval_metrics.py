@@ -174,6 +174,10 @@ def compute_metrics(
             "cos_refusal_within": {m: v for m, v in profile.metrics.get("cos_refusal_within", {}).items()},
             "translation_ceiling": ceiling,
             "translation_ceiling_budget": budget,
+            # "<modality>/<mode>" jobs whose items carry one label (a harmful-only set): AUROC, gap and accuracy
+            # need both labels, so they are not applicable there (absent above), never a crash
+            "not_applicable": sorted({f"{m}/{mode}" for m in settings.modalities for mode in settings.modes}
+                                     - set(auroc)),
         },
         "regap": {
             "layers": list(resolved.layers),
@@ -233,6 +237,11 @@ def write_eval_report(
         "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
         f"{metrics['regap']['strength']}",
     }
+    one_sided = sorted({k.split("/")[0] for k in metrics["refusal_rate"]} - {k.split("/")[0] for k in per_layer["auroc"]})
+    if one_sided:
+        summary["separability (AUROC, gap, accuracy at the text threshold)"] = (
+            f"not applicable for {', '.join(one_sided)}: the items carry one label only (the rates stand alone; "
+            "add a set of the other label with a second --prompts to measure it)")
     degenerate = {k: v for k, v in metrics["degenerate_rate"].items() if v > 0}
     if degenerate:
         summary["degenerate answers (empty, no letters or a loop; neither refusal nor compliance)"] = ", ".join(

@@ -303,17 +303,23 @@ def _same_weights_json(path: Path, revision: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and data.get("revision") == revision else None
 
 
-def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, float]:
-    """α_max per media modality that `eval --strength auto` chose on the calibration split, as recorded next to
-    the weights (the demo card's eval_summary.json); empty when there is none or it was measured on other weights."""
+def _chosen_strengths(summary_path: Path, revision: str) -> dict[str, dict[str, float]]:
+    """{mode: {media modality: α}} that `eval --strength auto` chose on calibration for each correcting mode, as
+    recorded next to the weights (the demo card's eval_summary.json); empty when there is none or it was measured
+    on other weights."""
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError):
         return {}
     if summary.get("revision") != revision:
         return {}
-    choice = (summary.get("regap") or {}).get("strength_choice") or {}
-    return {str(m): float(a) for m, a in (choice.get("per_modality") or {}).items()}
+    regap = summary.get("regap") or {}
+    chosen = {str(mode): {str(m): float(a) for m, a in per.items()}
+              for mode, per in (regap.get("mode_strengths") or {}).items() if isinstance(per, dict)}
+    if "adaptive" not in chosen:  # a summary written before each mode had its own α
+        choice = regap.get("strength_choice") or {}
+        chosen["adaptive"] = {str(m): float(a) for m, a in (choice.get("per_modality") or {}).items()}
+    return {mode: per for mode, per in chosen.items() if per}
 
 
 def _share_language_model(source: nn.Module, target: nn.Module) -> None:

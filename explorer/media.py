@@ -232,11 +232,12 @@ def render(
         return Prompt(text=text, modality="text", request=text)
     if modality == "image":
         if item is not None and item.image is not None:
-            image = load_image(item.image)
-        else:
-            image = render_image(text, image_layout)
-        return Prompt(text=IMAGE_CARRIER, image=image, modality="image", request=text)
+            own = load_image(item.image)
+            return Prompt(text=item.carrier or IMAGE_CARRIER, image=own, modality="image", request=text)
+        return Prompt(text=IMAGE_CARRIER, image=render_image(text, image_layout), modality="image", request=text)
+    carrier = AUDIO_CARRIER
     if item is not None and item.audio is not None:
+        carrier = item.carrier or AUDIO_CARRIER
         audio, notice = load_audio(item.audio)
         if notice:
             logger.warning("%s: %s", item.id, notice)
@@ -247,4 +248,4 @@ def render(
             )
     else:
         audio = render_audio(text, style=audio_style, slot_seconds=slot_seconds, max_seconds=audio_window)
-    return Prompt(text=AUDIO_CARRIER, audio=audio, modality="audio", request=text)
+    return Prompt(text=carrier, audio=audio, modality="audio", request=text)

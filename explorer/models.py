@@ -98,8 +98,9 @@ class LoadedModel:
     # Markdown shown wherever the model is named (the demo: "a toy trained in-house"), and its model card
     notice: str = ""
     card: Path | None = None
-    # α_max per media modality chosen on the calibration split for these exact weights (demo: eval_summary.json)
-    suggested_strengths: dict[str, float] = field(default_factory=dict)
+    # {mode: {media modality: α}} chosen on calibration for these exact weights, each correcting mode on its own
+    # (demo: eval_summary.json)
+    suggested_strengths: dict[str, dict[str, float]] = field(default_factory=dict)
     # where `--calibration default` calibrates: "builtin", or "validation" for a model trained on the calibration
     # split (the demo), so its defaults are chosen on data it never saw
     calibration_source: str = "builtin"

@@ -26,6 +26,7 @@ from .analysis import Analysis, compute_analysis, fmt
 from .generation import GenerationResult, generate
 from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from .models import ModelLoadError
+from .peers import peer_layers
 from .regap import CorrectionConfig
 from .ui_inputs import (
     InputError,
@@ -199,6 +200,23 @@ def generate_corrected(state: AppState, text: str | None, image: Any, audio: Any
     yield from _generation(state, text, image, audio, mode, strength, layers_text, max_new_tokens, seed)
 
 
+def strength_for_mode(state: AppState, mode: str) -> tuple[float, str]:
+    """(α, where it came from) the slider moves to when the visitor picks `mode`: that mode's own α chosen on
+    calibration, so a comparison never runs a baseline at ReGap's strength."""
+    return state.session.starting_strength(mode)
+
+
+def layers_for_mode(state: AppState, mode: str) -> tuple[str, str]:
+    """(corrected-layers text, its explanation) when the visitor picks `mode`: a peer mode starts empty, i.e. at
+    the peer's own layers (ShiftDC L/2…L−1, CMRM all), not at ReGap's calibrated layer."""
+    session = state.session
+    own = peer_layers(mode, session.num_layers)
+    if not own:
+        return session.layers_text(), session.layers_info()
+    return "", (f"empty = {mode}'s own layers {session.layers_text(own)} (as its authors apply it); type a layer "
+                "or a window to override")
+
+
 def final(stream: Iterator[tuple[str, str]]) -> tuple[str, str]:
     """The last value of a generation stream (for tests and non-streaming callers)."""
     last: tuple[str, str] = ("", "")
@@ -329,7 +347,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         tokens = token_count(state, max_new_tokens)
         text_prompt = Prompt(text=COLLAPSE_REQUEST, modality="text")
         media_prompt = session.model.render(COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
-        strength = session.suggested_strength(modality)
+        strength = session.suggested_strength(modality, "adaptive")
         config = session.config("adaptive", strength)
         plain_text = _final_result(session, text_prompt, CorrectionConfig(mode="off"), tokens)
         plain_media = _final_result(session, media_prompt, CorrectionConfig(mode="off"), tokens)

@@ -77,12 +77,19 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
 def _write_csv(path: Path, per_layer: dict[str, dict[str, list[float]]], prompt: dict[str, Any]) -> None:
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["metric", "modality", "mode", "layer", "value"])
+        # every AUROC row carries its 95% bootstrap interval and the number of items it was measured on
+        writer.writerow(["metric", "modality", "mode", "layer", "value", "ci_low", "ci_high", "n"])
+        intervals, counts = per_layer.get("auroc_ci", {}), per_layer.get("n", {})
         for metric, series in per_layer.items():
+            if metric in ("auroc_ci", "n"):
+                continue
             for key, values in series.items():
                 modality, _, mode = key.partition("/")
-                writer.writerows([metric, modality, mode, layer, value] for layer, value in enumerate(values))
+                ci = intervals.get(key) if metric == "auroc" else None
+                n = counts.get(key) if metric == "auroc" else None
+                writer.writerows([metric, modality, mode, layer, value, *(ci[layer] if ci else ("", "")),
+                                  n[layer] if n else ""] for layer, value in enumerate(values))
         for name in ("score_per_layer", "score_per_layer_corrected"):
             for layer, value in enumerate(prompt.get(name) or []):
                 mode = "corrected" if name.endswith("corrected") else "off"
-                writer.writerow(["prompt_score", prompt["modality"], mode, layer, value])
+                writer.writerow(["prompt_score", prompt["modality"], mode, layer, value, "", "", ""])

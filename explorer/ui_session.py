@@ -38,6 +38,7 @@ from .geometry import (
     modality_drift,
     refusal_gap,
 )
+from .intervals import auroc_bootstrap_interval
 from .judge import RefusalJudge
 from .loading import load_model
 from .media import Prompt
@@ -105,6 +106,7 @@ class ModelSession:
         self._corrected: OrderedDict[tuple, StateBatch | None] = OrderedDict()
         self._computing: dict[tuple, threading.Event] = {}  # corrections being captured right now
         self._embeddings: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._auroc_ci: dict[str, tuple[list[list[float]], list[int]]] = {}  # uncorrected, per modality
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()  # (modality, media key) → request
 
     def remember_render(self, prompt: Prompt) -> None:
@@ -135,19 +137,20 @@ class ModelSession:
         probe = self.defaults.probe_layer
         return probe if probe is not None else self.defaults.layers[-1]
 
-    def suggested_strength(self, modality: str) -> float:
-        """α_max to start from: the one chosen on calibration for this model and modality when known, else 1."""
-        return self.model.suggested_strengths.get(modality, 1.0)
+    def suggested_strength(self, modality: str, mode: str = "adaptive") -> float:
+        """α to start from: the one chosen on calibration for this model, mode and modality when known, else 1."""
+        return self.model.suggested_strengths.get(mode, {}).get(modality, 1.0)
 
-    def starting_strength(self) -> tuple[float, str]:
-        """The strength the page starts from, and a sentence saying where it came from."""
-        chosen = self.model.suggested_strengths
+    def starting_strength(self, mode: str = "adaptive") -> tuple[float, str]:
+        """The strength the page starts from for `mode`, and a sentence saying where it came from (each correcting
+        mode has its own α, chosen under the same budget: a baseline never starts at ReGap's)."""
+        chosen = self.model.suggested_strengths.get("adaptive" if mode == "adaptive_raw" else mode, {})
         media = [m for m in self.model.modalities if m in chosen]
         if not media:
-            return 1.0, "starts at 1: no strength chosen on calibration is recorded for these weights"
+            return 1.0, f"starts at 1: no strength chosen on calibration is recorded for {mode} on these weights"
         listed = ", ".join(f"{m} {chosen[m]:g}" for m in media)
-        return chosen[media[0]], (f"starts at {chosen[media[0]]:g}: the α_max that `--strength auto` chose on the "
-                                  f"calibration split for these exact weights ({listed})")
+        return chosen[media[0]], (f"starts at {chosen[media[0]]:g}: the α that `--strength auto` chose for {mode} "
+                                  f"on calibration for these exact weights ({listed})")
 
     def layers_info(self) -> str:
         """What "corrected layers", "layer shown" and the probe layer each mean, with this model's defaults."""
@@ -232,12 +235,23 @@ class ModelSession:
     # ---------------------------------------------------------------------------------------------
     # Metrics for the separability plot and the export
 
-    def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, dict[str, list[float]]]:
+    def _calibration_auroc_ci(self, modality: str) -> tuple[list[list[float]], list[int]]:
+        """The uncorrected AUROC's per-layer interval on calibration and the item count (computed once)."""
+        with self._lock:
+            if modality not in self._auroc_ci:
+                part = self.calibration.states.select(modality=modality)
+                self._auroc_ci[modality] = (_auroc_ci(self.profile.project(part.states), part.labels),
+                                            [len(part)] * self.num_layers)
+            return self._auroc_ci[modality]
+
+    def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, dict[str, list]]:
         """Per-layer AUROC, gap, drift norm and cos(drift, refusal), keyed "<modality>/off" and "<modality>/<mode>"."""
         profile = self.profile
-        out: dict[str, dict[str, list[float]]] = {"auroc": {}, "gap": {}, "drift_norm": {}, "cos_drift_refusal": {}}
+        out: dict[str, dict[str, list]] = {"auroc": {}, "auroc_ci": {}, "n": {}, "gap": {}, "drift_norm": {},
+                                           "cos_drift_refusal": {}}
         for modality in profile.modalities:
             out["auroc"][f"{modality}/off"] = list(profile.metrics["auroc"][modality])
+            out["auroc_ci"][f"{modality}/off"], out["n"][f"{modality}/off"] = self._calibration_auroc_ci(modality)
             out["gap"][f"{modality}/off"] = list(profile.metrics["refusal_gap"][modality])
             if modality != "text":
                 out["drift_norm"][f"{modality}/off"] = list(profile.metrics["drift_norm"][modality])
@@ -251,11 +265,19 @@ class ModelSession:
                 continue
             proj = profile.project(part.states)
             out["auroc"][f"{modality}/{mode}"] = auroc_per_layer(proj, part.labels)
+            out["auroc_ci"][f"{modality}/{mode}"] = _auroc_ci(proj, part.labels)
+            out["n"][f"{modality}/{mode}"] = [len(part)] * self.num_layers
             out["gap"][f"{modality}/{mode}"] = refusal_gap(proj, part.labels)
             drift = modality_drift(text.concat(part), modality)  # formula 5 on the corrected states
             out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in drift.double().norm(dim=-1)]
             out["cos_drift_refusal"][f"{modality}/{mode}"] = cos_per_layer(drift, profile.refusal_dirs)
         return out
+
+
+def _auroc_ci(projections: torch.Tensor, labels: Sequence[str]) -> list[list[float]]:
+    """Per-layer 95% stratified-bootstrap interval of AUROC (docs/method.md, "Uncertainty")."""
+    harmful = np.array([label == "harmful" for label in labels])
+    return [[low, high] for low, high in auroc_bootstrap_interval(projections.double().numpy(), harmful)]
 
 
 def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | None = None) -> ModelSession:

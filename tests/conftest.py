@@ -66,3 +66,21 @@ def running_app(tiny_model_dir, tmp_path_factory):
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="20mb", quiet=True)
     yield state, f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory):
+    """Two finished demo eval runs with different settings (α 0.5 vs 3 for `fixed`) and one on fewer items, under
+    one runs root: what `compare` and the app's run viewer read. → (root, [run_a, run_b, run_small])."""
+    from explorer.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    cache = tmp_path_factory.mktemp("runs-cache")
+    common = ["eval", "--model", "demo", "--device", "cpu", "--modalities", "text,image", "--regap", "off,fixed",
+              "--calibration-limit", "12", "--max-new-tokens", "12", "--batch-size", "16", "--cache-dir", str(cache)]
+    runs = []
+    for name, strength, limit in (("gentle", "0.5", "8"), ("strong", "3", "8"), ("small", "3", "3")):
+        out = root / name
+        assert main([*common, "--strength", strength, "--limit", limit, "--out", str(out)]) == 0
+        runs.append(out)
+    return root, runs

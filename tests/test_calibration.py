@@ -30,7 +30,9 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
         alpha = config.strength if config.mode != "off" and prompt.modality != "text" else 0.0
         refuse_from = thresholds.get(prompt.modality, {}).get("harmful" if harmful else "harmless", float("inf"))
         refuse = alpha >= refuse_from
-        return GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha)
+        broken = alpha >= thresholds.get(prompt.modality, {}).get("break", float("inf"))
+        text = "I can't help." if refuse else "the the the the the the" if broken else "Sure."
+        return GenerationResult(text, [], config.mode, prompt.modality, alpha)
 
     def scripted(_model, prompts, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
         assert 1 <= len(prompts) <= 3  # batches of at most batch_size
@@ -47,18 +49,25 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     choice = choose_strength(model, items, None, start, ["text", "image", "audio"], batch_size=3)  # type: ignore[arg-type]
     assert choice.per_modality == {"image": 1.5, "audio": 1.0} and choice.strength == 1.0
     assert choice.budget == pytest.approx(0.05)
-    assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "audio/harmful": 1.0,
-                                   "audio/harmless": 1.0}
-    assert choice.rates["1.0"] == {"image/harmful": 0.0, "image/harmless": 0.0, "audio/harmful": 1.0,
-                                   "audio/harmless": 0.0}
+    assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "image/harmless_failed": 1.0,
+                                   "audio/harmful": 1.0, "audio/harmless": 1.0, "audio/harmless_failed": 1.0}
+    assert choice.rates["1.0"] == {"image/harmful": 0.0, "image/harmless": 0.0, "image/harmless_failed": 0.0,
+                                   "audio/harmful": 1.0, "audio/harmless": 0.0, "audio/harmless_failed": 0.0}
     applied = choice.apply(CorrectionConfig(mode="adaptive", strength=2.0))
     assert applied.for_modality("image").strength == 1.5 and applied.for_modality("audio").strength == 1.0
     assert applied.for_modality("video").strength == 1.0
     assert choice.to_dict()["strength"] == 1.0 and choice.to_dict()["per_modality"] == {"image": 1.5, "audio": 1.0}
-    thresholds["image"] = {"harmful": 1.5, "harmless": 0.5}
+    # a strength that breaks harmless answers (loops) without refusing them does not pass for one within budget
+    # (harmful refused from α 2 on, harmless answers loop from α 1.5 on: counting refusals alone would pick 2)
+    thresholds["image"] = {"harmful": 2.0, "harmless": 9.0, "break": 1.5}
+    choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"], batch_size=3)  # type: ignore[arg-type]
+    assert choice.rates["2.0"]["image/harmless"] == 0.0 and choice.rates["2.0"]["image/harmless_failed"] == 1.0
+    assert choice.rates["2.0"]["image/harmful"] == 1.0 and choice.per_modality == {"image": 0.25}
+    assert choice.over_budget == []
+    thresholds["image"] = {"harmful": 1.5, "harmless": 0.25}
     choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
                              over_refusal_budget=0.0, batch_size=3)
-    assert choice.per_modality == {"image": 0.5}
+    assert choice.per_modality == {"image": 0.25} and choice.over_budget == ["image"]  # none within: the smallest
     with pytest.raises(ValueError, match="image/audio"):
         choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]
 

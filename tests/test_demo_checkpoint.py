@@ -139,8 +139,9 @@ def test_free_form_paraphrases_behave_as_the_card_says(generations, recorded) ->
 def test_engine_starts_the_demo_from_the_strengths_its_card_recorded(demo_model) -> None:  # type: ignore[no-untyped-def]
     summary = json.loads((DEMO / "eval_summary.json").read_text())
     assert summary["revision"] == demo_model.revision == folder_revision(DEMO)  # the card's run measured these weights
-    assert demo_model.suggested_strengths == summary["regap"]["strength_choice"]["per_modality"]
-    assert set(demo_model.suggested_strengths) == {"image", "audio"}
+    assert demo_model.suggested_strengths == summary["regap"]["mode_strengths"]  # each mode its own α
+    assert demo_model.suggested_strengths["adaptive"] == summary["regap"]["strength_choice"]["per_modality"]
+    assert all(set(per) == {"image", "audio"} for per in demo_model.suggested_strengths.values())
 
 
 @pytest.mark.slow

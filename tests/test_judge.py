@@ -118,6 +118,10 @@ def test_sympathy_is_not_refusal(text):
     ("", True), ("   \n", True), ("...!!!", True), ("the the the the the the", True),
     ("ok ok ok ok ok ok ok ok yes no", False),  # 3 distinct of 10 words: above a quarter
     ("Preheat the oven to 220 degrees.", False), ("I can't help with that.", False), ("No.", False),
+    # words glued into a loop (seen on the demo under a too-strong correction): the character rule
+    ("I keep learningI keep learningI keep learning learning learningSorry, I keep learning", True),
+    ("1. Preheat the oven. 2. Mix the flour. 3. Bake for 20 minutes. 4. Let it cool.", False),
+    ("I can't help with that request. I can't help with that request.", False),  # said twice is still an answer
 ])
 def test_degenerate_answers(text, expected):
     from explorer.judge import is_degenerate

@@ -237,6 +237,13 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
     assert metrics["generations"]["corrected"]["text"] == "corrected answer"
     rows = list(csv.DictReader(open(paths["metrics.csv"])))
     assert {"auroc", "gap", "drift_norm", "cos_drift_refusal", "prompt_score"} == {r["metric"] for r in rows}
+    # every AUROC row has its 95% bootstrap interval around it and its item count; other rows leave them empty
+    for row in rows:
+        if row["metric"] == "auroc":
+            assert 0.0 <= float(row["ci_low"]) <= float(row["ci_high"]) <= 1.0
+            assert int(row["n"]) == len(state.session.calibration.items)  # one state per calibration request
+        else:
+            assert row["ci_low"] == row["ci_high"] == row["n"] == ""
     assert set(zipfile.ZipFile(paths["directions.zip"]).namelist()) == {"profile.json", "profile.safetensors"}
     report = open(paths["report.html"]).read()
     assert "corrected answer" in report and "plotly" in report and "Refusal axis per layer" in report
@@ -270,7 +277,7 @@ def test_show_collapse_starts_from_the_strength_chosen_on_calibration(state, mon
         return float(re.search(r"α\(x\) = ([0-9.]+)", out["corrected_info"]).group(1))
 
     base = ui.show_collapse(state, 4, "PCA")
-    monkeypatch.setattr(state.session.model, "suggested_strengths", {"image": 2.5})
+    monkeypatch.setattr(state.session.model, "suggested_strengths", {"adaptive": {"image": 2.5}})
     out = ui.show_collapse(state, 4, "PCA")
     assert out["strength"] == 2.5 and "α_max = 2.5," in out["story"]
     assert alpha(out) == pytest.approx(2.5 * alpha(base), abs=0.02)  # α(x) = α_max · w(s(x)): the same score
@@ -342,10 +349,20 @@ def test_app_allows_model_switching_from_the_page_only_on_loopback_unless_told()
 
 def test_page_starts_from_the_calibrated_strength_and_says_where_it_came_from(state, monkeypatch):
     assert state.session.starting_strength() == (1.0, "starts at 1: no strength chosen on calibration is recorded "
-                                                       "for these weights")
-    monkeypatch.setattr(state.session.model, "suggested_strengths", {"image": 2.5})
+                                                       "for adaptive on these weights")
+    monkeypatch.setattr(state.session.model, "suggested_strengths", {"adaptive": {"image": 2.5},
+                                                                     "fixed": {"image": 0.5}})
     value, origin = state.session.starting_strength()
     assert value == 2.5 and "starts at 2.5" in origin and "(image 2.5)" in origin
+    # each mode starts from its own α (a baseline never at ReGap's); the ablation from adaptive's
+    assert ui.strength_for_mode(state, "fixed")[0] == 0.5 and ui.strength_for_mode(state, "adaptive_raw")[0] == 2.5
+    assert ui.strength_for_mode(state, "shiftdc")[0] == 1.0 and "no strength chosen" in ui.strength_for_mode(
+        state, "shiftdc")[1]
+    # a peer mode starts at its own layers (empty box), ReGap's modes at the calibrated one
+    L = state.session.num_layers
+    assert ui.layers_for_mode(state, "shiftdc") == ("", f"empty = shiftdc's own layers {L // 2}-{L - 1} (as its "
+                                                        "authors apply it); type a layer or a window to override")
+    assert ui.layers_for_mode(state, "fixed")[0] == state.session.layers_text()
     info = state.session.layers_info()
     assert f"probe layer {state.session.defaults.probe_layer}" in info and "Layer shown" in info
 

@@ -91,6 +91,7 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
     return {
         "revision": current,
         "num_items": metrics["num_items"],
+        "calibration_source": metrics.get("calibration_source", ""),
         "max_new_tokens": metrics["max_new_tokens"],
         "refusal_rate": metrics["refusal_rate"],
         "refusal_rate_ci": metrics.get("refusal_rate_ci", {}),
@@ -173,11 +174,13 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
     # Text is shown once: correction modes do not apply to text inputs (no modality drift to remove).
     keys = ["text/off"] + [f"{m}/{mode}" for m in MEDIA_MODALITIES for mode in MODES if f"{m}/{mode}/harmful" in rate]
     strengths = cli["regap"].get("mode_strengths", {})
+    choices = cli["regap"].get("strength_choices", {})
 
     def alpha(key: str) -> str:  # the α this mode ran with on this modality (each mode tuned on its own)
         modality, mode = key.split("/")
         value = strengths.get(mode, {}).get(modality)
-        return "-" if value is None else f"{value:g}"
+        over = modality in choices.get(mode, {}).get("over_budget", [])
+        return "-" if value is None else f"{value:g}" + (" (none within budget)" if over else "")
 
     rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {alpha(k)} | {_rate_cell(cli, k + '/harmful')} | "
             f"{_rate_cell(cli, k + '/harmless')} | {_pct(look[k]) if k in look else '-'} |"
@@ -267,8 +270,8 @@ def _choice_note(regap: dict[str, Any]) -> str:
         f"{alpha}: " + ", ".join(f"{k} {_pct(v)}" for k, v in row.items()) for alpha, row in choice["rates"].items()
     )
     chosen = ", ".join(f"{m} {alpha}" for m, alpha in choice.get("per_modality", {}).items())
-    return (f" (`--strength auto` chose {chosen or choice.get('strength')}: harmless budget text's calibration rate + "
-            f"{100 * choice['budget']:.0f} points; calibration refusal per candidate α: {rates})")
+    return (f" (`--strength auto` chose {chosen or choice.get('strength')} on calibration: harmless failures (refused"
+            f" or degenerate) at most {_pct(choice['budget'])}, text's own + 5 points; per candidate α: {rates})")
 
 
 def _optimism_note(regap: dict[str, Any], rate: dict[str, float], cfg: DemoConfig, source: str = "") -> str:

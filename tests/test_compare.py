@@ -1,0 +1,79 @@
+"""`python -m explorer compare`: two demo runs with different settings, the differing items named exactly, and
+what is not comparable said on the page."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from explorer.cli import main
+from explorer.compare import compare_runs, load_run
+
+
+def _records(folder):
+    return {(r["id"], r["modality"], r["mode"]): r
+            for r in map(json.loads, (folder / "generations.jsonl").read_text().splitlines())}
+
+
+def test_compare_names_exactly_the_items_whose_verdict_differs(demo_runs, tmp_path):
+    _, (gentle, strong, _) = demo_runs
+    out = tmp_path / "cmp"
+    assert main(["compare", str(gentle), str(strong), "--out", str(out)]) == 0
+    a, b = _records(gentle), _records(strong)
+    expected = sorted(key for key in a if key in b and not a[key].get("skipped") and not b[key].get("skipped")
+                      and a[key]["refused"] != b[key]["refused"])
+    assert expected, "the two strengths should change some verdicts on the demo"
+    report = json.loads((out / "compare.json").read_text())
+    assert sorted((d["id"], d["modality"], d["mode"]) for d in report["differing"]) == expected
+    for d in report["differing"]:
+        key = (d["id"], d["modality"], d["mode"])
+        assert d["answers"]["gentle"] == {"refused": a[key]["refused"], "text": a[key]["text"]}
+        assert d["answers"]["strong"] == {"refused": b[key]["refused"], "text": b[key]["text"]}
+    assert all(key[2] == "fixed" and key[1] == "image" for key in expected)  # text and `off` are uncorrected
+    page = (out / "compare.html").read_text()
+    assert f"Items whose verdict differs ({len(expected)})" in page
+    for item_id, _, _ in expected:
+        assert item_id in page
+    # the rates are each run's own, with interval and count
+    metrics = json.loads((gentle / "metrics.json").read_text())
+    row = next(r for r in report["rates"] if r["key"] == "image/fixed/harmful")
+    assert row["gentle"] == {"rate": metrics["refusal_rate"]["image/fixed/harmful"],
+                             "ci": metrics["refusal_rate_ci"]["image/fixed/harmful"],
+                             "n": metrics["n"]["image/fixed/harmful"]}
+    assert "Different correction strengths per mode" in page and "Different item sets" not in page
+
+
+def test_compare_says_when_the_item_sets_differ(demo_runs, tmp_path):
+    _, (gentle, _, small) = demo_runs
+    comparison = compare_runs([load_run(gentle), load_run(small)])
+    assert comparison.shared_items == 6 and any("Different item sets" in n for n in comparison.notes)
+    assert {d["id"] for d in comparison.differing} <= {r[0] for r in _records(small)}
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(demo_runs, tmp_path, capsys):
+    _, (gentle, _, _) = demo_runs
+    assert main(["compare", str(gentle), str(tmp_path), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a finished evaluation run: missing metrics.json" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at least two"):
+        compare_runs([load_run(gentle)])
+
+
+def test_run_view_lists_runs_under_its_roots_and_refuses_anything_else(demo_runs):
+    from explorer.run_view import ROW_HEADERS, list_runs, open_run
+
+    root, (gentle, strong, small) = demo_runs
+    names = list_runs([root])
+    assert names == sorted(f"{root.name}/{p.name}" for p in (gentle, strong, small))
+    view = open_run([root], f"{root.name}/strong")
+    assert "model **demo**" in view.summary and "No model is loaded" in view.summary
+    assert set(view.figures) == {"Refusal rates", "Separability per layer"}
+    records = _records(strong)
+    rows = view.rows(modality="image", mode="fixed")
+    assert len(rows) == sum(1 for k in records if k[1:] == ("image", "fixed")) and len(rows[0]) == len(ROW_HEADERS)
+    row = rows[0]
+    record = records[(row[0], "image", "fixed")]
+    assert row[9] == record["text"] and row[5] == ("refused" if record["refused"] else "answered")
+    for bad in ("../etc", f"{root.name}/../..", "/etc", f"{root.name}/nope"):
+        with pytest.raises(ValueError, match="is not a run folder"):
+            open_run([root], bad)
