@@ -278,7 +278,8 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma list of the only model ids visitors may load from the page")
     parser.add_argument("--runs", action="append", type=Path, default=None,
                         help="a folder of finished eval runs the page may open (repeatable; default ./runs when it "
-                             "exists); with --model none the app shows runs only and loads no model")
+                             "exists and the server is loopback-only); with --model none the app shows runs only "
+                             "and loads no model")
     return parser.parse_args(argv)
 
 
@@ -300,8 +301,10 @@ def settings_from_args(args: argparse.Namespace) -> AppSettings:
 
 
 def run_roots_from_args(args: argparse.Namespace) -> list[Path]:
-    """The run folders the page may list: --runs, else ./runs when it exists."""
-    roots = args.runs if args.runs else [Path("runs")] if Path("runs").is_dir() else []
+    """The run folders the page may list: --runs; else ./runs when it exists and the server is this machine's
+    alone (a run holds every answer of an evaluation: a shared server shows only what the operator names)."""
+    local = not args.share and _is_loopback(args.host)
+    roots = args.runs if args.runs else [Path("runs")] if Path("runs").is_dir() and local else []
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         raise SystemExit(f"error: --runs {', '.join(missing)}: no such folder")

@@ -104,6 +104,11 @@ def _notes(runs: Sequence[RunResult], shared: set[str]) -> list[str]:
         if len(set(values)) > 1:
             shown = "; ".join(f"{r.name}: {v[:80]}" for r, v in zip(runs, values))
             notes.append(f"Different {key.replace('_', ' ')} ({shown}).")
+    for run in runs:
+        if "calibration_source" not in run.metrics:  # written before issue 12 made the peers faithful
+            notes.append(f"{run.name} was written by an earlier version: its 'shiftdc' is today's fixed_axis (the "
+                         "dataset drift on the refusal axis) and its 'cmrm' equalled fixed; compare those modes by "
+                         "what they did, not by name.")
     strengths = [json.dumps(r.metrics.get("regap", {}).get("mode_strengths"), sort_keys=True) for r in runs]
     if len(set(strengths)) > 1:
         notes.append("Different correction strengths per mode (regap.mode_strengths): "
@@ -194,9 +199,9 @@ def write_comparison(comparison: Comparison, out: str | Path) -> Path:
                     for n in names)] for d in comparison.differing]
     differing = (_table(["id", "modality", "mode", "label", "request", *names], diff_rows) if diff_rows
                  else "<p>No shared item changes verdict between the runs.</p>")
-    figure = figures_html({"curves": _curves_figure(comparison.runs)},
-                          {"curves": "Per-layer curves of every run (uncorrected and corrected states) overlaid; "
-                                     "a run is one line style."})
+    title = "AUROC, refusal gap and drift per layer, every run overlaid"
+    figure = figures_html({title: _curves_figure(comparison.runs)},
+                          {title: "Uncorrected and corrected states of every run; a run is one line style."})
     doc = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>Run comparison</title>\n'
            "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em} table{border-collapse:"
            "collapse;margin-bottom:1em} th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;"

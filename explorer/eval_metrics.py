@@ -188,6 +188,9 @@ def compute_metrics(
             "modality_strengths": dict(resolved.modality_strengths),
             "per_item": per_item,
             "mode_strengths": settings.mode_strengths,
+            # where each mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
+            "mode_positions": {mode: "last_prompt" if mode == "shiftdc" else resolved.positions
+                               for mode in settings.modes if mode != "off"},
             **({"strength_choice": settings.strength_choices["adaptive"].to_dict()}
                if "adaptive" in settings.strength_choices else {}),
             **({"strength_choices": {mode: choice.to_dict() for mode, choice in settings.strength_choices.items()}}

@@ -55,10 +55,16 @@ def peer_layers(mode: str, num_layers: int) -> tuple[int, ...]:
     return ()
 
 
+#: How the counterpart names the medium it stands in for (ShiftDC's "<query> Image Caption: <caption>").
+_DESCRIBED = {"image": "Image caption", "audio": "Audio transcript"}
+
+
 def counterpart_prompts(model: LoadedModel, prompts: Sequence[Prompt]) -> list[Prompt]:
-    """Each media prompt's text counterpart for ShiftDC: the same request, given as text (what the explorer always
-    has for a rendered or imported item). Raises a clear error for media without a known request (an upload with
-    no request text): the per-sample shift cannot be computed for it."""
+    """Each media prompt's text counterpart for ShiftDC: the prompt's own text (the carrier, or a benchmark's query)
+    followed by the medium's content as text, "<text> Image caption: <request>". ShiftDC keeps the query and swaps
+    the image for a caption, so the shift it removes is the medium's, not the text's; the explorer's caption is the
+    request itself (it drew or spoke it, or the dataset gives it). Raises a clear error for media without a known
+    request (an upload with no request text): the per-sample shift cannot be computed for it."""
     missing = [p for p in prompts if not p.request]
     if missing:
         raise ValueError(
@@ -66,7 +72,7 @@ def counterpart_prompts(model: LoadedModel, prompts: Sequence[Prompt]) -> list[P
             f"{missing[0].modality} prompt carries no request text; give the request with the media "
             "(an item's instruction; in the app, draw or speak it from the typed request) or use another mode"
         )
-    return [model.render(p.request or "", "text") for p in prompts]
+    return [model.render(f"{p.text} {_DESCRIBED[p.modality]}: {p.request}", "text") for p in prompts]
 
 
 def blank_prompt(model: LoadedModel, text: str, modality: str) -> Prompt:

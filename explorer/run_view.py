@@ -27,24 +27,31 @@ __all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "resolve_run"]
 ROW_HEADERS = ["id", "modality", "mode", "label", "category", "verdict", "α(x)", "s(x)", "request", "answer"]
 
 
+def _labels(roots: Sequence[Path]) -> list[str]:
+    """Each root's label in run names: its folder name, numbered when two roots share one."""
+    names = [root.name for root in roots]
+    return [name if names.count(name) == 1 else f"{name}#{i + 1}" for i, name in enumerate(names)]
+
+
 def list_runs(roots: Sequence[Path]) -> list[str]:
-    """Run folders (those holding metrics.json) under each root, as "root-name/relative/path", sorted."""
+    """Run folders (those holding metrics.json and generations.jsonl) under each root, as "<root label>/<relative
+    path>" ("<root label>" alone for a root that is itself a run), sorted per root."""
     found = []
-    for root in roots:
+    for root, label in zip(roots, _labels(roots)):
         if not root.is_dir():
             continue
         for metrics in sorted(root.rglob("metrics.json")):
             if (metrics.parent / "generations.jsonl").is_file():
-                found.append(f"{root.name}/{metrics.parent.relative_to(root).as_posix()}".rstrip("/."))
+                relative = metrics.parent.relative_to(root).as_posix()
+                found.append(label if relative == "." else f"{label}/{relative}")
     return found
 
 
 def resolve_run(roots: Sequence[Path], name: str) -> Path:
     """The folder of a listed run name; anything not listed under a root (`..`, an absolute path) is refused."""
-    for root in roots:
-        prefix = f"{root.name}/"
-        if name == root.name or name.startswith(prefix):
-            folder = (root / name[len(prefix):]).resolve()
+    for root, label in zip(roots, _labels(roots)):
+        if name == label or name.startswith(f"{label}/"):
+            folder = (root / name[len(label) + 1 :]).resolve()
             if folder.is_relative_to(root.resolve()) and (folder / "metrics.json").is_file():
                 return folder
     raise ValueError(f"{name!r} is not a run folder under the app's run folders ({', '.join(map(str, roots))})")
@@ -92,7 +99,7 @@ def _summary(run: RunResult) -> str:
              f"- model **{m.get('model', '?')}**, {m.get('num_layers', '?')} layers; {m.get('num_items', '?')} items; "
              f"{m.get('max_new_tokens', '?')} new tokens; {m.get('elapsed_seconds', 0):.0f} s",
              f"- calibration: {m.get('calibration_source') or 'not recorded'} (hash {str(m.get('calibration_hash'))[:12]})",
-             f"- judge: `{json.dumps(m.get('judge', m.get('judge_phrases', 'phrases')))[:160]}`",
+             f"- judge: {_judge_words(m)}",
              f"- ReGap layers {regap.get('layers')}, probe {regap.get('probe_layer')}; α per mode: "
              f"`{json.dumps(regap.get('mode_strengths') or regap.get('strength'))}`"]
     if not m.get("per_layer", {}).get("auroc"):
@@ -103,6 +110,16 @@ def _summary(run: RunResult) -> str:
         lines.append(f"- {len(skipped)} generations skipped (not counted in any rate); see the table")
     lines.append("\nNo model is loaded to show this run: everything comes from the run folder's files.")
     return "\n".join(lines)
+
+
+def _judge_words(metrics: dict[str, Any]) -> str:
+    """Who decided what a refusal is, in a few words (the full description stays in metrics.json)."""
+    judge = metrics.get("judge")
+    if not isinstance(judge, dict):
+        return f"phrase judge ({len(metrics.get('judge_phrases', []))} phrases)"
+    if judge.get("kind") == "phrases":
+        return f"phrase judge ({len(judge.get('phrases', []))} phrases)"
+    return f"{judge.get('kind', 'model')} judge `{judge.get('id', '?')}`"
 
 
 def open_run(roots: Sequence[Path], name: str) -> RunView:

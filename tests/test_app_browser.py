@@ -125,13 +125,11 @@ def test_export_from_the_browser(page, running_app):
         assert name in names
 
 
-def test_the_app_opens_a_finished_run_without_a_model(demo_runs):
+def test_the_app_opens_a_finished_run_without_a_model(page, demo_runs):
     """`python app.py --model none --runs DIR`: pick a run folder, see its rates, per-layer plot and per-item
     answers; nothing loads a model (the viewer app has no session at all)."""
     import json
     import socket
-
-    from playwright.sync_api import sync_playwright
 
     from app import build_viewer_app
 
@@ -144,25 +142,20 @@ def test_the_app_opens_a_finished_run_without_a_model(demo_runs):
     records = [json.loads(line) for line in (strong / "generations.jsonl").read_text().splitlines()]
     answer = next(r for r in records if r["modality"] == "image" and r["mode"] == "fixed")
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-            page = browser.new_page(viewport={"width": 1400, "height": 1400})
-            page.set_default_timeout(60_000)
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.locator("#run-choice input").click()
-            page.get_by_role("option", name=f"{root.name}/strong").click()
-            page.locator("#open-run").click()
-            page.wait_for_function("() => (document.querySelector('#run-summary')?.innerText || '')"
-                                   ".includes('No model is loaded')")
-            summary = page.locator("#run-summary").inner_text()
-            assert "model demo" in summary and f"{len({r['id'] for r in records})} items" in summary
-            page.wait_for_function("(text) => (document.querySelector('#run-items')?.innerText || '').includes(text)",
-                                   arg=answer["id"])
-            table = page.locator("#run-items").inner_text()
-            assert answer["id"] in table and "image" in table and "fixed" in table
-            assert page.locator(".js-plotly-plot").count() >= 2  # the rates and the per-layer plot
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "run-viewer.png"), full_page=True)
-            browser.close()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.locator("#run-choice input").click()
+        page.get_by_role("option", name=f"{root.name}/strong").click()
+        page.locator("#open-run").click()
+        page.wait_for_function("() => (document.querySelector('#run-summary')?.innerText || '')"
+                               ".includes('No model is loaded')")
+        summary = page.locator("#run-summary").inner_text()
+        assert "model demo" in summary and f"{len({r['id'] for r in records})} items" in summary
+        page.wait_for_function("(text) => (document.querySelector('#run-items')?.innerText || '').includes(text)",
+                               arg=answer["id"])
+        table = page.locator("#run-items").inner_text()
+        assert answer["id"] in table and "image" in table and "fixed" in table
+        page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 2")  # rates, per-layer
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "run-viewer.png"), full_page=True)
     finally:
         viewer.close()

@@ -74,6 +74,10 @@ def test_run_view_lists_runs_under_its_roots_and_refuses_anything_else(demo_runs
     row = rows[0]
     record = records[(row[0], "image", "fixed")]
     assert row[9] == record["text"] and row[5] == ("refused" if record["refused"] else "answered")
+    # two roots with one folder name are told apart, and a root that is itself a run is listed by its label
+    twin = [root, strong]
+    assert list_runs([root, root]) == [f"{root.name}#{i}/{p.name}" for i in (1, 2) for p in (gentle, small, strong)]
+    assert list_runs(twin)[-1] == strong.name and open_run(twin, strong.name).run.folder == strong.resolve()
     for bad in ("../etc", f"{root.name}/../..", "/etc", f"{root.name}/nope"):
         with pytest.raises(ValueError, match="is not a run folder"):
             open_run([root], bad)

@@ -106,6 +106,9 @@ def test_detection_from_columns_for_every_format():
         "audio-folder": "audio-folder",
     }
     assert {detect_format(FIXTURES / path) for path in expected} == set(FORMATS)
+    # a checkout's root is detected too (MM-SafetyBench's root also holds TinyVersion_ID_List.json)
+    assert detect_format(FIXTURES / "mmsafetybench") == "mmsafetybench" and len(load_source(
+        str(FIXTURES / "mmsafetybench"))) == 3
     for path, fmt in expected.items():
         assert detect_format(FIXTURES / path) == fmt, path
 

@@ -57,7 +57,10 @@ def test_demo_strengths_come_only_from_a_summary_of_the_same_weights(tmp_path):
     assert _chosen_strengths(path, "rev") == {}
     summary = {"revision": "rev", "regap": {"strength_choice": {"per_modality": {"image": 2.0, "audio": 1}}}}
     path.write_text(json.dumps(summary))
-    assert _chosen_strengths(path, "rev") == {"image": 2.0, "audio": 1.0}
+    assert _chosen_strengths(path, "rev") == {"adaptive": {"image": 2.0, "audio": 1.0}}  # an older summary
+    summary["regap"]["mode_strengths"] = {"fixed": {"image": 0.5}, "adaptive": {"image": 1.5, "audio": 0.25}}
+    path.write_text(json.dumps(summary))
+    assert _chosen_strengths(path, "rev") == {"fixed": {"image": 0.5}, "adaptive": {"image": 1.5, "audio": 0.25}}
     assert _chosen_strengths(path, "other weights") == {}
     path.write_text(json.dumps({"revision": "rev", "regap": {"strength": 1.0}}))  # a run without --strength auto
     assert _chosen_strengths(path, "rev") == {}

@@ -108,3 +108,14 @@ def test_shiftdc_without_the_request_text_says_what_is_missing(tiny_llava):
     upload = Prompt(text=IMAGE_CARRIER, image=image_prompt("x").image, modality="image")
     with pytest.raises(ValueError, match="no request text"):
         capture_corrected(tiny_llava, [upload], profile, CorrectionConfig(mode="shiftdc"))
+
+
+def test_shiftdc_counterpart_keeps_the_prompt_text_and_swaps_the_medium_for_its_content(tiny_llava):
+    """As ShiftDC keeps the query and puts a caption where the image was, the counterpart keeps the carrier (or a
+    benchmark's jailbreak text): the removed shift is the medium's, not the text's."""
+    from noise_prompts import audio_prompt
+
+    image, audio = image_prompt("Read this.", request=TEXTS[1]), audio_prompt("Listen.", request=TEXTS[2])
+    got = [p.text for p in counterpart_prompts(tiny_llava, [image, audio])]
+    assert got == [f"Read this. Image caption: {TEXTS[1]}", f"Listen. Audio transcript: {TEXTS[2]}"]
+    assert all(p.modality == "text" for p in counterpart_prompts(tiny_llava, [image]))

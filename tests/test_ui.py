@@ -475,3 +475,16 @@ def test_shiftdc_knows_the_request_of_an_image_the_app_drew_and_asks_for_it_othe
     assert ui.make_prompt(state.session, state.settings, carrier, other)[0].request is None
     text, status = ui.final(ui.generate_corrected(state, carrier, other, None, "shiftdc", 1.0, "", 4, 0))
     assert text == "" and "no request text" in status
+
+
+def test_finished_runs_are_listed_by_default_only_on_a_loopback_server(tmp_path, monkeypatch):
+    from app import _parse_args, run_roots_from_args
+
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert run_roots_from_args(_parse_args([])) == [(tmp_path / "runs").resolve()]
+    assert run_roots_from_args(_parse_args(["--host", "0.0.0.0"])) == []  # a run holds every answer
+    assert run_roots_from_args(_parse_args(["--share"])) == []
+    assert run_roots_from_args(_parse_args(["--share", "--runs", "runs"])) == [(tmp_path / "runs").resolve()]
+    with pytest.raises(SystemExit, match="no such folder"):
+        run_roots_from_args(_parse_args(["--runs", "nope"]))
