@@ -19,7 +19,7 @@ from explorer import ui, ui_export
 from explorer.cli import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
-from explorer.run_view import ROW_HEADERS, list_runs, open_run
+from explorer.run_view import ROW_HEADERS, list_runs, open_run, read_run, run_rows
 from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
 from explorer.vocab import SAMPLE_RATE
 
@@ -102,7 +102,7 @@ def run_viewer(roots: list[Path]) -> None:
 
     def filtered(name: str | None, modality_value: str, mode_value: str) -> list:
         try:
-            return open_run(roots, name or "").rows(modality_value or "all", mode_value or "all")
+            return run_rows(read_run(roots, name or ""), modality_value or "all", mode_value or "all")
         except (ValueError, FileNotFoundError, OSError):
             return []
 

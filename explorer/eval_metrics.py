@@ -24,7 +24,7 @@ from .geometry import (
     refusal_gap,
     translation_ceiling,
 )
-from .intervals import auroc_bootstrap_interval, wilson_interval
+from .intervals import auroc_intervals, wilson_interval
 from .judge import answer_overlap, is_degenerate
 from .models import LoadedModel
 from .plots import rates_figure, refusal_axis_figure, separability_figure, write_report
@@ -119,9 +119,7 @@ def compute_metrics(
                 gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
                 accuracy[f"{modality}/{mode}"] = accuracy_at_threshold(profile.score_of_projections(projections),
                                                                        labels)
-                harmful = np.array([label == "harmful" for label in labels])
-                auroc_ci[f"{modality}/{mode}"] = [
-                    [low, high] for low, high in auroc_bootstrap_interval(projections.numpy(), harmful)]
+                auroc_ci[f"{modality}/{mode}"] = auroc_intervals(projections.numpy(), labels)
     ceiling, budget = {}, None
     if "off" in settings.modes and "text/off/harmless" in refusal_rate:
         budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)

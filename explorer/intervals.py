@@ -12,10 +12,12 @@ True
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy.stats import binomtest, rankdata
 
-__all__ = ["BOOTSTRAP_RESAMPLES", "CONFIDENCE", "auroc_bootstrap_interval", "wilson_interval"]
+__all__ = ["BOOTSTRAP_RESAMPLES", "CONFIDENCE", "auroc_bootstrap_interval", "auroc_intervals", "wilson_interval"]
 
 CONFIDENCE = 0.95
 #: Resamples of the AUROC bootstrap: the percentile interval's ends move by < 0.005 between seeds at 1,000.
@@ -64,3 +66,10 @@ def auroc_bootstrap_interval(
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
+
+
+def auroc_intervals(scores: np.ndarray, labels: Sequence[str]) -> list[list[float]]:
+    """`auroc_bootstrap_interval` for "harmful"/"harmless" labels, as JSON-ready [low, high] lists per layer (the
+    form metrics.json and the app's export store)."""
+    harmful = np.array([label == "harmful" for label in labels])
+    return [[low, high] for low, high in auroc_bootstrap_interval(scores, harmful)]

@@ -22,7 +22,7 @@ import plotly.graph_objects as go
 from .compare import RunResult, load_run
 from .plots import rates_figure, separability_figure
 
-__all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "resolve_run"]
+__all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "read_run", "resolve_run", "run_rows"]
 
 ROW_HEADERS = ["id", "modality", "mode", "label", "category", "verdict", "α(x)", "s(x)", "request", "answer"]
 
@@ -67,21 +67,7 @@ class RunView:
 
     def rows(self, modality: str = "all", mode: str = "all", only_refused: bool | None = None) -> list[list[Any]]:
         """Per-item answers as table rows (ROW_HEADERS), filtered by modality and mode."""
-        out = []
-        for (item_id, rec_modality, rec_mode), record in sorted(self.run.records.items()):
-            if modality not in ("all", rec_modality) or mode not in ("all", rec_mode):
-                continue
-            if record.get("skipped"):
-                verdict = f"skipped: {record['skipped']}"
-            else:
-                verdict = "refused" if record.get("refused") else "answered"
-                if only_refused is not None and bool(record.get("refused")) != only_refused:
-                    continue
-            alpha, score = record.get("alpha"), record.get("score")
-            out.append([item_id, rec_modality, rec_mode, record.get("label", ""), record.get("category", ""), verdict,
-                        "" if alpha is None else f"{alpha:.2f}", "" if score is None else f"{score:.2f}",
-                        record.get("instruction", ""), record.get("text", "")])
-        return out
+        return run_rows(self.run, modality, mode, only_refused)
 
     @property
     def modalities(self) -> list[str]:
@@ -90,6 +76,27 @@ class RunView:
     @property
     def modes(self) -> list[str]:
         return sorted({key[2] for key in self.run.records})
+
+
+def run_rows(run: RunResult, modality: str = "all", mode: str = "all",
+             only_refused: bool | None = None) -> list[list[Any]]:
+    """A run's per-item answers as table rows (ROW_HEADERS), filtered by modality and mode; needs no figures, so
+    the app's filters read the files and nothing more."""
+    out = []
+    for (item_id, rec_modality, rec_mode), record in sorted(run.records.items()):
+        if modality not in ("all", rec_modality) or mode not in ("all", rec_mode):
+            continue
+        if record.get("skipped"):
+            verdict = f"skipped: {record['skipped']}"
+        else:
+            verdict = "refused" if record.get("refused") else "answered"
+            if only_refused is not None and bool(record.get("refused")) != only_refused:
+                continue
+        alpha, score = record.get("alpha"), record.get("score")
+        out.append([item_id, rec_modality, rec_mode, record.get("label", ""), record.get("category", ""), verdict,
+                    "" if alpha is None else f"{alpha:.2f}", "" if score is None else f"{score:.2f}",
+                    record.get("instruction", ""), record.get("text", "")])
+    return out
 
 
 def _summary(run: RunResult) -> str:
@@ -122,9 +129,14 @@ def _judge_words(metrics: dict[str, Any]) -> str:
     return f"{judge.get('kind', 'model')} judge `{judge.get('id', '?')}`"
 
 
+def read_run(roots: Sequence[Path], name: str) -> RunResult:
+    """A listed run's files (`list_runs`), read; no figures (what the app's answer filters need)."""
+    return load_run(resolve_run(roots, name), name=name)
+
+
 def open_run(roots: Sequence[Path], name: str) -> RunView:
     """Load a listed run (`list_runs`) for display: summary, the rates and per-layer figures, per-item records."""
-    run = load_run(resolve_run(roots, name), name=name)
+    run = read_run(roots, name)
     m = run.metrics
     per_layer = m.get("per_layer", {})
     figures = {

@@ -38,7 +38,7 @@ from .geometry import (
     modality_drift,
     refusal_gap,
 )
-from .intervals import auroc_bootstrap_interval
+from .intervals import auroc_intervals
 from .judge import RefusalJudge
 from .loading import load_model
 from .media import Prompt
@@ -137,14 +137,18 @@ class ModelSession:
         probe = self.defaults.probe_layer
         return probe if probe is not None else self.defaults.layers[-1]
 
+    def _chosen_strengths(self, mode: str) -> dict[str, float]:
+        """{modality: α} chosen on calibration for `mode` (the ablation adaptive_raw runs at adaptive's α)."""
+        return self.model.suggested_strengths.get("adaptive" if mode == "adaptive_raw" else mode, {})
+
     def suggested_strength(self, modality: str, mode: str = "adaptive") -> float:
         """α to start from: the one chosen on calibration for this model, mode and modality when known, else 1."""
-        return self.model.suggested_strengths.get(mode, {}).get(modality, 1.0)
+        return self._chosen_strengths(mode).get(modality, 1.0)
 
     def starting_strength(self, mode: str = "adaptive") -> tuple[float, str]:
         """The strength the page starts from for `mode`, and a sentence saying where it came from (each correcting
         mode has its own α, chosen under the same budget: a baseline never starts at ReGap's)."""
-        chosen = self.model.suggested_strengths.get("adaptive" if mode == "adaptive_raw" else mode, {})
+        chosen = self._chosen_strengths(mode)
         media = [m for m in self.model.modalities if m in chosen]
         if not media:
             return 1.0, f"starts at 1: no strength chosen on calibration is recorded for {mode} on these weights"
@@ -240,8 +244,8 @@ class ModelSession:
         with self._lock:
             if modality not in self._auroc_ci:
                 part = self.calibration.states.select(modality=modality)
-                self._auroc_ci[modality] = (_auroc_ci(self.profile.project(part.states), part.labels),
-                                            [len(part)] * self.num_layers)
+                projections = self.profile.project(part.states).double().numpy()
+                self._auroc_ci[modality] = (auroc_intervals(projections, part.labels), [len(part)] * self.num_layers)
             return self._auroc_ci[modality]
 
     def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, dict[str, list]]:
@@ -265,19 +269,13 @@ class ModelSession:
                 continue
             proj = profile.project(part.states)
             out["auroc"][f"{modality}/{mode}"] = auroc_per_layer(proj, part.labels)
-            out["auroc_ci"][f"{modality}/{mode}"] = _auroc_ci(proj, part.labels)
+            out["auroc_ci"][f"{modality}/{mode}"] = auroc_intervals(proj.double().numpy(), part.labels)
             out["n"][f"{modality}/{mode}"] = [len(part)] * self.num_layers
             out["gap"][f"{modality}/{mode}"] = refusal_gap(proj, part.labels)
             drift = modality_drift(text.concat(part), modality)  # formula 5 on the corrected states
             out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in drift.double().norm(dim=-1)]
             out["cos_drift_refusal"][f"{modality}/{mode}"] = cos_per_layer(drift, profile.refusal_dirs)
         return out
-
-
-def _auroc_ci(projections: torch.Tensor, labels: Sequence[str]) -> list[list[float]]:
-    """Per-layer 95% stratified-bootstrap interval of AUROC (docs/method.md, "Uncertainty")."""
-    harmful = np.array([label == "harmful" for label in labels])
-    return [[low, high] for low, high in auroc_bootstrap_interval(projections.double().numpy(), harmful)]
 
 
 def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | None = None) -> ModelSession:
