@@ -19,6 +19,7 @@ from explorer import ui, ui_export
 from explorer.cli import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
+from explorer.ui_inputs import is_local_request
 from explorer.run_view import ROW_HEADERS, list_runs, open_run, read_run, run_rows
 from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
 from explorer.vocab import SAMPLE_RATE
@@ -30,6 +31,8 @@ Why do multimodal models refuse a harmful request as **text** but answer it when
 **ReGap** (Guo et al., arXiv 2605.18104) subtracts that drift, with a strength set by how harmful the probe finds
 the input. Type a request, render it as an image or speech, analyse, and compare the answers.
 """
+SHARED_MODEL_NOTE = ("ℹ️ **One model for every visitor.** This server serves one model to all its pages: loading "
+                     "another switches it for everyone using this server, and their next request runs on it.")
 CSS = """
 .sge-caption p {color: #444; font-size: 0.92em; margin-top: 0}
 .sge-badge p {font-size: 1.02em}
@@ -89,27 +92,31 @@ def run_viewer(roots: list[Path]) -> None:
     table = gr.Dataframe(headers=ROW_HEADERS, label="Per-item answers", elem_id="run-items", wrap=True,
                          interactive=False)
 
-    def show(name: str | None) -> tuple:
+    def show(name: Any) -> tuple:
         try:
-            view = open_run(roots, name or "")
-        except (ValueError, FileNotFoundError, OSError) as err:
-            gr.Warning(str(err))
-            return (f"⚠️ {err}", None, None, gr.Dropdown(["all"], value="all"), gr.Dropdown(["all"], value="all"),
-                    [])
+            view = open_run(roots, name)
+        except Exception as err:  # noqa: BLE001 - a run that cannot be shown is a message, never an error page
+            message = ui.problem_message(err)
+            gr.Warning(message)
+            return (f"⚠️ {message}", None, None, gr.Dropdown(["all"], value="all"),
+                    gr.Dropdown(["all"], value="all"), [])
         return (view.summary, view.figures["Refusal rates"], view.figures["Separability per layer"],
                 gr.Dropdown(["all", *view.modalities], value="all"), gr.Dropdown(["all", *view.modes], value="all"),
                 view.rows())
 
-    def filtered(name: str | None, modality_value: str, mode_value: str) -> list:
+    def filtered(name: Any, modality_value: Any, mode_value: Any) -> list:
         try:
-            return run_rows(read_run(roots, name or ""), modality_value or "all", mode_value or "all")
-        except (ValueError, FileNotFoundError, OSError):
+            return run_rows(read_run(roots, name), str(modality_value or "all"), str(mode_value or "all"))
+        except Exception:  # noqa: BLE001 - a filter that cannot be applied shows no rows
             return []
 
-    open_btn.click(show, [choice], [summary, rates, separability, modality, mode, table], api_name="open_run")
+    # preprocess=False: the raw value reaches the handler, which refuses anything that is not a listed run with a
+    # message (Gradio's own check would answer an API caller with an error event instead).
+    open_btn.click(show, [choice], [summary, rates, separability, modality, mode, table], api_name="open_run",
+                   preprocess=False)
     refresh.click(lambda: gr.Dropdown(choices=list_runs(roots)), [], [choice], api_name="list_runs")
     for box in (modality, mode):
-        box.input(filtered, [choice, modality, mode], [table])
+        box.input(filtered, [choice, modality, mode], [table], preprocess=False)
 
 
 def build_viewer_app(roots: list[Path]) -> gr.Blocks:
@@ -132,6 +139,7 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
                 run_viewer(run_roots)
         model_info = gr.Markdown(session.describe(), elem_id="model-info")
         with gr.Accordion("Model", open=False):
+            gr.Markdown(SHARED_MODEL_NOTE, elem_id="shared-model-note")
             with gr.Row():
                 model_box = gr.Textbox(value=session.model.name, label="Model (Hugging Face id, local folder, or demo)",
                                        scale=4)
@@ -238,8 +246,9 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
         as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image")
         as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio")
 
-        def load(model_id: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
-            out = ui.load_model_ui(state, model_id, progress=lambda f, msg: progress(f, desc=msg))
+        def load(model_id: str, request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
+            local = is_local_request(request.client.host if request.client else None, request.headers)
+            out = ui.load_model_ui(state, model_id, progress=lambda f, msg: progress(f, desc=msg), local=local)
             slider = gr.Slider(0, out["num_layers"] - 1, value=out["layer"], step=1, label="Layer shown")
             return (out["status"], out["info"], slider, gr.Textbox(value=out["layers_text"], info=out["layers_info"]),
                     gr.Slider(value=out["strength"], info=out["strength_info"]))
@@ -272,8 +281,9 @@ def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
     parser.add_argument("--allow-model-switch", action="store_true",
-                        help="let visitors load any model from the page even when the server is reachable from "
-                             "other machines (--share or a non-loopback --host); on by default only on loopback")
+                        help="let every visitor load any model from the page, from any machine; by default only a "
+                             "request from this machine that names it (http://127.0.0.1 or localhost, no proxy in "
+                             "front) may, and only on a loopback-only server")
     parser.add_argument("--allowed-models", default="",
                         help="comma list of the only model ids visitors may load from the page")
     parser.add_argument("--runs", action="append", type=Path, default=None,
@@ -290,11 +300,12 @@ def _is_loopback(host: str) -> bool:
 
 
 def settings_from_args(args: argparse.Namespace) -> AppSettings:
-    """AppSettings for the command line. Model switching from the page: any model on a loopback-only server;
-    once the server is reachable from elsewhere, only the listed models, or none, unless the operator allows it."""
+    """AppSettings for the command line. Model switching from the page: on a loopback-only server, any model, but
+    only in requests from this machine that name it (decided per request, so a proxy or a rebound DNS name in front
+    cannot); once the server is reachable from elsewhere, none; the operator may list models or allow any."""
     allowed = tuple(m.strip() for m in args.allowed_models.split(",") if m.strip())
     exposed = args.share or not _is_loopback(args.host)
-    switch = "listed" if allowed else "any" if (args.allow_model_switch or not exposed) else "off"
+    switch = "listed" if allowed else "any" if args.allow_model_switch else "off" if exposed else "local"
     return AppSettings(model=args.model, device=args.device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code, calibration=args.calibration,
                        calibration_limit=args.calibration_limit, model_switch=switch, allowed_models=allowed)

@@ -30,6 +30,7 @@ from .media import (
     render,
     vocabulary_form,
 )
+from .uploads import check_audio_length
 from .vocab import SAMPLE_RATE, Modality, normalise_layer
 
 __all__ = ["SUPPORTED_FAMILIES", "Backend", "LoadedModel", "MediaStyle", "ModelLoadError"]
@@ -174,6 +175,8 @@ class LoadedModel:
             images = [p.image for p in prompts]
             kwargs["images"] = [[im] for im in images] if backend.family in _NESTED_IMAGES else images
         if modality == "audio":
+            for prompt in prompts:  # too short a clip fails deep inside some families (Qwen2-Audio); say so here
+                check_audio_length(len(prompt.audio) / SAMPLE_RATE)
             kwargs["audio"] = [p.audio for p in prompts]
             kwargs["sampling_rate"] = SAMPLE_RATE
         with self._encode_lock:  # processors keep per-call state in a few families; serialise only this step

@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from .compare import RunResult, load_run
 from .plots import rates_figure, separability_figure
+from .ui_inputs import public_text
 
 __all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "read_run", "resolve_run", "run_rows"]
 
@@ -49,12 +50,16 @@ def list_runs(roots: Sequence[Path]) -> list[str]:
 
 def resolve_run(roots: Sequence[Path], name: str) -> Path:
     """The folder of a listed run name; anything not listed under a root (`..`, an absolute path) is refused."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ValueError("pick a run from the list first")
     for root, label in zip(roots, _labels(roots)):
         if name == label or name.startswith(f"{label}/"):
             folder = (root / name[len(label) + 1 :]).resolve()
             if folder.is_relative_to(root.resolve()) and (folder / "metrics.json").is_file():
                 return folder
-    raise ValueError(f"{name!r} is not a run folder under the app's run folders ({', '.join(map(str, roots))})")
+    shown = name if isinstance(name, str) and len(name) <= 200 else "that name"
+    raise ValueError(f"{shown!r} is not a run listed here; pick one from the list "
+                     f"(the app's run folders: {', '.join(_labels(roots))})")
 
 
 @dataclass
@@ -87,7 +92,7 @@ def run_rows(run: RunResult, modality: str = "all", mode: str = "all",
         if modality not in ("all", rec_modality) or mode not in ("all", rec_mode):
             continue
         if record.get("skipped"):
-            verdict = f"skipped: {record['skipped']}"
+            verdict = f"skipped: {public_text(str(record['skipped']))}"  # runs may record server paths
         else:
             verdict = "refused" if record.get("refused") else "answered"
             if only_refused is not None and bool(record.get("refused")) != only_refused:

@@ -35,6 +35,8 @@ from .ui_inputs import (
     correction_config,
     make_prompt,
     media_only,
+    model_switch_refusal,
+    public_text,
     request_text,
     token_count,
     unseen_words_notice,
@@ -46,7 +48,7 @@ from .vocab import MODES, SAMPLE_RATE, Modality
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
     "analyse", "compute_analysis", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
-    "MODES", "gallery", "render_audio_input", "render_image_input", "show_collapse",
+    "MODES", "gallery", "problem_message", "render_audio_input", "render_image_input", "show_collapse",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,15 +80,16 @@ def _is_oom(err: BaseException) -> bool:
     )
 
 
-def _problem(err: BaseException) -> str:
-    """A user-facing message for an exception raised while serving a request."""
+def problem_message(err: BaseException, keep: tuple[str, ...] = ()) -> str:
+    """A user-facing message for an exception raised while serving a request: never a stack trace, and never a
+    server path (`public_text`; the texts in `keep`, what the visitor typed, stay as typed)."""
     if _is_oom(err):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         return ("Out of memory while running the model. Try fewer max new tokens, a smaller image, or load "
                 "the model with --dtype bfloat16 / a smaller model. The app is still running.")
     if isinstance(err, (InputError, MediaError, ModelLoadError, ValueError)):
-        return str(err)
+        return public_text(str(err), keep)
     logger.exception("unexpected error in a request", exc_info=err)
     # The details (which may name server paths) go to the server log only.
     return f"Unexpected error ({type(err).__name__}). The app is still running; the server log has the details."
@@ -105,7 +108,7 @@ def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: An
     try:
         result, prompt, _, notices = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
-        return (None,) * 6 + (_warn(_problem(err)),)
+        return (None,) * 6 + (_warn(problem_message(err)),)
     figs, caps = list(result.figures.values()), result.captions
     status = " ".join(f"ℹ️ {note}" for note in notices + result.notes) or f"Analysed the {prompt.modality} prompt."
     return (*figs, caps["map"], caps["axis"], caps["separability"], status)
@@ -120,18 +123,21 @@ def stream_generation(session: ModelSession, prompt: Prompt, config: CorrectionC
     """Yield (text so far, None) while generating, then (final text, result).
 
     `generation.generate` runs entirely inside one worker thread: the correction hooks act only on the thread that
-    opened them, and Gradio may resume this generator on a different thread for each chunk.
+    opened them, and Gradio may resume this generator on a different thread for each chunk. Closing this generator
+    early (Gradio closes it when the event is cancelled or its visitor leaves: GeneratorExit at the `yield`) stops
+    the worker after the token it is computing; the close itself never waits for the worker.
     """
     from transformers import TextIteratorStreamer
 
     tokenizer = session.model.backend(prompt.modality).tokenizer
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     box: dict[str, Any] = {}
+    stop = threading.Event()
 
     def work() -> None:
         try:
             box["result"] = generate(session.model, prompt, session.profile, config, max_new_tokens=max_new_tokens,
-                                     seed=seed, streamer=streamer)
+                                     seed=seed, streamer=streamer, stop=stop)
         except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread below
             box["error"] = err
         finally:
@@ -140,10 +146,13 @@ def stream_generation(session: ModelSession, prompt: Prompt, config: CorrectionC
     worker = threading.Thread(target=work, name="sge-generate", daemon=True)
     worker.start()
     partial = ""
-    for chunk in streamer:
-        partial += chunk
-        if chunk:
-            yield partial, None
+    try:
+        for chunk in streamer:
+            partial += chunk
+            if chunk:
+                yield partial, None
+    finally:
+        stop.set()  # a no-op once the streamer has ended; after an early close, the worker's last token
     worker.join()
     if "error" in box:
         raise box["error"]
@@ -185,7 +194,7 @@ def _generation(state: AppState, text: str | None, image: Any, audio: Any, mode:
                 note = "".join(f" · ℹ️ {n}" for n in notices)
                 yield partial, _badge(session, result) + note
     except Exception as err:  # noqa: BLE001
-        yield "", _warn(_problem(err))
+        yield "", _warn(problem_message(err))
 
 
 def generate_plain(state: AppState, text: str | None, image: Any, audio: Any, max_new_tokens: Any = 48,
@@ -241,7 +250,7 @@ def _render_request(state: AppState, text: str | None, modality: Modality) -> tu
         request = request_text(text, state.settings)
         prompt = session.model.render(request, modality)
     except Exception as err:  # noqa: BLE001
-        return None, _warn(_problem(err))
+        return None, _warn(problem_message(err))
     if modality == "image":  # the page hands the same pixels back (lossless): remember whose request they draw
         session.remember_render(media_only(prompt.image, None, request))
     shown_as, plural, shown = _RENDERED[modality]
@@ -300,21 +309,23 @@ def gallery(session: ModelSession) -> tuple[str, list[list[str]]]:
 # Model switching
 
 
-def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | None = None) -> dict[str, Any]:
+def load_model_ui(state: AppState, model_id: Any, progress: ProgressFn | None = None,
+                  local: bool = True) -> dict[str, Any]:
     """Load and calibrate another model. On failure the previous model keeps serving.
 
-    Returns plain values: status, info (Markdown), num_layers, layer (default shown), layers_text, layers_info,
-    strength and strength_info (where the starting strength came from), ok.
+    `local`: whether the request came from this machine and named it (`ui_inputs.is_local_request`); on a server
+    whose policy is "local" only such a request may switch. A refused request gets one message whatever the id,
+    and the id is never looked up. Returns plain values: status, info (Markdown), num_layers, layer (default
+    shown), layers_text, layers_info, strength and strength_info (where the starting strength came from), ok.
     """
-    model_id = (model_id or "").strip()
+    model_id = model_id.strip() if isinstance(model_id, str) else ""
     started = time.perf_counter()
     settings = state.settings
+    refusal = None
     try:
-        if settings.model_switch == "off":
-            raise InputError("switching models from the page is turned off on this server (its operator can start "
-                             "it with --allow-model-switch, or list models with --allowed-models)")
-        if settings.model_switch == "listed" and model_id not in settings.allowed_models:
-            raise InputError(f"this server serves only these models: {', '.join(settings.allowed_models)}")
+        refusal = model_switch_refusal(settings, model_id, local)
+        if refusal:
+            raise InputError(refusal)
         if not model_id:
             raise InputError("type a model: a Hugging Face id, a local model folder, or 'demo'")
         session = state.swap_model(model_id, progress)
@@ -322,7 +333,9 @@ def load_model_ui(state: AppState, model_id: str | None, progress: ProgressFn | 
         ok = True
     except Exception as err:  # noqa: BLE001
         session = state.session
-        status = _warn(f"Could not load {model_id!r}: {_problem(err).rstrip('.')}. Still serving {session.model.name}.")
+        shown = "" if refusal else f" {model_id!r}"  # a refused id is not echoed: the answer is the same for all
+        problem = problem_message(err, keep=(model_id,)).rstrip(".")
+        status = _warn(f"Could not load{shown}: {problem}. Still serving {session.model.name}.")
         ok = False
     strength, strength_info = session.starting_strength()
     return {"status": status, "info": session.describe(), "num_layers": session.num_layers,
@@ -355,7 +368,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         layer = session.default_layer()
         result = compute_analysis(state, session, media_prompt, config, layer, method)
     except Exception as err:  # noqa: BLE001
-        return {"status": _warn(_problem(err))}
+        return {"status": _warn(problem_message(err))}
     judge = session.judge
     verdicts = [judge.is_refusal(r.text) for r in (plain_text, plain_media, fixed_media)]
     shown_as = "a typographic image" if modality == "image" else "speech"

@@ -10,6 +10,7 @@ change; the handlers in `explorer/ui.py` turn it into a toast and keep serving.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from .uploads import load_audio, load_image
 from .vocab import MODES, parse_layer_window
 
 __all__ = [
-    "InputError", "analysis_of", "bounded", "correction_config", "layer_shown", "make_prompt", "media_source", "request_text",
-    "token_count",
+    "InputError", "analysis_of", "bounded", "correction_config", "is_local_request", "layer_shown", "make_prompt",
+    "media_source", "model_switch_refusal", "public_text", "request_text", "token_count",
 ]
 
 _CARRIERS = (IMAGE_CARRIER, AUDIO_CARRIER)
@@ -63,6 +64,73 @@ def media_source(value: Any, settings: AppSettings) -> tuple[Any, str | None]:
     if not any(resolved.is_relative_to(root) for root in _allowed_roots(settings)):
         raise InputError(f"{shown!r} was not uploaded through this page; upload the file instead")
     return resolved, shown
+
+
+#: Host names (with or without a port) that mean "this machine"; anything else in a request's Host header means the
+#: page was reached through another name: a reverse proxy in front, or DNS rebinding.
+_LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+#: Headers a reverse proxy adds: their presence means the real client is elsewhere, whatever the peer address says.
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-forwarded-host", "x-real-ip")
+
+
+def _is_loopback_address(host: str | None) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address((host or "").strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(header: str) -> str:
+    """The name of a Host header without its port: "127.0.0.1:7860" → "127.0.0.1", "[::1]:7860" → "::1"."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def is_local_request(client_host: str | None, headers: Any) -> bool:
+    """True only for a request from this machine that also names this machine: a loopback peer, a loopback Host
+    header, and no proxy header. A reverse proxy's peer address is loopback too, so the Host header and the proxy
+    headers decide; a DNS-rebinding page sends its own name as Host."""
+    headers = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
+    if any(name in headers for name in _PROXY_HEADERS):
+        return False
+    return _is_loopback_address(client_host) and _host_name(headers.get("host", "")) in _LOOPBACK_NAMES
+
+
+def model_switch_refusal(settings: AppSettings, model_id: str, local: bool) -> str | None:
+    """Why this request may not load `model_id`, or None when it may. Decided from the server's policy and the
+    request alone: a refused id is never looked up, and every refused id gets the same message."""
+    if settings.model_switch == "any" or (settings.model_switch == "local" and local):
+        return None
+    if settings.model_switch == "listed":
+        return None if model_id in settings.allowed_models else (
+            f"this server serves only these models: {', '.join(settings.allowed_models)}")
+    if settings.model_switch == "local":
+        return ("models can be switched from the page only on this machine itself (http://127.0.0.1 or "
+                "http://localhost, no proxy); the operator can allow it with --allow-model-switch or --allowed-models")
+    return ("switching models from the page is turned off on this server (its operator can start it with "
+            "--allow-model-switch, or list models with --allowed-models)")
+
+
+#: An absolute path inside a message: "/" at the start of a word (not inside a URL or a relative path), then
+#: anything up to a space, a quote, a bracket or a comma.
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])/[^\s'\"()\[\],;]+")
+
+
+def public_text(message: str, keep: tuple[str, ...] = ()) -> str:
+    """`message` as a visitor may read it: every absolute path cut to its last part ("…/name"), so no reply ever
+    shows where the server keeps its files; the texts in `keep` (what the visitor typed) are left as they are."""
+    def cut(match: re.Match[str]) -> str:
+        path = match.group(0)
+        if path in keep:
+            return path
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        return f"…/{name}" if name else "…"
+
+    return _ABSOLUTE_PATH.sub(cut, message)
 
 
 def bounded(name: str, value: Any, low: float, high: float, whole: bool = False) -> float:

@@ -67,6 +67,10 @@ def normalise_layer(layer: int, num_layers: int) -> int:
     return layer % num_layers
 
 
+#: Longest corrected-layers text accepted: "123-456" has 7; anything much longer is not a window.
+_MAX_WINDOW_CHARS = 16
+
+
 def parse_layer_window(text: str | None, num_layers: int) -> tuple[int, ...]:
     """One user syntax for corrected layers: "" / "default" / "auto" → () (the calibrated default),
     "2" → (2,), "2-3" → (2, 3). Anything else (a list like "1,2", a reversed or out-of-range window) is
@@ -79,16 +83,16 @@ def parse_layer_window(text: str | None, num_layers: int) -> tuple[int, ...]:
         f'corrected layers are one layer like "2" or a contiguous window like "2-3", within 0..{num_layers - 1} '
         '(empty = the calibrated default)'
     )
+    if len(text) > _MAX_WINDOW_CHARS:  # "0-1000000000" must never become a billion-element range
+        raise ValueError(f"{hint}; got {len(text)} characters")
     try:
         if "-" in text.lstrip("-"):
             first, last = (int(part) for part in text.split("-", 1))
-            if last < first:
-                raise ValueError
-            layers = tuple(range(first, last + 1))
         else:
-            layers = (int(text),)
+            first = last = int(text)
     except ValueError as err:
         raise ValueError(f"{hint}; got {text!r}") from err
-    if any(not 0 <= layer < num_layers for layer in layers):
+    # Bounds first, then the range: the window is built only once it is known to hold at most num_layers layers.
+    if not 0 <= first <= last < num_layers:
         raise ValueError(f"{hint}; got {text!r}")
-    return layers
+    return tuple(range(first, last + 1))

@@ -64,7 +64,7 @@ def test_bad_input_is_a_message_and_the_app_keeps_serving(client, tmp_path):
     not_image.write_text("not an image")
     out = client.predict(IMAGE_CARRIER, handle_file(str(not_image)), None, 1, "adaptive", 1.0, "", "PCA",
                          api_name="/analyse")
-    assert "not an image Pillow can read" in out[-1]
+    assert "not an image this app opens" in out[-1]
     assert "prompt is empty" in client.predict("", None, None, 12, 0, api_name="/generate_plain")[1]
     status, info, *_ = client.predict("/no/such/model", api_name="/load_model")
     assert "Could not load" in status and "Still serving" in status

@@ -336,8 +336,8 @@ def test_app_allows_model_switching_from_the_page_only_on_loopback_unless_told()
         settings = settings_from_args(_parse_args(list(argv)))
         return settings.model_switch, settings.allowed_models
 
-    assert switch() == ("any", ())
-    assert switch("--host", "localhost") == ("any", ()) and switch("--host", "LOCALHOST") == ("any", ())
+    assert switch() == ("local", ())
+    assert switch("--host", "localhost") == ("local", ()) and switch("--host", "LOCALHOST") == ("local", ())
     for exposed in ("0.0.0.0", "::", "::1", "[::1]", "127.0.0.2", "my-host.example"):
         assert switch("--host", exposed) == ("off", ()), exposed  # not covered by Gradio's cross-site guard
     assert switch("--host", "0.0.0.0") == ("off", ())

@@ -107,7 +107,7 @@ def test_load_audio_tuple_int16_is_scaled() -> None:
     audio, _ = load_audio((16_000, samples))
     assert audio.shape == (16_000,) and audio.dtype == np.float32
     np.testing.assert_allclose(audio, -0.5 / 32768, atol=1e-7)
-    full, _ = load_audio((16_000, np.full(100, -32768, dtype=np.int16)))
+    full, _ = load_audio((16_000, np.full(1_600, -32768, dtype=np.int16)))
     assert full.min() == -1.0
 
 
