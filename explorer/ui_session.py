@@ -55,15 +55,17 @@ ProgressFn = Callable[[float, str], None]
 logger = logging.getLogger(__name__)
 _CACHE_ENTRIES = 8  # corrected calibration captures / embeddings kept per model session
 STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
-ModelSwitch = Literal["any", "listed", "off"]
+ModelSwitch = Literal["any", "local", "listed", "off"]
 
 
 @dataclass(frozen=True)
 class AppSettings:
     """How the app loads and calibrates models, and what a visitor may do (the command-line arguments of app.py).
 
-    `model_switch`: "any" model id from the page (a local, loopback-only server), "listed" only those in
-    `allowed_models`, or "off". `media_roots`: folders besides Gradio's upload folder whose files a request may
+    `model_switch`: "local" any model id, but only in a request from this machine that names this machine (a
+    loopback peer, a loopback Host header, no proxy headers: `ui_inputs.is_local_request`); "any" model id from
+    anyone (the operator's --allow-model-switch); "listed" only those in `allowed_models`; or "off". The served
+    model is one for all visitors: a switch changes it for everyone, and the page says so. `media_roots`: folders besides Gradio's upload folder whose files a request may
     name (tests, or an operator who serves a folder of examples).
     """
 
