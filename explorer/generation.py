@@ -31,6 +31,20 @@ __all__ = ["GenerationResult", "generate", "generate_batch", "generate_texts"]
 _SAMPLING_LOCK = threading.Lock()
 
 
+def _stopping_when_set(event: threading.Event | None) -> Any:
+    """Stopping criteria that end `generate` once `event` is set, checked after every token (None: no event).
+    How a cancelled request ends its worker thread instead of generating on for nobody."""
+    if event is None:
+        return None
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([StopWhenSet()])
+
+
 @dataclass
 class GenerationResult:
     """One generation: the text, its tokens, and the correction actually applied."""
@@ -57,11 +71,13 @@ def generate(
     streamer: Any = None,
     capture_prompt_states: bool = False,
     min_new_tokens: int = 0,
+    stop: threading.Event | None = None,
 ) -> GenerationResult:
     """Generate for one prompt with the configured correction (greedy unless a seed asks for sampling).
 
     `capture_prompt_states` also returns the prompt's last-token states as corrected (from the same prefill
-    pass, at no extra forward cost); `min_new_tokens` is for like-for-like timing.
+    pass, at no extra forward cost); `min_new_tokens` is for like-for-like timing. `stop`, once set (from any
+    thread), ends the generation after the token being computed: the result holds the tokens made so far.
     """
     if config.mode != "off" and profile is None:
         raise ValueError(f"mode {config.mode!r} needs a calibration profile; calibrate first or use mode='off'")
@@ -88,6 +104,7 @@ def generate(
             min_new_tokens=min_new_tokens or None,
             pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
             streamer=streamer,
+            stopping_criteria=_stopping_when_set(stop),
             **sampling,
         )
     new_tokens = output[0, inputs["input_ids"].shape[1] :].tolist()
