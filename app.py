@@ -19,6 +19,7 @@ from explorer import ui, ui_export
 from explorer.cli import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
+from explorer.redact import public_text
 from explorer.ui_inputs import is_local_request
 from explorer.run_view import ROW_HEADERS, list_runs, open_run, read_run, run_rows
 from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
@@ -137,11 +138,11 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
         if run_roots:
             with gr.Accordion("Open a finished run (no model needed)", open=False):
                 run_viewer(run_roots)
-        model_info = gr.Markdown(session.describe(), elem_id="model-info")
+        model_info = gr.Markdown(public_text(session.describe()), elem_id="model-info")
         with gr.Accordion("Model", open=False):
             gr.Markdown(SHARED_MODEL_NOTE, elem_id="shared-model-note")
             with gr.Row():
-                model_box = gr.Textbox(value=session.model.name, label="Model (Hugging Face id, local folder, or demo)",
+                model_box = gr.Textbox(value=public_text(session.model.name), label="Model (Hugging Face id, local folder, or demo)",
                                        scale=4)
                 load_btn = gr.Button("Load", scale=1)
             load_status = gr.Markdown()

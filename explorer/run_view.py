@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 
 from .compare import RunResult, load_run
 from .plots import rates_figure, separability_figure
-from .ui_inputs import public_text
+from .redact import public_text
 
 __all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "read_run", "resolve_run", "run_rows"]
 

@@ -27,6 +27,7 @@ from .generation import GenerationResult, generate
 from .media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
 from .models import ModelLoadError
 from .peers import peer_layers
+from .redact import public_text
 from .regap import CorrectionConfig
 from .ui_inputs import (
     InputError,
@@ -36,7 +37,6 @@ from .ui_inputs import (
     make_prompt,
     media_only,
     model_switch_refusal,
-    public_text,
     request_text,
     token_count,
     unseen_words_notice,
@@ -329,16 +329,17 @@ def load_model_ui(state: AppState, model_id: Any, progress: ProgressFn | None = 
         if not model_id:
             raise InputError("type a model: a Hugging Face id, a local model folder, or 'demo'")
         session = state.swap_model(model_id, progress)
-        status = f"✅ Loaded `{session.model.name}` in {time.perf_counter() - started:.0f} s."
+        status = public_text(f"✅ Loaded `{session.model.name}` in {time.perf_counter() - started:.0f} s.", (model_id,))
         ok = True
     except Exception as err:  # noqa: BLE001
         session = state.session
         shown = "" if refusal else f" {model_id!r}"  # a refused id is not echoed: the answer is the same for all
         problem = problem_message(err, keep=(model_id,)).rstrip(".")
-        status = _warn(f"Could not load{shown}: {problem}. Still serving {session.model.name}.")
+        status = _warn(public_text(f"Could not load{shown}: {problem}. Still serving {session.model.name}.",
+                                   (model_id,)))
         ok = False
     strength, strength_info = session.starting_strength()
-    return {"status": status, "info": session.describe(), "num_layers": session.num_layers,
+    return {"status": status, "info": public_text(session.describe()), "num_layers": session.num_layers,
             "layer": session.default_layer(), "layers_text": session.layers_text(), "layers_info": session.layers_info(),
             "strength": strength, "strength_info": strength_info, "ok": ok}
 

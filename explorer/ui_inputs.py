@@ -10,7 +10,6 @@ change; the handlers in `explorer/ui.py` turn it into a toast and keep serving.
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from .vocab import MODES, parse_layer_window
 
 __all__ = [
     "InputError", "analysis_of", "bounded", "correction_config", "is_local_request", "layer_shown", "make_prompt",
-    "media_source", "model_switch_refusal", "public_text", "request_text", "token_count",
+    "media_source", "model_switch_refusal", "request_text", "token_count",
 ]
 
 _CARRIERS = (IMAGE_CARRIER, AUDIO_CARRIER)
@@ -113,24 +112,6 @@ def model_switch_refusal(settings: AppSettings, model_id: str, local: bool) -> s
                 "http://localhost, no proxy); the operator can allow it with --allow-model-switch or --allowed-models")
     return ("switching models from the page is turned off on this server (its operator can start it with "
             "--allow-model-switch, or list models with --allowed-models)")
-
-
-#: An absolute path inside a message: "/" at the start of a word (not inside a URL or a relative path), then
-#: anything up to a space, a quote, a bracket or a comma.
-_ABSOLUTE_PATH = re.compile(r"(?<![\w/:.~-])/[^\s'\"()\[\],;]+")
-
-
-def public_text(message: str, keep: tuple[str, ...] = ()) -> str:
-    """`message` as a visitor may read it: every absolute path cut to its last part ("…/name"), so no reply ever
-    shows where the server keeps its files; the texts in `keep` (what the visitor typed) are left as they are."""
-    def cut(match: re.Match[str]) -> str:
-        path = match.group(0)
-        if path in keep:
-            return path
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        return f"…/{name}" if name else "…"
-
-    return _ABSOLUTE_PATH.sub(cut, message)
 
 
 def bounded(name: str, value: Any, low: float, high: float, whole: bool = False) -> float:
