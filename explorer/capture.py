@@ -42,6 +42,7 @@ __all__ = [
     "read_states",
     "save_states",
     "states_cache_file",
+    "states_cache_folder",
     "layer_output",
     "record_layers",
 ]
@@ -215,12 +216,18 @@ def capture_prompts(
     return torch.cat(chunks, dim=0)
 
 
+def states_cache_folder(cache_dir: Path, kind: str) -> Path:
+    """The folder that holds every cached states file of `kind` ("states": uncorrected, per prompt; "corrected":
+    calibration re-captured under a correction), and nothing else: a bound on one kind never evicts another."""
+    return cache_dir / kind
+
+
 def states_cache_file(cache_dir: Path, kind: str, model: LoadedModel, *parts: str) -> Path:
     """Where cached states of `kind` live: keyed by the model, its weights' revision, dtype and device type (so
     fp32 CPU states and bf16 GPU states never mix in one profile) and whatever else they depend on (`parts`)."""
     fields = [model.name, model.revision, str(model.dtype), model.device.type, *parts]
     key = hashlib.sha256("|".join(fields).encode()).hexdigest()
-    return cache_dir / kind / key[:2] / f"{key}.safetensors"
+    return states_cache_folder(cache_dir, kind) / key[:2] / f"{key}.safetensors"
 
 
 def _cache_path(model: LoadedModel, prompt: Prompt, settings: CaptureSettings, cache_dir: Path) -> Path:
