@@ -67,12 +67,14 @@ def _example_media(state: AppState) -> tuple[str | None, str | None]:
     model = state.session.model
     image_path = folder / "example_request.png"
     model.render(ui.EXAMPLE_HARMFUL, "image").image.save(image_path)  # type: ignore[union-attr]
-    try:
-        import soundfile as sf
+    import soundfile as sf
 
-        audio_path = folder / "example_request.wav"
+    from explorer.speech import SpeechUnavailableError
+
+    audio_path = folder / "example_request.wav"
+    try:
         sf.write(audio_path, model.render(ui.EXAMPLE_HARMFUL, "audio").audio, SAMPLE_RATE, subtype="PCM_16")
-    except Exception:  # noqa: BLE001 - no espeak-ng: the audio example is left out
+    except SpeechUnavailableError:  # no speech engine here: the audio example is left out (the page says why)
         return str(image_path), None
     return str(image_path), str(audio_path)
 

@@ -6,6 +6,7 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
@@ -30,14 +31,17 @@ from .models import LoadedModel
 from .peers import dataset_blank_shift
 from .profile import Profile, build_profile
 from .regap import CorrectionConfig, capture_corrected
+from .speech import speech_unavailable_reason
 from .states import StateBatch
 from .storage import CacheDir, resolve_cache_dir
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
 __all__ = [
     "Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength",
-    "corrected_calibration", "load_calibration_items",
+    "corrected_calibration", "load_calibration_items", "unrenderable_modalities",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -80,6 +84,13 @@ def load_calibration_items(source: str = "builtin", limit: int | None = None) ->
     return items
 
 
+def unrenderable_modalities(items: Sequence[Instruction], modalities: Sequence[Modality]) -> dict[str, str]:
+    """{modality: why} for those of `modalities` that `items` cannot be rendered in on this machine: audio when an
+    item has no clip of its own and no speech engine runs here (`explorer.speech_engine`)."""
+    reason = speech_unavailable_reason() if "audio" in modalities and any(i.audio is None for i in items) else None
+    return {"audio": reason} if reason else {}
+
+
 def calibrate(
     model: LoadedModel,
     items: Sequence[Instruction],
@@ -91,9 +102,19 @@ def calibrate(
 ) -> Calibration:
     """Capture `items` as text and in each other modality the model accepts, and build the profile.
 
+    `modalities` None means every modality the model accepts that can be rendered here: without a speech engine
+    the audio is left out (logged; `ModelSession.describe` says so). Named explicitly, a modality that cannot be
+    rendered raises ValueError up front, with the command that fixes it.
+
     In a data-parallel run each rank captures its shard of the items and the states are all-gathered back into
     item order, so every rank builds the very profile one process would (same states, same order)."""
     wanted = list(modalities) if modalities else list(model.modalities)
+    for modality, reason in unrenderable_modalities(items, wanted).items():
+        if modalities:
+            others = ",".join(m for m in wanted if m != modality) or "text"
+            raise ValueError(f"cannot calibrate on {modality}: {reason}; or leave it out: --modalities {others}")
+        logger.warning("calibrating %s without %s: %s", model.name, modality, reason)
+        wanted.remove(modality)
     if "text" not in wanted:
         wanted.insert(0, "text")  # the refusal direction is learned from text
     batch: StateBatch | None = None

@@ -1,7 +1,8 @@
 """Speak a request with espeak-ng, the way a model wants to hear it: a natural sentence, or one word per slot.
 
-Why a module of its own: speech has its own cache (keyed by everything that changes the waveform), its own
-external program and its own limit, the model's audio window, which a long request must fit whole.
+Why a module of its own: speech has its own cache (keyed by everything that changes the waveform, the engine and
+its version included), its own external program (`explorer.speech_engine` picks the `espeak-ng` command or the
+espeak-ng library) and its own limit, the model's audio window, which a long request must fit whole.
 
 >>> audio = render_audio("How do I bake bread?")          # doctest: +SKIP
 >>> audio.dtype, audio.ndim                                # doctest: +SKIP
@@ -11,12 +12,8 @@ external program and its own limit, the model's audio window, which a long reque
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import shutil
 import string
-import subprocess
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -24,10 +21,12 @@ import numpy as np
 import soundfile as sf
 
 from .storage import atomic_path, cache_root
+from .speech_engine import SpeechSettings, SpeechUnavailableError, speech_engine, speech_unavailable_reason
 from .uploads import resample
 from .vocab import SAMPLE_RATE, check_choice
 
-__all__ = ["AUDIO_STYLES", "AudioStyle", "prompt_words", "render_audio"]
+__all__ = ["AUDIO_STYLES", "AudioStyle", "SpeechUnavailableError", "prompt_words", "render_audio",
+           "speech_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,33 +69,17 @@ def _default_cache_dir() -> Path:
     return cache_root() / "audio"
 
 
-def _espeak_binary() -> str:
-    binary = shutil.which("espeak-ng")
-    if binary is None:
-        raise RuntimeError(
-            "espeak-ng is needed to render audio prompts but was not found on PATH; "
-            "install it with `apt-get install espeak-ng`"
-        )
-    return binary
-
-
-@lru_cache(maxsize=1)
 def _espeak_version() -> str:
-    result = subprocess.run([_espeak_binary(), "--version"], capture_output=True, text=True, check=True)
-    return result.stdout.strip()
+    """The engine that speaks now and its version (the cache key's part): `espeak-ng --version`'s line for the
+    command, "espeak-ng library 1.52.0 (espeakng-loader …)" for the library. Raises SpeechUnavailableError."""
+    return speech_engine().version
 
 
 def _speak(text: str, words_per_minute: int = _ESPEAK_SPEED_WPM) -> np.ndarray:
-    """One espeak-ng call → float32 mono at SAMPLE_RATE. Text goes via stdin so it is never an option."""
-    command = [
-        _espeak_binary(), "--stdin", "--stdout", "-z",
-        "-v", _ESPEAK_VOICE, "-s", str(words_per_minute), "-p", str(_ESPEAK_PITCH), "-a", str(_ESPEAK_AMPLITUDE),
-    ]
-    result = subprocess.run(command, input=text.encode("utf-8"), capture_output=True, check=False, timeout=60)
-    if result.returncode != 0 or not result.stdout:
-        raise RuntimeError(f"espeak-ng failed for {text!r}: {result.stderr.decode(errors='replace').strip()}")
-    data, rate = sf.read(io.BytesIO(result.stdout), dtype="float32", always_2d=True)
-    return resample(data.mean(axis=1), rate, SAMPLE_RATE)
+    """One utterance → float32 mono at SAMPLE_RATE."""
+    settings = SpeechSettings(_ESPEAK_VOICE, words_per_minute, _ESPEAK_PITCH, _ESPEAK_AMPLITUDE)
+    audio, rate = speech_engine().speak(text, settings)
+    return resample(audio, rate, SAMPLE_RATE)
 
 
 def _trim_silence(audio: np.ndarray) -> np.ndarray:
@@ -124,12 +107,13 @@ def render_audio(
     cache_dir: Path | None = None,
     max_seconds: float | None = None,
 ) -> np.ndarray:
-    """Speak the instruction with espeak-ng; float32 mono at 16 kHz.
+    """Speak the instruction with espeak-ng (`explorer.speech_engine` says which); float32 mono at 16 kHz.
 
     "sentence" speaks it naturally. "slots" speaks each word alone, trims its silence, squeezes it into
     `slot_seconds` if longer and pads it with zeros to exactly that length: word i then always starts at
     i × slot_seconds, the word-aligned layout the built-in demo model hears. Results are cached on disk,
-    keyed by everything that changes the waveform (text, style, slot, speed, espeak-ng version and settings).
+    keyed by everything that changes the waveform (text, style, slot, speed, the engine with its version, settings).
+    Without any engine it raises SpeechUnavailableError, whose message says what to install.
 
     `max_seconds` is the model's audio window (what its feature extractor keeps; beyond it the rest would be cut
     without a word): a sentence too long for it at 160 wpm is spoken faster (200, then 240 wpm), whole; one that

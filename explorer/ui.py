@@ -29,6 +29,7 @@ from .models import ModelLoadError
 from .peers import peer_layers
 from .redact import public_text
 from .regap import CorrectionConfig
+from .speech import SpeechUnavailableError
 from .ui_inputs import (
     InputError,
     analysis_of,
@@ -246,9 +247,11 @@ _RENDERED = {"image": ("a typographic image", "images", "the image is shown"),
 def _render_request(state: AppState, text: str | None, modality: Modality) -> tuple[Prompt | None, str]:
     """The typed request drawn or spoken as the served model wants it, and the status line that says so."""
     session = state.session
-    try:  # e.g. espeak-ng missing, or a request too long: say so
+    try:  # e.g. no speech engine, or a request too long: say so
         request = request_text(text, state.settings)
         prompt = session.model.render(request, modality)
+    except SpeechUnavailableError as err:
+        return None, _warn(f"Cannot render as speech: {err}.")
     except Exception as err:  # noqa: BLE001
         return None, _warn(problem_message(err))
     if modality == "image":  # the page hands the same pixels back (lossless): remember whose request they draw

@@ -45,6 +45,7 @@ from .media import Prompt
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectedStates, CorrectionConfig, capture_corrected, choose_defaults
+from .speech_engine import INSTALL_COMMAND, PIP_COMMAND
 from .states import StateBatch
 from .storage import CacheDir
 from .vocab import MEDIA_MODALITIES, check_choice
@@ -179,6 +180,11 @@ class ModelSession:
             f"{len(mods)} modalities = {len(self.calibration.states)} states"
             f" · **default correction:** layer {self.layers_text()}, probe layer {self.defaults.probe_layer}",
         ]
+        if "audio" in self.model.modalities and "audio" not in mods:  # calibrated without a speech engine
+            lines.append(
+                "> ⚠️ **Speech is unavailable on this server** (no espeak-ng), so the audio calibration is left out "
+                "and \"Render as speech\" cannot speak; an uploaded clip is still heard, without a correction. To get "
+                f"speech: `{INSTALL_COMMAND}` (the demo's own speech) or `{PIP_COMMAND}`, then restart the app.")
         if self.model.notice:
             lines.append(f"> ℹ️ {self.model.notice}")
         return "\n\n".join(lines)

@@ -16,7 +16,8 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}"),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no system Chromium at {CHROMIUM}: `bash scripts/setup.sh` "
+                       "installs it (as root), or `sudo apt-get install chromium`"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
 ]
 
