@@ -1,7 +1,9 @@
 """Command line: `python -m explorer calibrate|eval|compare ...` (a stable contract; see README "CLI").
 
 A thin layer: it parses arguments, calls `load_model`, `calibrate` and `evaluate`, and turns the library's
-`ValueError`s into one clear line and exit code 2. Ctrl-C exits 130; rerunning the same command resumes.
+`ValueError`s into one clear line and exit code 2. Ctrl-C exits 130; rerunning the same command resumes. `eval`
+holds its --out from the start (explorer.run_lock): a second eval on the same folder exits 2 at once, before
+loading anything.
 Started by `torchrun --nproc-per-node N -m explorer …`, each process does its share (explorer.distributed).
 """
 
@@ -24,12 +26,14 @@ from .calibration import (
 )
 from .capture import CaptureSettings, Pooling
 from .compare import compare_runs, load_run, write_comparison
+from .data import Instruction
 from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
 from .importers import FORMATS, load_prompt_sources
 from .judge_model import load_judge
 from .loading import load_model
 from .regap import CorrectionConfig, PositionScope, Rule
+from .run_lock import hold_run
 from .vocab import LABELS, Modality, Mode, parse_layer_window
 
 __all__ = ["add_model_arguments", "main"]
@@ -145,6 +149,14 @@ def _run(args: argparse.Namespace, ranks: Ranks) -> int:
     # the prompt sets first, so a bad file or layout fails in seconds, before the model loads
     items = load_prompt_sources(args.prompts or ["builtin"]) if args.command == "eval" else []
     device = start(ranks, args.device)
+    if args.command == "eval":  # --out is this run's from here on: a second eval on it is refused at once
+        with hold_run(args.out, ranks):
+            return _run_model(args, ranks, items, device)
+    return _run_model(args, ranks, items, device)
+
+
+def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction], device: str) -> int:
+    """Load the model, calibrate, and for `eval` evaluate `items` (the caller holds --out)."""
     model = load_model(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                        trust_remote_code=args.trust_remote_code)
     modalities = args.modalities or model.modalities

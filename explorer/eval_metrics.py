@@ -138,8 +138,11 @@ def compute_metrics(
             if flags:
                 lookalike_rate[f"{m}/{mode}"], lookalike_ci[f"{m}/{mode}"] = _rate_fields(flags)
                 lookalike_n[f"{m}/{mode}"] = len(flags)
+    # this run's items and jobs only: a folder's records of other items or modes never enter its metrics
+    ids = {i.id for i in items}
     skipped_items = [{"id": r["id"], "modality": r["modality"], "mode": r["mode"], "reason": r["skipped"]}
-                     for r in done.values() if r.get("skipped") and "same_as_mode" not in r]
+                     for r in done.values() if r.get("skipped") and "same_as_mode" not in r and r["id"] in ids
+                     and r["modality"] in settings.modalities and r["mode"] in settings.modes]
     return {
         "model": model.name,
         "num_layers": model.num_layers,

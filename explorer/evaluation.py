@@ -1,11 +1,15 @@
 """Evaluate refusal and over-refusal per modality and correction mode; write metrics, generations and a report.
 
 Output folder (the CLI's stable contract, see README):
-- `generations.jsonl`: one line per item × modality × mode, appended as soon as it is generated, so an
-  interrupted run resumes where it stopped (a data-parallel run appends to one file per rank), and rewritten
-  once at the end in the order of one uninterrupted process (`explorer.eval_records`); an item that cannot be
-  rendered, encoded or generated gets a line with `skipped` (the reason) instead, the run goes on, and a rerun
-  tries it again;
+- `generations.jsonl`: one line per item × modality × mode, appended as soon as it is generated (and on the disk,
+  fsync, after each batch), so an interrupted run resumes where it stopped (a data-parallel run appends to one
+  file per rank), and rewritten once at the end in the order of one uninterrupted process
+  (`explorer.eval_records`); an item that cannot be rendered, encoded or generated gets a line with `skipped`
+  (the reason) instead, the run goes on, and a rerun tries it again. Each line carries its item's `item_hash`:
+  an item edited in the prompt file since is generated again, never paired with its old answer;
+- `generations.earlier.jsonl`: records of items not in this run's prompt set (never counted);
+- `run.json`: the settings a resumed run must share, and the prompt set's fingerprint; `run.lock`: held by the
+  eval writing the folder (`explorer.run_lock`: a second one is refused);
 - `states/<modality>/<mode>.safetensors`-style per-item files of the prompt's last-token states as corrected;
 - `metrics.json`: refusal rates, per-layer separability, the ReGap settings and per-item s(x), α(x), and
   `skipped` (count per modality/mode) with `skipped_items` (id, modality, mode, reason): no rate counts them;
@@ -16,6 +20,7 @@ Text inputs are never corrected (δ^text = 0), so text is generated once and its
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -30,10 +35,12 @@ from .data import Instruction
 from .distributed import SINGLE, Ranks, barrier, broadcast_object
 from .eval_metrics import JobStates, compute_metrics, write_eval_report
 from .eval_records import (
+    PromptSet,
     canonical_records,
     read_done,
     record_key,
     shard_file,
+    states_match,
     states_path,
     write_canonical,
 )
@@ -42,6 +49,7 @@ from .judge import Judge, RefusalJudge, is_degenerate
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectionConfig
+from .run_lock import hold_run
 from .storage import write_atomic
 from .uploads import MediaError
 from .vocab import Modality, Mode
@@ -92,11 +100,16 @@ class EvalSettings:
         return out
 
 
-def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings) -> dict[str, Any]:
+def _check_same_run(
+    out_dir: Path, model: LoadedModel, profile: Profile, settings: EvalSettings, prompts: PromptSet
+) -> dict[str, Any]:
     """Resume only a run made with the same model, calibration and settings; refuse to mix two runs.
 
-    Returns the fingerprint to record. Only reads: in a data-parallel run every rank reads the same file before
-    any rank writes it (`_record_run`, rank 0, after a barrier), so all ranks reach the same verdict."""
+    The prompt set may differ (another --limit, an edited file): its records are sorted item by item
+    (`PromptSet.sort`), and run.json's "prompts" (absent in folders written before it: accepted, then recorded)
+    is rewritten with the set now run. Returns the fingerprint to record. Only reads: in a data-parallel run every
+    rank reads the same file before any rank writes it (`_record_run`, rank 0, after a barrier), so all ranks reach
+    the same verdict."""
     fingerprint = json.loads(json.dumps({
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
         "correction": asdict(settings.correction), "mode_strengths": settings.mode_strengths,
@@ -106,18 +119,19 @@ def _check_same_run(out_dir: Path, model: LoadedModel, profile: Profile, setting
     path = out_dir / "run.json"
     if path.is_file():
         previous = json.loads(path.read_text())
+        previous.pop("prompts", None)
         if previous != fingerprint:
             changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
             raise ValueError(
                 f"{out_dir} holds a run with different settings ({', '.join(changed)}); "
                 "use another --out, or delete that folder to start over"
             )
-    return fingerprint
+    return {**fingerprint, "prompts": prompts.describe()}
 
 
 def _record_run(out_dir: Path, fingerprint: dict[str, Any]) -> None:
     path = out_dir / "run.json"
-    if not path.is_file():
+    if not path.is_file() or json.loads(path.read_text()) != fingerprint:
         write_atomic(path, json.dumps(fingerprint, indent=1))
 
 
@@ -152,25 +166,39 @@ def evaluate(
     In a data-parallel run (`ranks` from torchrun, see `explorer.distributed`) this process generates only its
     shard of the items, into its own record file; once every rank is done, rank 0 merges the records, computes
     the metrics from every rank's records and states, and writes the folder; every rank returns the metrics.
+    The folder is locked for the whole call (`explorer.run_lock`): a second run on it raises `RunLockedError`.
     """
     for modality in settings.modalities:
         model.backend(modality)  # fail before any work if a modality is not accepted
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = _check_same_run(out_dir, model, profile, settings)
+    with hold_run(out_dir, ranks):
+        return _evaluate(model, items, profile, settings, out_dir, progress, ranks)
+
+
+def _evaluate(
+    model: LoadedModel, items: Sequence[Instruction], profile: Profile, settings: EvalSettings, out_dir: Path,
+    progress: bool, ranks: Ranks,
+) -> dict[str, Any]:
+    """`evaluate` while this run holds the folder."""
+    prompts = PromptSet.of(items)
+    fingerprint = _check_same_run(out_dir, model, profile, settings, prompts)
     barrier(ranks)
     if ranks.is_main:
         _record_run(out_dir, fingerprint)
     started = time.perf_counter()
     own_file = shard_file(out_dir, ranks.rank if ranks.active else None)
-    done = read_done(out_dir, repair=own_file)
-    states = _generate_shard(model, ranks.shard(items), profile, settings, out_dir, done, own_file,
-                             progress and ranks.is_main)
+    records = prompts.sort(read_done(out_dir, repair=own_file, prompts=prompts))
+    if ranks.is_main:
+        prompts.report(records)
+    states = _generate_shard(model, ranks.shard(items), profile, settings, out_dir, records.done, own_file,
+                             progress and ranks.is_main, prompts)
     barrier(ranks)
     metrics = None
     if ranks.is_main:
         if ranks.active:
-            done = read_done(out_dir)  # now with every rank's records
-        metrics = _finish(model, items, profile, settings, out_dir, done, states)
+            records = prompts.sort(read_done(out_dir, prompts=prompts))  # now with every rank's records
+        metrics = _finish(model, items, profile, settings, out_dir, records.done, states)
+        write_canonical(out_dir, canonical_records(items, _jobs(settings), settings.modes[1:], records.done),
+                        records.other.values())
         metrics["elapsed_seconds"] = round(time.perf_counter() - started, 2)
         write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2))
     return broadcast_object(ranks, metrics)
@@ -178,10 +206,11 @@ def evaluate(
 
 def _generate_shard(
     model: LoadedModel, items: Sequence[Instruction], profile: Profile, settings: EvalSettings, out_dir: Path,
-    done: dict[str, dict[str, Any]], sink_path: Path, progress: bool,
+    done: dict[str, dict[str, Any]], sink_path: Path, progress: bool, prompts: PromptSet,
 ) -> dict[str, torch.Tensor]:
-    """Generate what `items` still lack (new, skipped last time, or whose states file is gone or damaged),
-    appending each record to `sink_path` as it comes; return every item's prompt states by record key."""
+    """Generate what `items` still lack (new, changed, skipped last time, or whose states file is gone, damaged or
+    of other content), appending each record to `sink_path` as it comes, on the disk after each batch (one fsync
+    per batch: a power cut loses at most the batch); return every item's prompt states by record key."""
     jobs = _jobs(settings)
     bar = tqdm(total=len(items) * len(jobs), desc="eval", disable=not progress)
     states: dict[str, torch.Tensor] = {}
@@ -194,8 +223,10 @@ def _generate_shard(
                 for item, (record, item_states) in zip(pending, _generate_records(
                         model, pending, modality, mode, profile, config, settings)):
                     key = record_key(item.id, modality, mode)
+                    record["item_hash"] = prompts.hashes[item.id]
                     if item_states is not None:
-                        save_states(states_path(out_dir, modality, mode, item.id), item_states)
+                        save_states(states_path(out_dir, modality, mode, item.id), item_states,
+                                    {"item_hash": record["item_hash"]})
                         states[key] = item_states
                     sink.write(json.dumps(record) + "\n")
                     done[key] = record
@@ -203,12 +234,14 @@ def _generate_shard(
                         _copy_text_record(record, settings.modes[1:], done, sink)
                     bar.update(1)
                 sink.flush()
+                os.fsync(sink.fileno())
                 pending.clear()
 
             for item in items:
                 key = record_key(item.id, modality, mode)
                 path = states_path(out_dir, modality, mode, item.id)
-                cached = read_states(path, (model.num_layers, model.hidden_size)) if key in done else None
+                cached = (read_states(path, (model.num_layers, model.hidden_size))
+                          if key in done and states_match(path, prompts.hashes[item.id]) else None)
                 if cached is not None and not done[key].get("skipped"):
                     states[key] = cached
                     if modality == "text":  # copies lost to a kill between the record and its copies
@@ -220,6 +253,8 @@ def _generate_shard(
                         flush()
             if pending:
                 flush()
+        sink.flush()  # the text copies written for cached records
+        os.fsync(sink.fileno())
     bar.close()
     return states
 
@@ -229,7 +264,7 @@ def _finish(
     done: dict[str, dict[str, Any]], states: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
     """Gather every job's states and per-item scores in item order (this rank's from memory, the others' from
-    their files), write the generations in canonical order, the report, and return the metrics."""
+    their files), write the report, and return the metrics (`done`: this set's records only)."""
     jobs = _jobs(settings)
     per_item: list[dict[str, Any]] = []
     job_states: dict[tuple[str, str], JobStates] = {}
@@ -253,7 +288,6 @@ def _finish(
                 per_item.append({"id": item.id, "modality": modality, "mode": mode,
                                  "s": record["score"], "alpha": record["alpha"]})
         job_states[(modality, mode)] = job
-    write_canonical(out_dir, canonical_records(items, jobs, settings.modes[1:], done))
     metrics = compute_metrics(model, items, profile, settings, done, job_states, per_item)
     write_eval_report(out_dir / "report.html", model, profile, metrics, job_states)
     return metrics

@@ -50,6 +50,8 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
     For writers that want a file name (safetensors, soundfile, Plotly): ``with atomic_path(p) as tmp: save(tmp)``.
+    The new file's bytes reach the disk (fsync) before the rename, and the rename itself after it (the folder's
+    fsync), so a power cut leaves the old file or the whole new one, never an empty file under the final name.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -59,10 +61,32 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be read by others too
+        _fsync_path(tmp)
         os.replace(tmp, target)
+        _fsync_path(target.parent, folder=True)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync_path(path: Path, folder: bool = False) -> None:
+    """Flush `path`'s data to the disk. A folder is flushed where the system allows it (not on Windows, nor on
+    some network filesystems): the rename is then as durable as the filesystem makes it, and the write still
+    succeeds."""
+    try:
+        flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if folder else 0)
+        fd = os.open(path, flags)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:

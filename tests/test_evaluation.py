@@ -85,7 +85,7 @@ def test_an_item_that_cannot_be_used_is_recorded_and_the_run_goes_on(tiny_model_
     assert metrics["skipped"] == {"text/off": 0, "text/fixed": 0, "image/off": 2, "image/fixed": 2}
     reasons = {(r["id"], r["mode"]): r["reason"] for r in metrics["skipped_items"]}
     assert set(reasons) == {("bad-image", "off"), ("bad-image", "fixed"), ("long", "off"), ("long", "fixed")}
-    assert "not an image Pillow can read" in reasons[("bad-image", "off")]
+    assert "is not an image this app opens" in reasons[("bad-image", "off")]
     assert "needs" in reasons[("long", "off")] and "at the smallest legible font" in reasons[("long", "off")]
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     image_off = {r["id"]: r for r in records if r["modality"] == "image" and r["mode"] == "off"}
