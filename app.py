@@ -26,6 +26,14 @@ from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
 from explorer.vocab import SAMPLE_RATE
 
 MODEL_CONCURRENCY = 2  # model-running events share this many workers (hooks are per-thread, so this is safe)
+#: Events that may wait in the queue (running ones do not count); one more gets Gradio's "queue full" error at
+#: once. A model event takes seconds (2-10 s on a GPU for a 7B model), so with MODEL_CONCURRENCY workers the
+#: 32nd waits about a minute and a half, about as long as a visitor waits; a click on Generate queues two events.
+QUEUE_MAX_SIZE = 32
+#: Gradio's cache (uploads, images the app drew, the copies of exports that visitors download): every 15 minutes
+#: the files this app put there that are over 2 hours old are deleted (a page left open for an hour still works),
+#: and all of them when the server stops.
+GRADIO_CACHE_CLEANUP = (900, 7200)
 INTRO = """# Safety Geometry Explorer
 Why do multimodal models refuse a harmful request as **text** but answer it when the same words arrive as an
 **image** or **speech**? The input's modality shifts the hidden states off the refusal direction (*modality drift*).
@@ -124,18 +132,18 @@ def run_viewer(roots: list[Path]) -> None:
 
 def build_viewer_app(roots: list[Path]) -> gr.Blocks:
     """The app without a model: only finished runs (`python app.py --model none --runs DIR`)."""
-    with gr.Blocks(title="Safety Geometry Explorer: runs") as demo:
+    with gr.Blocks(title="Safety Geometry Explorer: runs", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown(INTRO + "\n**No model is loaded**: open a finished evaluation run below "
                     "(`python -m explorer eval ... --out DIR` writes one).")
         run_viewer(roots)
-    return demo.queue()
+    return demo.queue(max_size=QUEUE_MAX_SIZE)
 
 
 def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks:
     """The app for one `AppState` (tests launch it on a tiny model); `run_roots` adds the run viewer."""
     session = state.session
     image_example, audio_example = _example_media(state)
-    with gr.Blocks(title="Safety Geometry Explorer") as demo:
+    with gr.Blocks(title="Safety Geometry Explorer", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
         gr.Markdown(INTRO)
         if run_roots:
             with gr.Accordion("Open a finished run (no model needed)", open=False):
@@ -238,16 +246,27 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
         strength.release(bind(ui.generate_corrected), media + correction + [max_tokens, seed], [corr_text, corr_info],
                          api_name="strength_release", trigger_mode="always_last", **model_event)
         if gallery_rows:
-            gallery_table.click(lambda row: (row[0], None, None), [gallery_table], [prompt, image, audio],
-                                api_name="gallery_pick")
-        def mode_defaults(chosen_mode: str) -> tuple:
+            def gallery_pick(index: Any) -> tuple:
+                """The picked gallery request into the request box (raw: the row's index, checked here)."""
+                if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(gallery_rows):
+                    raise gr.Error(f"pick a gallery row (0..{len(gallery_rows) - 1})")
+                return gallery_rows[index][0], None, None
+
+            gallery_table.click(gallery_pick, [gallery_table], [prompt, image, audio], api_name="gallery_pick",
+                                preprocess=False)
+        def mode_defaults(chosen_mode: Any) -> tuple:
+            if not isinstance(chosen_mode, str) or chosen_mode not in ui.MODES:
+                raise gr.Error(f"correction mode must be one of {', '.join(ui.MODES)}")
             value, origin = ui.strength_for_mode(state, chosen_mode)
             layers_value, layers_info = ui.layers_for_mode(state, chosen_mode)
             return gr.Slider(value=value, info=origin), gr.Textbox(value=layers_value, info=layers_info)
 
-        mode.change(mode_defaults, [mode], [strength, layers_text], api_name="mode_defaults")
-        as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image")
-        as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio")
+        # Every event reads raw values (preprocess=False): the handlers check each one and answer with a message.
+        mode.change(mode_defaults, [mode], [strength, layers_text], api_name="mode_defaults", preprocess=False)
+        as_image_btn.click(bind(ui.render_image_input), [prompt], [image, prompt, status], api_name="render_image",
+                           preprocess=False)
+        as_audio_btn.click(bind(ui.render_audio_input), [prompt], [audio, prompt, status], api_name="render_audio",
+                           preprocess=False)
 
         def load(model_id: str, request: gr.Request, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple:
             local = is_local_request(request.client.host if request.client else None, request.headers)
@@ -257,7 +276,7 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
                     gr.Slider(value=out["strength"], info=out["strength_info"]))
 
         load_btn.click(load, [model_box], [load_status, model_info, layer, layers_text, strength], api_name="load_model",
-                       concurrency_id="load", concurrency_limit=1)
+                       concurrency_id="load", concurrency_limit=1, preprocess=False)
 
         collapse_outputs = {"status": status, "story": story, "prompt": prompt, "image": image, "audio": audio,
                             "mode": mode, "strength": strength, "layers_text": layers_text, "layer": layer,
@@ -270,11 +289,18 @@ def build_app(state: AppState, run_roots: list[Path] | None = None) -> gr.Blocks
             return tuple(out[name] if name in out else gr.skip() for name in collapse_outputs)
 
         collapse_btn.click(collapse, [max_tokens, method], list(collapse_outputs.values()), api_name="show_collapse",
-                           concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY)
+                           concurrency_id="model", concurrency_limit=MODEL_CONCURRENCY, preprocess=False)
         export_btn.click(bind(ui_export.export), [sid] + media + [layer] + correction +
                          [method, plain_text, plain_info, corr_text, corr_info], [files, sid, status],
                          api_name="export", **model_event)
-    return demo.queue(default_concurrency_limit=MODEL_CONCURRENCY)
+    return demo.queue(default_concurrency_limit=MODEL_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+
+
+#: How app.py launches either app (the tests launch theirs with the same). Gradio's `show_error` stays off: the
+#: handlers turn every problem into a message themselves, so what reaches Gradio is only its own refusal of a payload
+#: it cannot take (a file reference that is not an upload, a value of the wrong shape), and its messages for those
+#: can name the server's working folder; the visitor sees a bare "Error" instead.
+LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "allowed_paths": [], "css": CSS, "footer_links": ["api"]}
 
 
 def _parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -328,8 +354,7 @@ def run_roots_from_args(args: argparse.Namespace) -> list[Path]:
 def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     roots = run_roots_from_args(args)
-    launch = {"server_name": args.host, "server_port": args.port, "share": args.share, "max_file_size": "20mb",
-              "allowed_paths": [], "css": CSS, "footer_links": ["api"]}
+    launch = {"server_name": args.host, "server_port": args.port, "share": args.share, **LAUNCH_OPTIONS}
     if args.model == "none":
         if not roots:
             raise SystemExit("error: --model none shows finished runs only: give --runs DIR")

@@ -36,6 +36,7 @@ from .ui_inputs import (
     bounded,
     correction_config,
     make_prompt,
+    map_method,
     media_only,
     model_switch_refusal,
     request_text,
@@ -89,7 +90,7 @@ def problem_message(err: BaseException, keep: tuple[str, ...] = ()) -> str:
             torch.cuda.empty_cache()
         return ("Out of memory while running the model. Try fewer max new tokens, a smaller image, or load "
                 "the model with --dtype bfloat16 / a smaller model. The app is still running.")
-    if isinstance(err, (InputError, MediaError, ModelLoadError, ValueError)):
+    if isinstance(err, (InputError, MediaError, ModelLoadError, ValueError, SpeechUnavailableError)):
         return public_text(str(err), keep)
     logger.exception("unexpected error in a request", exc_info=err)
     # The details (which may name server paths) go to the server log only.
@@ -361,7 +362,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
     try:
         if modality not in session.model.modalities:
             raise InputError(f"{session.model.name} accepts only text, so there is no other modality to compare")
-        tokens = token_count(state, max_new_tokens)
+        tokens, method = token_count(state, max_new_tokens), map_method(method)
         text_prompt = Prompt(text=COLLAPSE_REQUEST, modality="text")
         media_prompt = session.model.render(COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
         strength = session.suggested_strength(modality, "adaptive")

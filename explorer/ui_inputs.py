@@ -24,7 +24,7 @@ from .vocab import MODES, parse_layer_window
 
 __all__ = [
     "InputError", "analysis_of", "bounded", "correction_config", "is_local_request", "layer_shown", "make_prompt",
-    "media_source", "model_switch_refusal", "request_text", "token_count",
+    "map_method", "media_source", "model_switch_refusal", "request_text", "short_repr", "text_value", "token_count",
 ]
 
 _CARRIERS = (IMAGE_CARRIER, AUDIO_CARRIER)
@@ -49,11 +49,13 @@ def media_source(value: Any, settings: AppSettings) -> tuple[Any, str | None]:
     """
     shown: str | None = None
     if isinstance(value, dict):
-        shown = value.get("orig_name") or None
+        name = value.get("orig_name")
+        shown = name[:120] if isinstance(name, str) and name else None
         if not value.get("path"):
             raise InputError("the file did not arrive (a payload without a path); upload it again")
         value = value["path"]
-    if value is None or isinstance(value, (np.ndarray, tuple, list)) or type(value).__module__.startswith("PIL"):
+    # Arrays, (rate, samples) pairs and PIL images come from in-process callers only: a web payload is a file.
+    if value is None or isinstance(value, (np.ndarray, tuple)) or type(value).__module__.startswith("PIL"):
         return value, shown
     if not isinstance(value, (str, Path)):
         raise InputError(f"cannot use a {type(value).__name__} as an image or audio input; upload a file")
@@ -114,23 +116,56 @@ def model_switch_refusal(settings: AppSettings, model_id: str, local: bool) -> s
             "--allow-model-switch, or list models with --allowed-models)")
 
 
+def text_value(name: str, value: Any) -> str:
+    """A text field's value, stripped: None is "", anything else that is not text (an API caller's number, list or
+    object) is refused with a message."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise InputError(f"{name} must be text; got a {type(value).__name__}")
+    return value.strip()
+
+
+#: The 2-D maps the page offers (the radio's choices).
+MAP_METHODS = ("UMAP", "PCA")
+
+
+def map_method(value: Any) -> str:
+    """The 2-D map's method as the page names it; anything else is refused rather than silently drawn as PCA."""
+    method = text_value("the 2-D map", value).upper()
+    if method not in MAP_METHODS:
+        raise InputError(f"the 2-D map must be one of {', '.join(MAP_METHODS)}; got {short_repr(value)}")
+    return method
+
+
+def short_repr(value: Any, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters: a message never echoes a megabyte back (nor fails on an integer too
+    long to print)."""
+    try:
+        text = repr(value)
+    except ValueError:  # int with more digits than Python prints
+        return "a number too long to print"
+    return text if len(text) <= limit else f"{text[:limit - 3]}..."
+
+
 def bounded(name: str, value: Any, low: float, high: float, whole: bool = False) -> float:
     """`value` as a number within [low, high] (the bounds the page shows), else an InputError that says so."""
     bounds = f"{int(low)}..{int(high)}" if whole else f"{low:g}..{high:g}"
     kind = "a whole number" if whole else "a number"
+    shown = short_repr(value)
     try:
         number = float(value)
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{name} must be {kind} in {bounds}; got {value!r}") from err
+    except (TypeError, ValueError, OverflowError) as err:
+        raise InputError(f"{name} must be {kind} in {bounds}; got {shown}") from err
     if not math.isfinite(number) or not low <= number <= high or (whole and number != int(number)):
-        raise InputError(f"{name} must be {kind} in {bounds}; got {value!r}")
+        raise InputError(f"{name} must be {kind} in {bounds}; got {shown}")
     return number
 
 
 def make_prompt(session: ModelSession, settings: AppSettings, text: str | None, image: Any = None,
                 audio: Any = None) -> tuple[Prompt, list[str]]:
     """The Prompt for the inputs, plus notices (e.g. audio trimmed). Raises InputError / MediaError."""
-    text = (text or "").strip()
+    text = text_value("the prompt", text)
     (image, image_name), (audio, audio_name) = media_source(image, settings), media_source(audio, settings)
     notices: list[str] = []
     if len(text) > settings.max_prompt_chars:
@@ -182,11 +217,11 @@ def unseen_words_notice(session: ModelSession, text: str) -> list[str]:
 
 
 def correction_config(session: ModelSession, mode: str, strength: float, layers_text: str | None) -> CorrectionConfig:
-    if mode not in MODES:
-        raise InputError(f"correction mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not isinstance(mode, str) or mode not in MODES:
+        raise InputError(f"correction mode must be one of {', '.join(MODES)}; got {short_repr(mode)}")
     alpha = bounded("strength", strength, 0.0, STRENGTH_MAX)
     try:
-        layers = parse_layer_window(layers_text, session.num_layers)
+        layers = parse_layer_window(text_value("corrected layers", layers_text), session.num_layers)
     except ValueError as err:
         raise InputError(str(err)) from err
     return session.config(mode, alpha, layers)
@@ -205,8 +240,8 @@ def token_count(state: AppState, max_new_tokens: Any) -> int:
 MAX_RENDER_WORDS = 80
 
 
-def request_text(text: str | None, settings: AppSettings) -> str:
-    text = (text or "").strip()
+def request_text(text: Any, settings: AppSettings) -> str:
+    text = text_value("the request", text)
     if not text:
         raise InputError("type a request first; it is then drawn as an image or spoken as audio")
     if len(text) > settings.max_prompt_chars or len(text.split()) > MAX_RENDER_WORDS:
@@ -224,4 +259,5 @@ def analysis_of(state: AppState, text: str | None, image: Any, audio: Any, layer
     session = state.session
     prompt, notices = make_prompt(session, state.settings, text, image, audio)
     config = correction_config(session, mode, strength, layers_text)
-    return compute_analysis(state, session, prompt, config, layer_shown(session, layer), method), prompt, config, notices
+    shown, method = layer_shown(session, layer), map_method(method)
+    return compute_analysis(state, session, prompt, config, shown, method), prompt, config, notices

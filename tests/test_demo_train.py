@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from needs import needs_speech
 
 from explorer.demo_model.config import DemoConfig
 from explorer.demo_model.data import (
@@ -49,7 +49,7 @@ def test_every_reading_word_is_one_token() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="speech rendering needs espeak-ng")
+@needs_speech
 def test_tiny_training_run_saves_loadable_models(tmp_path: Path) -> None:
     from transformers import AutoModelForMultimodalLM, AutoProcessor
 

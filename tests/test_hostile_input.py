@@ -9,9 +9,6 @@ peak while each request runs.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,73 +16,16 @@ import pytest
 import soundfile as sf
 
 from explorer.uploads import MediaError, load_audio, load_image
+from served_app import RSS_BUDGET_MB, PeakRss, free_port, raw_call, serve_app, tone
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-RSS_BUDGET_MB = 50  # what one hostile request may add to the server's memory at its peak
-
-
-def _rss_mb() -> float:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 / 2**20
-
-
-class PeakRss:
-    """`with PeakRss() as peak: ...` → `peak.growth_mb`: the highest RSS seen while the block ran, minus before."""
-
-    def __enter__(self) -> "PeakRss":
-        self.before = _rss_mb()
-        self.peak = self.before
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mb())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_mb())
-
-    @property
-    def growth_mb(self) -> float:
-        return self.peak - self.before
-
-
-def _tone(path: Path, seconds: float, rate: int = 16_000, freq: float = 220.0) -> Path:
-    t = np.arange(int(seconds * rate)) / rate
-    sf.write(path, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), rate)
-    return path
 
 
 @pytest.fixture(scope="module")
 def audio_app(tiny_model_dir, tmp_path_factory):
-    """(state, url): a tiny Qwen2-Audio twin served by app.py's app, calibrated on 4 + 4 tone clips of its own."""
-    from app import build_app
-    from explorer.ui_session import AppSettings, AppState
-
-    folder = tmp_path_factory.mktemp("hostile-calibration")
-    rows = []
-    for i in range(8):
-        label = "harmful" if i < 4 else "harmless"
-        clip = _tone(folder / f"clip{i}.wav", 0.5, freq=200.0 + 60 * i)
-        rows.append({"id": f"c{i}", "instruction": f"Request number {i} as speech.", "label": label,
-                     "audio": clip.name})
-    calibration = folder / "calibration.jsonl"
-    calibration.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    settings = AppSettings(model=str(tiny_model_dir("qwen2_audio")), device="cpu", calibration=str(calibration),
-                           cache_dir=tmp_path_factory.mktemp("hostile-cache"), model_switch="local")
-    state = AppState.start(settings, warm_up=False)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    demo = build_app(state)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="20mb", quiet=True)
-    yield state, f"http://127.0.0.1:{port}/"
-    demo.close()
+    """(state, url): a tiny Qwen2-Audio twin served by app.py's app, calibrated on tone clips of its own."""
+    with serve_app(tiny_model_dir("qwen2_audio"), tmp_path_factory.mktemp("hostile")) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +33,6 @@ def client(audio_app):
     from gradio_client import Client
 
     return Client(audio_app[1], verbose=False)
-
-
-def _raw_call(url: str, api: str, data: list, headers: dict | None = None) -> str:
-    """One API call over plain HTTP with the headers given: the event stream's text."""
-    import httpx
-
-    posted = httpx.post(f"{url}gradio_api/call/{api}", json={"data": data}, headers=headers or {}, timeout=60)
-    posted.raise_for_status()
-    with httpx.stream("GET", f"{url}gradio_api/call/{api}/{posted.json()['event_id']}", headers=headers or {},
-                      timeout=300) as reply:
-        return "".join(reply.iter_text())
 
 
 # ------------------------------------------------------------------------------------------------ numbers (finding 2)
@@ -150,7 +79,7 @@ def test_an_unusual_but_real_rate_is_resampled_in_bounded_memory(tmp_path):
 def test_a_clip_shorter_than_the_model_takes_gets_a_message(client, tmp_path, seconds):
     from gradio_client import handle_file
 
-    wav = _tone(tmp_path / "short.wav", seconds)
+    wav = tone(tmp_path / "short.wav", seconds)
     _, info = client.predict("", None, handle_file(str(wav)), 4, 0, api_name="/generate_plain")
     assert "give at least 100 ms of sound" in info and "Unexpected error" not in info, info
 
@@ -201,7 +130,7 @@ def test_model_switching_through_a_proxy_or_a_rebound_name_is_refused_unlooked(a
     url = audio_app[1]
     replies = set()
     for model_id in ("/etc", "/nonexistent", "/etc/passwd", "gpt2"):
-        reply = _raw_call(url, "load_model", [model_id], headers=headers)
+        reply = raw_call(url, "load_model", [model_id], headers=headers)
         assert "only on this machine itself" in reply and "Still serving" in reply, reply
         assert model_id not in reply.replace("Still serving", "")
         replies.add(reply.split("data:", 1)[1].split('"', 2)[1])  # the status message
@@ -211,7 +140,7 @@ def test_model_switching_through_a_proxy_or_a_rebound_name_is_refused_unlooked(a
 
 
 def test_a_local_request_may_switch_and_no_server_path_comes_back(audio_app, loads):
-    reply = _raw_call(audio_app[1], "load_model", ["/etc"])
+    reply = raw_call(audio_app[1], "load_model", ["/etc"])
     assert loads == ["/etc"]
     status, info = json.loads(reply.split("data:", 1)[1])[:2]
     assert "Could not load '/etc'" in status and "…/config.json" in status, status
@@ -233,13 +162,11 @@ def test_the_run_viewer_answers_an_empty_or_odd_pick_with_a_message(tmp_path):
 
     (tmp_path / "runs" / "one").mkdir(parents=True)
     demo = build_viewer_app([(tmp_path / "runs").resolve()])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         for value in (None, "", "../etc", "/etc", 5, ["x"], "runs/../../etc"):
-            reply = _raw_call(f"http://127.0.0.1:{port}/", "open_run", [value])
+            reply = raw_call(f"http://127.0.0.1:{port}/", "open_run", [value])
             assert "event: complete" in reply and "⚠" in json.loads(reply.split("data:", 1)[1])[0], (value, reply)
             assert str(tmp_path) not in reply
     finally:

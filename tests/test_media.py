@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 from PIL import Image
+from needs import needs_speech
 
 import explorer.speech as speech_module
 from explorer.data import Instruction
@@ -29,9 +29,7 @@ from explorer.media import (
 # A word grid with one 64 px cell per word (the demo model's, as its manifest stores it).
 WORD_GRID = GridLayout(cols=4, rows=4, cell_width=64, cell_height=64, font_size=11, margin=0)
 
-needs_espeak = pytest.mark.skipif(
-    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
-)
+needs_espeak = needs_speech
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -139,14 +137,12 @@ def test_render_audio_rejects_bad_style(tmp_path: Path) -> None:
         render_audio("Hi.", style="words", cache_dir=tmp_path)  # type: ignore[arg-type]
 
 
-def test_render_audio_without_espeak(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(speech_module.shutil, "which", lambda _name: None)
-    speech_module._espeak_version.cache_clear()
-    try:
-        with pytest.raises(RuntimeError, match="apt-get install espeak-ng"):
-            render_audio("Hello there.", cache_dir=tmp_path)
-    finally:
-        speech_module._espeak_version.cache_clear()
+def test_render_audio_without_a_speech_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from explorer.speech_engine import SpeechUnavailableError
+
+    monkeypatch.setenv("SGE_SPEECH_ENGINE", "none")
+    with pytest.raises(SpeechUnavailableError, match="apt-get install espeak-ng"):
+        render_audio("Hello there.", cache_dir=tmp_path)
 
 
 def test_render_text_and_image() -> None:

@@ -4,11 +4,11 @@ line is whole, inside the picture, and tall enough; long spoken requests fit the
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
 import transformers
+from needs import needs_speech
 from tiny_models import PUBLIC_PROCESSORS
 
 from explorer.media import GridLayout, render_image
@@ -39,8 +39,7 @@ AUDIO_CHECKPOINTS = [name for name, entry in PUBLIC_PROCESSORS.items() if "audio
 #: Smallest glyph band accepted, in model pixels: the capital height of the smallest font drawn (~0.73 em).
 MIN_BAND_PX = int(0.7 * MIN_FONT_MODEL_PX)
 EDGE_PX = 2
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None,
-                                  reason="espeak-ng not installed (apt-get install espeak-ng)")
+needs_espeak = needs_speech
 
 
 def test_requests_have_the_lengths_the_issue_names():

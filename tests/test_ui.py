@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import re
-import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -16,6 +15,7 @@ from PIL import Image
 
 from explorer import ui, ui_export
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
+from explorer.speech_engine import speech_unavailable_reason
 from explorer.ui_session import AppSettings, AppState
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request logs a warning
@@ -218,8 +218,8 @@ def test_load_model_switches_and_reports_progress(state):
 def test_render_inputs(state):
     image, carrier, _ = ui.render_image_input(state, ui.EXAMPLE_HARMFUL)
     assert carrier == IMAGE_CARRIER and image.size == state.session.model.media.image_layout.size
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed: speech rendering is not available")
+    if speech_unavailable_reason() is not None:
+        pytest.skip(f"no speech engine: {speech_unavailable_reason()}")
     (rate, pcm), carrier, _ = ui.render_audio_input(state, ui.EXAMPLE_HARMFUL)
     assert rate == 16000 and pcm.dtype == np.int16 and pcm.size > 16000 and carrier == AUDIO_CARRIER
 
@@ -287,8 +287,8 @@ def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_facto
     settings = AppSettings(model=str(tiny_model_dir("qwen2_audio")), device="cpu", calibration_limit=4,
                            cache_dir=tmp_path_factory.mktemp("sge-cache-audio"),
                            media_roots=(tmp_path_factory.getbasetemp(),))
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng not installed: audio calibration needs it")
+    if speech_unavailable_reason() is not None:
+        pytest.skip(f"no speech engine (audio calibration needs one): {speech_unavailable_reason()}")
     state = AppState.start(settings, warm_up=False)
     ten_minutes = (16000, (np.sin(np.arange(16000 * 600) / 5) * 3000).astype(np.int16))
     status = ui.analyse(state, AUDIO_CARRIER, None, ten_minutes, 1, "adaptive", 1.0, "", "PCA")[-1]
