@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
     outcomes: Counter[str] = Counter()
     worst = {"growth_mb": 0.0, "data": None}
 
-    @settings(max_examples=examples, deadline=None, database=None, derandomize=False,
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=True,  # the same cases in CI
               suppress_health_check=list(HealthCheck))
     @given(data=strategy)
     def one(data: list) -> None:
@@ -227,14 +228,15 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
                 worst.update(growth_mb=round(peak.growth_mb, 1), data=repr(data)[:300])
             assert peak.growth_mb < RSS_BUDGET_MB, (endpoint, peak.growth_mb, repr(data)[:300])
 
-    before = rss_mb()
+    before, started = rss_mb(), time.perf_counter()
     one()
-    after = rss_mb()
+    after, seconds = rss_mb(), time.perf_counter() - started
     still = raw_call(url, "generate_plain", ["Write a poem.", None, None, 4, 0])
     assert "no correction" in still, still  # the app still answers
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{endpoint}.json").write_text(json.dumps(
-        {"endpoint": endpoint, "cases": sum(outcomes.values()), "outcomes": dict(outcomes),
+        {"endpoint": endpoint, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
+         "outcomes": dict(outcomes),
          "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after)}, indent=1))
     assert after - before < LEAK_BUDGET_MB, (endpoint, before, after)
 

@@ -16,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from explorer.uploads import MediaError, load_audio, load_image
+from needs import needs_speech
 from served_app import RSS_BUDGET_MB, PeakRss, free_port, raw_call, serve_app, tone
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -82,6 +83,14 @@ def test_a_clip_shorter_than_the_model_takes_gets_a_message(client, tmp_path, se
     wav = tone(tmp_path / "short.wav", seconds)
     _, info = client.predict("", None, handle_file(str(wav)), 4, 0, api_name="/generate_plain")
     assert "give at least 100 ms of sound" in info and "Unexpected error" not in info, info
+
+
+@needs_speech
+@pytest.mark.parametrize("request_text", ["·", "...", "?!"])
+def test_a_request_with_nothing_to_speak_gets_a_message(client, request_text):
+    """Found by the fuzz harness: "·" was spoken as 8 ms of sound, which then failed outside any message."""
+    status = client.predict(request_text, api_name="/render_audio")[-1]
+    assert "almost no speech" in status or "has no words to render" in status, status
 
 
 def test_the_engine_refuses_a_short_clip_with_a_message_not_a_type_error(audio_app):
