@@ -16,6 +16,7 @@ from .capture import (
     read_states,
     save_states,
     states_cache_file,
+    states_cache_folder,
 )
 from .data import (
     VALIDATION_PATH,
@@ -33,7 +34,7 @@ from .profile import Profile, build_profile
 from .regap import CorrectionConfig, capture_corrected
 from .speech import speech_unavailable_reason
 from .states import StateBatch
-from .storage import CacheDir, resolve_cache_dir
+from .storage import CacheDir, cache_bound, mark_used, prune_cache, resolve_cache_dir
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
 __all__ = [
@@ -152,7 +153,10 @@ def corrected_calibration(
 
     Why cached on disk: the app's first "Analyse" of a setting needs these (two passes over every media item);
     keyed by the weights, the numerics, the calibration set, the capture settings and the whole correction, so
-    a second start with the same setting reads them instead. `None` for mode "off" or a text-only profile.
+    a second start with the same setting reads them instead. The folder is bounded in bytes, least recently used
+    first (`storage.cache_bound("corrected")`, 512 MiB unless $SGE_CORRECTED_CACHE_BYTES says otherwise), since
+    every distinct strength the page asks for writes one file per media modality. `None` for mode "off" or a
+    text-only profile.
     """
     if config.mode == "off":
         return None
@@ -163,11 +167,17 @@ def corrected_calibration(
         path = states_cache_file(folder, "corrected", model, profile.calibration_hash, settings.cache_key(), modality,
                                  repr(sorted(asdict(config).items()))) if folder else None
         states = read_states(path, (len(items), model.num_layers, model.hidden_size)) if path else None
+        if states is not None and path is not None:
+            mark_used(path)  # the cache is LRU: a hit keeps this setting longer
         if states is None:
             prompts = [model.render(item, modality) for item in items]
             states = capture_corrected(model, prompts, profile, config, settings).states
-            if path is not None:
+            if path is not None and folder is not None:
                 save_states(path, states, {"model": model.name, "modality": modality})
+                # bounded (storage.CACHE_BOUNDS): evicts least recently used corrected captures only, never the
+                # uncorrected states of any model (a folder of their own) nor the file just written
+                prune_cache(states_cache_folder(folder, "corrected"), cache_bound("corrected"), keep=[path],
+                            pattern="*.safetensors")
         part = StateBatch(states, [i.id for i in items], [i.label for i in items], [modality] * len(items),
                           [i.instruction for i in items])
         batch = part if batch is None else batch.concat(part)

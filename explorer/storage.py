@@ -15,11 +15,13 @@ call time, so tests and users can point it elsewhere), else ``~/.cache/safety-ge
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 __all__ = ["CacheDir", "atomic_path", "cache_root", "resolve_cache_dir", "write_atomic"]
 
@@ -96,3 +98,102 @@ def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> None:
             tmp.write_bytes(data)
         else:
             tmp.write_text(data, encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------ bounded caches
+
+#: Disk bounds, in bytes, of the caches that grow with use: cache name → (environment variable, default). The
+#: variable (a whole number of bytes, read at call time) overrides the default; 0 keeps only the file just written.
+#: "corrected": calibration states re-captured with a correction on (one file per media modality and setting; the
+#: builtin split on a 7B model is 220 items × 32 layers × 4096 × 4 B ≈ 115 MB, so 512 MiB keeps the last 4 settings
+#: of one medium). "audio": spoken requests (float32 WAV, ≈ 64 KB per second; the 220-item split ≈ 60 MB per speech
+#: style, so 256 MiB keeps the calibration and evaluation splits of a style and visitors' clips besides).
+CACHE_BOUNDS: dict[str, tuple[str, int]] = {
+    "corrected": ("SGE_CORRECTED_CACHE_BYTES", 512 * 2**20),
+    "audio": ("SGE_SPEECH_CACHE_BYTES", 256 * 2**20),
+}
+_STALE_TEMP_S = 3600.0  # an atomic write's temporary file this old was left by a killed process
+
+
+def cache_bound(name: str) -> int:
+    """The byte bound of cache `name` (a key of `CACHE_BOUNDS`): its environment variable, else the default.
+
+    >>> cache_bound("corrected") == CACHE_BOUNDS["corrected"][1] or "SGE_CORRECTED_CACHE_BYTES" in os.environ
+    True
+    """
+    if name not in CACHE_BOUNDS:
+        raise ValueError(f"no cache named {name!r}; choose one of {', '.join(CACHE_BOUNDS)}")
+    variable, default = CACHE_BOUNDS[name]
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"${variable} must be a whole number of bytes ≥ 0 (e.g. {default} for the default); got {raw!r}")
+    return value
+
+
+def mark_used(path: str | os.PathLike[str]) -> None:
+    """Stamp a cache file as used now (its mtime), so `prune_cache` keeps it longer. File systems mounted noatime
+    never update the access time on a read, so a cache hit says so itself. A vanished file is not an error."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune_cache(folder: str | os.PathLike[str], max_bytes: int, keep: Iterable[str | os.PathLike[str]] = (),
+                pattern: str = "*") -> list[Path]:
+    """Remove the least recently used files matching `pattern` under `folder` (recursively) until those left total at
+    most `max_bytes`; never a file in `keep` (e.g. the one just written), so they may exceed the bound by that much.
+    → the files removed, least recently used first.
+
+    "Used" is the later of a file's access and modification times (`mark_used` sets both). Temporary files of
+    writes in progress (`atomic_path`'s dot-names) are neither counted nor removed, unless older than an hour (left
+    by a killed process). Safe to run from several threads or processes at once: a file another pruner removed first
+    is skipped; a reader that loses a file to a pruner finds no cache entry and recomputes it.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> for age, name in enumerate(["new", "mid", "old"]):
+    ...     _ = (folder / name).write_bytes(b"x" * 10)
+    ...     os.utime(folder / name, (1e9 - age, 1e9 - age))
+    >>> [p.name for p in prune_cache(folder, 15)]
+    ['old', 'mid']
+    """
+    root = Path(folder)
+    kept = {os.path.abspath(p) for p in keep}
+    now = time.time()
+    entries: list[tuple[float, int, Path]] = []
+    total = 0
+    for path in root.rglob(pattern) if root.is_dir() else ():
+        try:
+            info = path.lstat()
+        except OSError:  # removed meanwhile
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        if path.name.startswith("."):
+            if path.name.endswith(".tmp") and now - info.st_mtime > _STALE_TEMP_S:
+                path.unlink(missing_ok=True)
+            continue
+        total += info.st_size
+        if os.path.abspath(path) not in kept:
+            entries.append((max(info.st_atime, info.st_mtime), info.st_size, path))
+    removed: list[Path] = []
+    for _, size, path in sorted(entries, key=lambda entry: entry[0]):
+        if total <= max_bytes:
+            break
+        try:
+            path.unlink()
+        except FileNotFoundError:  # another pruner was first; its size is gone all the same
+            pass
+        total -= size
+        removed.append(path)
+    return removed
+
+
+__all__ += ["CACHE_BOUNDS", "cache_bound", "mark_used", "prune_cache"]

@@ -1,13 +1,17 @@
 """The app's Export button: one analysis written as metrics (JSON, CSV), directions (zip), figures and a report.
 
 Files go to a per-browser-session folder under the app's export root, named by a random id the server makes
-(never a path from the client), each written atomically.
+(never a path from the client), each written atomically. The root is bounded (`prune_exports`): the folders of the
+latest `AppSettings.exports_kept` sessions that exported, none older than `AppSettings.export_max_age_s`; the
+app removes it at exit. What a visitor downloads is Gradio's own copy (its cache, cleaned by `delete_cache`), so
+pruning here never cuts a download short.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -23,7 +27,7 @@ from .ui import _warn, problem_message
 from .ui_inputs import analysis_of
 from .ui_session import AppState
 
-__all__ = ["export", "session_dir"]
+__all__ = ["export", "prune_exports", "session_dir"]
 
 _SESSION_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -33,7 +37,40 @@ def session_dir(state: AppState, session_id: str | None) -> tuple[Path, str]:
     sid = session_id if isinstance(session_id, str) and _SESSION_ID.fullmatch(session_id) else uuid.uuid4().hex
     folder = state.export_root / sid
     folder.mkdir(parents=True, exist_ok=True)
+    os.utime(folder)  # in use from now: the newest folder, never one a concurrent `prune_exports` removes as old
     return folder, sid
+
+
+def prune_exports(root: Path, kept: int, max_age_s: float, current: Path | None = None) -> list[Path]:
+    """Remove the session folders under `root` beyond the `kept` most recently written, and those older than
+    `max_age_s`; never `current` (the folder being written). → the folders removed.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> for age, name in enumerate(["new", "mid", "old"]):
+    ...     (root / name).mkdir()
+    ...     os.utime(root / name, (time.time() - 60 * age,) * 2)
+    >>> sorted(p.name for p in prune_exports(root, kept=2, max_age_s=3600))
+    ['old']
+    >>> [p.name for p in prune_exports(root, kept=2, max_age_s=30, current=root / "new")]
+    ['mid']
+    """
+    now = time.time()
+    folders = []
+    for path in root.iterdir() if root.is_dir() else ():
+        try:
+            if path.is_dir() and not path.is_symlink():
+                folders.append((path.stat().st_mtime, path))
+        except OSError:  # removed meanwhile
+            continue
+    folders.sort(key=lambda entry: entry[0], reverse=True)
+    removed = []
+    for rank, (mtime, path) in enumerate(folders):
+        if path == current or (rank < kept and now - mtime <= max_age_s):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def export(state: AppState, session_id: str | None, text: str | None, image: Any, audio: Any, layer: Any, mode: str,
@@ -71,6 +108,7 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
     }
     captions = dict(zip(result.figures, result.captions.values()))
     write_report(paths[4], "Safety Geometry Explorer: session report", result.figures, summary, captions)
+    prune_exports(state.export_root, state.settings.exports_kept, state.settings.export_max_age_s, current=folder)
     return [str(p) for p in paths], sid, f"Exported {len(paths)} files."
 
 

@@ -12,7 +12,9 @@ analysis steered for one user never touches another user's forward passes.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import shutil
 import tempfile
 import threading
 from collections import OrderedDict
@@ -54,7 +56,11 @@ __all__ = ["AppSettings", "AppState", "ModelSession", "ProgressFn", "STRENGTH_MA
 
 ProgressFn = Callable[[float, str], None]
 logger = logging.getLogger(__name__)
-_CACHE_ENTRIES = 8  # corrected calibration captures / embeddings kept per model session
+#: Corrected calibration captures / embeddings kept in memory per model session (LRU). Worst case in bytes: one
+#: capture is media modalities × calibration items × layers × hidden × 4 B, so 8 of them hold 8 × 115 MB ≈ 0.9 GB
+#: for a 7B image model (32 × 4096) on the 220-item builtin split (1.8 GB with audio too) and ≈ 6 MB for the demo
+#: (80 items); an embedding is [points, 2] float (≈ 16 KB); `_rendered` keeps 64 requests of ≤ 2,000 characters.
+_CACHE_ENTRIES = 8
 STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
 ModelSwitch = Literal["any", "local", "listed", "off"]
 
@@ -85,9 +91,16 @@ class AppSettings:
     model_switch: ModelSwitch = "off"  # app.py opens it on a loopback-only server (settings_from_args)
     allowed_models: tuple[str, ...] = ()
     media_roots: tuple[Path, ...] = ()
+    # Exports (`ui_export.prune_exports`): the folders of the latest `exports_kept` browser sessions that exported,
+    # none older than `export_max_age_s`. One export is ≈ 14 MB for a 7B model (a 6 MB profile, plotly.js twice).
+    exports_kept: int = 16
+    export_max_age_s: float = 3600.0
 
     def __post_init__(self) -> None:
         check_choice("model_switch", self.model_switch, get_args(ModelSwitch))
+        if self.exports_kept < 1 or not self.export_max_age_s > 0:
+            raise ValueError(f"exports_kept must be ≥ 1 and export_max_age_s > 0; got {self.exports_kept} and "
+                             f"{self.export_max_age_s}")
         for root in self.media_roots:  # "" would resolve to the working directory: the whole checkout
             if not Path(root).is_absolute() or not Path(root).is_dir():
                 raise ValueError(f"media_roots must be existing absolute folders; got {str(root)!r}")
@@ -301,13 +314,20 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     return ModelSession(model, calibration, calibration_source_for(settings.calibration, model), settings.cache_dir)
 
 
+def temporary_folder(prefix: str) -> Path:
+    """A new folder under the system's temp folder, removed with its contents when the process exits."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
 @dataclass
 class AppState:
     """What the running app shares between requests: the served model session and the export folder."""
 
     settings: AppSettings
     session: ModelSession
-    export_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sge-exports-")))
+    export_root: Path = field(default_factory=lambda: temporary_folder("sge-exports-"))
     umap_ready: threading.Event = field(default_factory=threading.Event)
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
