@@ -20,9 +20,9 @@ from typing import Literal, get_args
 import numpy as np
 import soundfile as sf
 
-from .storage import atomic_path, cache_root
 from .speech_engine import SpeechSettings, SpeechUnavailableError, speech_engine, speech_unavailable_reason
-from .uploads import resample
+from .storage import atomic_path, cache_bound, cache_root, prune_cache
+from .uploads import MIN_AUDIO_SECONDS, resample
 from .vocab import SAMPLE_RATE, check_choice
 
 __all__ = ["AUDIO_STYLES", "AudioStyle", "SpeechUnavailableError", "prompt_words", "render_audio",
@@ -133,6 +133,9 @@ def render_audio(
         speeds = (_ESPEAK_SPEED_WPM,) + (_FASTER_SPEEDS_WPM if max_seconds is not None else ())
         for speed in speeds:
             audio = _cached_speech(instruction, words, style, slot_seconds, speed, cache_dir)
+            if len(audio) < MIN_AUDIO_SECONDS * SAMPLE_RATE:  # e.g. "·": no model takes a clip that short
+                raise ValueError(f"{instruction[:60]!r} gives almost no speech ({len(audio) / SAMPLE_RATE * 1000:.0f} "
+                                 "ms); type words to speak")
             if max_seconds is None or len(audio) <= max_seconds * SAMPLE_RATE:
                 if speed != _ESPEAK_SPEED_WPM:
                     logger.info("spoken at %d wpm to fit the model's %g s audio window: %.60s", speed, max_seconds,
@@ -188,5 +191,6 @@ def _write_cache(path: Path, audio: np.ndarray) -> None:
     try:
         with atomic_path(path) as tmp:
             sf.write(tmp, audio, SAMPLE_RATE, subtype="FLOAT", format="WAV")
+        prune_cache(path.parent, cache_bound("audio"), keep=[path], pattern="*.wav")  # LRU, storage.CACHE_BOUNDS
     except OSError as err:  # a read-only cache must not stop rendering
         logger.warning("could not write audio cache %s: %s", path, err)

@@ -261,6 +261,8 @@ def _audio_from_file(source: str | Path | bytes, max_seconds: float, name: str) 
                 blocks.append(block.mean(axis=1))
                 kept += len(block)
             total = handle.frames if handle.frames > 0 else kept
+    except MediaError:
+        raise
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as err:
         formats = ", ".join(sorted(sf.available_formats()))
         detail = str(err) if isinstance(source, bytes) else str(err).replace(str(source), name)  # no server paths

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -105,6 +106,16 @@ def _warm_up(url: str, pool: list[dict]) -> None:
 # ------------------------------------------------------------------------------------------------ strategies
 
 
+def mostly(common: st.SearchStrategy, rare: st.SearchStrategy, per_ten: int = 7) -> st.SearchStrategy:
+    """`common` in about `per_ten` draws of ten, else `rare` (one_of weighs by its own rules, not evenly)."""
+    return st.integers(0, 9).flatmap(lambda roll: common if roll < per_ten else rare)
+
+
+def _junk() -> st.SearchStrategy:
+    """Any JSON value, as one branch (`.map` keeps one_of from merging its many branches into the caller's)."""
+    return _json_values(1).map(lambda value: value)
+
+
 def _json_values(depth: int = 2) -> st.SearchStrategy:
     scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
                         st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=30))
@@ -117,32 +128,39 @@ def _json_values(depth: int = 2) -> st.SearchStrategy:
 TRICKY_TEXT = ["", " ", "\x00", "../../etc/passwd", "/etc/passwd", "%s%n{0}", "<script>alert(1)</script>",
                "\u202e\u2066", "🙂" * 600, "a " * 1500, "0-1000000000", "-1", "1e400", "NaN", "UMAP", "PCA",
                "adaptive", "off", "demo", "x" * 5000, "\ud800".encode("utf-8", "surrogatepass").decode("utf-8", "replace")]
-texts = st.one_of(st.text(max_size=200), st.sampled_from(TRICKY_TEXT), st.text(min_size=1900, max_size=2200),
-                  _json_values(1))
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70),
-                    st.sampled_from([0, 1, 2, 3, 48, 256, 257, -1, 1e-300, 2**31, 2**63, "3", "1e400", "nan"]),
-                    _json_values(1))
-modes = st.one_of(st.sampled_from(["off", "fixed", "fixed_axis", "adaptive", "adaptive_raw", "shiftdc", "cmrm",
-                                   "cmrm_sample"]), texts)
-methods = st.one_of(st.sampled_from(["UMAP", "PCA", "umap", "tsne"]), texts)
-windows = st.one_of(st.sampled_from(["", "0", "1", "0-1", "1-0", "2-2", "0-1000000000", "1,2", "default", "-3"]),
-                    texts)
+#: Values the page could send in most draws (so that whole requests are often valid and reach the model), else edges
+#: and junk.
+texts = mostly(st.text(st.characters(codec="utf-8"), min_size=1, max_size=200),
+               st.one_of(st.text(max_size=200), st.sampled_from(TRICKY_TEXT), st.text(min_size=1900, max_size=2200),
+                         _junk()))
+numbers = mostly(st.one_of(st.integers(0, 3), st.floats(0, 3), st.integers(1, 24)),
+                 st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**70), 2**70),
+                           st.sampled_from([0, 1, 2, 3, 48, 256, 257, -1, 1e-300, 2**31, 2**63, "3", "1e400", "nan"]),
+                           _junk()))
+page_modes = st.sampled_from(["off", "fixed", "fixed_axis", "adaptive", "adaptive_raw", "shiftdc", "cmrm",
+                              "cmrm_sample"])
+modes = mostly(page_modes, texts)
+methods = mostly(st.sampled_from(["UMAP", "PCA"]), st.one_of(st.sampled_from(["umap", "tsne"]), texts))
+windows = mostly(st.sampled_from(["", "0", "1", "0-1", "1-2"]),
+                 st.one_of(st.sampled_from(["1-0", "2-2", "0-1000000000", "1,2", "default", "-3"]), texts))
 
 
 def _media(url: str, pool: list[dict]) -> st.SearchStrategy:
     fake_paths = st.sampled_from(["/etc/passwd", "/proc/self/environ", "../../app.py", "", "C:\\boot.ini"])
-    return st.one_of(
-        st.none(), st.sampled_from(pool),
-        fake_paths, fake_paths.map(lambda p: {"path": p}), fake_paths.map(lambda p: {"path": p, "meta": {"_type": "gradio.FileData"}}),
+    return mostly(st.sampled_from(pool), st.one_of(
+        fake_paths, fake_paths.map(lambda p: {"path": p}),
+        fake_paths.map(lambda p: {"path": p, "meta": {"_type": "gradio.FileData"}}),
         st.binary(max_size=4000).flatmap(lambda data: st.sampled_from(["x.png", "x.wav", "x.mp3", "x.eps"]).map(
             lambda name: upload(url, name, data))),
-        _json_values(1),
-    )
+        _junk(),
+    ), per_ten=6)
 
 
 def _endpoints(url: str, pool: list[dict]) -> dict[str, st.SearchStrategy]:
     media = _media(url, pool)
-    text_media = st.tuples(texts, media, media)
+    # A request is text alone, or with an image, or with audio (or, wrongly, with both): each a quarter of draws.
+    text_media = st.one_of(st.tuples(texts, st.none(), st.none()), st.tuples(texts, media, st.none()),
+                           st.tuples(texts, st.none(), media), st.tuples(texts, media, media))
     return {
         "analyse": st.tuples(text_media, numbers, modes, numbers, windows, methods).map(lambda t: [*t[0], *t[1:]]),
         "generate_plain": st.tuples(text_media, numbers, numbers).map(lambda t: [*t[0], *t[1:]]),
@@ -181,6 +199,16 @@ def _strings(value: Any, key: str = "") -> list[str]:
     return []
 
 
+def _said(reply: str) -> str:
+    """The reply's message in short (the warning of a completed event, or an error's text), for the record."""
+    data = [line.split(":", 1)[1].strip() for line in reply.splitlines() if line.startswith("data:")]
+    payload = json.loads(data[-1]) if data else None
+    if isinstance(payload, dict):  # an error event
+        return re.sub(r"\d+", "N", f"error: {payload.get('error') or 'bare'}"[:70])
+    warning = next((t for t in _strings(payload) if "⚠️" in t), None)
+    return re.sub(r"\d+", "N", (warning or "served")[:70])
+
+
 def _verdict(reply: str, server_roots: list[str], server_log: str) -> str:
     """'served' for a completed event; 'refused' for a completed event whose status is a warning (⚠️) or an error
     event with its message; 'refused by Gradio' for a bare error event that Gradio sent while it checked the payload,
@@ -213,6 +241,7 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
     roots = [str(folder), str(Path.cwd()), str(Path.home()) + "/"]
     strategy = _endpoints(url, pool)[endpoint]
     outcomes: Counter[str] = Counter()
+    messages: Counter[str] = Counter()
     worst = {"growth_mb": 0.0, "data": None}
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=True,  # the same cases in CI
@@ -223,6 +252,7 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
             reply = raw_call(url, endpoint, data, timeout=120)
         verdict = _verdict(reply, roots, server_log.getvalue())
         outcomes[verdict] += 1
+        messages[_said(reply)] += 1
         if verdict != "served":  # what is refused costs (almost) nothing; what is served may do real work
             if peak.growth_mb > worst["growth_mb"]:
                 worst.update(growth_mb=round(peak.growth_mb, 1), data=repr(data)[:300])
@@ -236,7 +266,7 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{endpoint}.json").write_text(json.dumps(
         {"endpoint": endpoint, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
-         "outcomes": dict(outcomes),
+         "outcomes": dict(outcomes), "messages": dict(messages.most_common()),
          "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after)}, indent=1))
     assert after - before < LEAK_BUDGET_MB, (endpoint, before, after)
 
