@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +21,7 @@ from explorer.models import ModelLoadError
 from explorer.redact import public_text
 from explorer.ui_inputs import is_local_request
 from explorer.run_view import ROW_HEADERS, list_runs, open_run, read_run, run_rows
-from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState
+from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState, temporary_folder
 from explorer.vocab import SAMPLE_RATE
 
 MODEL_CONCURRENCY = 2  # model-running events share this many workers (hooks are per-thread, so this is safe)
@@ -71,7 +70,7 @@ def _bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 def _example_media(state: AppState) -> tuple[str | None, str | None]:
     """The example request rendered once, as the start-up model reads it, into the app's temp folder."""
-    folder = Path(tempfile.mkdtemp(prefix="sge-examples-"))
+    folder = temporary_folder("sge-examples-")  # removed at exit
     model = state.session.model
     image_path = folder / "example_request.png"
     model.render(ui.EXAMPLE_HARMFUL, "image").image.save(image_path)  # type: ignore[union-attr]

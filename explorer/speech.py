@@ -21,7 +21,7 @@ import numpy as np
 import soundfile as sf
 
 from .speech_engine import SpeechSettings, SpeechUnavailableError, speech_engine, speech_unavailable_reason
-from .storage import atomic_path, cache_bound, cache_root, prune_cache
+from .storage import atomic_path, cache_bound, cache_root, mark_used, prune_cache
 from .uploads import MIN_AUDIO_SECONDS, resample
 from .vocab import SAMPLE_RATE, check_choice
 
@@ -184,7 +184,10 @@ def _read_cache(path: Path) -> np.ndarray | None:
     except (sf.LibsndfileError, RuntimeError, OSError):
         logger.warning("ignoring unreadable audio cache file %s", path)
         return None
-    return data if rate == SAMPLE_RATE and data.ndim == 1 else None
+    if rate != SAMPLE_RATE or data.ndim != 1:
+        return None
+    mark_used(path)  # the speech cache is pruned least recently used first, also on noatime mounts
+    return data
 
 
 def _write_cache(path: Path, audio: np.ndarray) -> None:
