@@ -10,6 +10,7 @@ import pytest
 
 from explorer.media import IMAGE_CARRIER
 from explorer.ui import EXAMPLE_HARMFUL
+from served_app import rss_mb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -180,13 +181,6 @@ def test_layer_shown_outside_the_slider_is_refused_not_wrapped(client, running_a
 # ------------------------------------------------------------------------------------------------ soak
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
-
 @pytest.mark.slow
 def test_soak_mixed_clients_match_a_sequential_run_and_memory_stays_flat(running_app, image_file):
     """4 clients × rounds of a fixed mix (plain and corrected generations with opposite settings, analyses with
@@ -237,11 +231,11 @@ def test_soak_mixed_clients_match_a_sequential_run_and_memory_stays_flat(running
 
     rounds(2)  # every setting seen by every client: caches fill to their bound, worker threads exist
     gc.collect()
-    rss = [_rss_mb()]
+    rss = [rss_mb()]
     for _ in range(4):
         rounds(1)
         gc.collect()
-        rss.append(_rss_mb())
+        rss.append(rss_mb())
     steps = [round(b - a) for a, b in zip(rss, rss[1:])]
     print(f"\nsoak: 4 rounds x {4 * len(mix)} requests after warm-up; RSS {rss[0]:.0f} MB -> {rss[-1]:.0f} MB, "
           f"per round {steps}")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from served_app import rss_mb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -26,20 +27,6 @@ def _bytes(folder: Path, pattern: str = "*") -> int:
 
 def _stamp(path: Path, when: float) -> None:
     os.utime(path, (when, when))
-
-
-def _rss_mb(trim: bool = False) -> float:
-    """This process's resident memory; `trim` first hands the C heap's free pages back to the system (glibc's
-    malloc_trim), so that what is measured is memory in use, not memory freed but kept by the allocator."""
-    if trim:
-        import ctypes
-        import ctypes.util
-
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 @pytest.fixture(scope="module")
@@ -420,8 +407,8 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
         for start in range(0, per_client, first_phase):
             phase(range(start, start + first_phase))
             gc.collect()
-            raw = _rss_mb()
-            rss.append(_rss_mb(trim=True))
+            raw = rss_mb()
+            rss.append(rss_mb(trim=True))
             print(f"  after {clients_n * (start + first_phase)} requests: RSS {raw:.0f} MB, {rss[-1]:.0f} MB trimmed, "
                   f"{time.perf_counter() - started:.0f} s", flush=True)
         rss_first, rss_last = rss[0], rss[-1]

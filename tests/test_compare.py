@@ -79,5 +79,6 @@ def test_run_view_lists_runs_under_its_roots_and_refuses_anything_else(demo_runs
     assert list_runs([root, root]) == [f"{root.name}#{i}/{p.name}" for i in (1, 2) for p in (gentle, small, strong)]
     assert list_runs(twin)[-1] == strong.name and open_run(twin, strong.name).run.folder == strong.resolve()
     for bad in ("../etc", f"{root.name}/../..", "/etc", f"{root.name}/nope"):
-        with pytest.raises(ValueError, match="is not a run folder"):
+        with pytest.raises(ValueError, match="is not a run listed here; pick one from the list") as refused:
             open_run([root], bad)
+        assert str(root.parent) not in str(refused.value)  # names the roots by label, never by path
