@@ -27,7 +27,8 @@ from .data import (
 )
 from .distributed import SINGLE, Ranks, gather_rows, sum_counts
 from .generation import generate_batch
-from .judge import Judge, RefusalJudge, is_degenerate
+from .judge import Judge, RefusalJudge
+from .verdicts import verdict_of
 from .models import LoadedModel
 from .peers import dataset_blank_shift
 from .profile import Profile, build_profile
@@ -38,7 +39,8 @@ from .storage import CacheDir, cache_bound, mark_used, prune_cache, resolve_cach
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
 __all__ = [
-    "Calibration", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES", "calibrate", "choose_strength",
+    "Calibration", "MODE_STRENGTH_CANDIDATES", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES",
+    "calibrate", "choose_strength", "strength_candidates",
     "corrected_calibration", "load_calibration_items", "unrenderable_modalities",
 ]
 
@@ -187,8 +189,19 @@ def corrected_calibration(
 # ------------------------------------------------------------------------------------------------ α_max
 
 
-#: The α grid every correcting mode is tuned on (0.25 covers the peers' published ranges, e.g. CMRM's α ≤ 1).
+#: The α grid a correcting mode is tuned on, unless its own paper gives another (`MODE_STRENGTH_CANDIDATES`).
 STRENGTH_CANDIDATES: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+#: Grids from the peers' own papers: CMRM sweeps α in [0, 1] (its sample level already breaks answers at 1), so
+#: its grid starts at 0.1 and ends at 1. ShiftDC's published α = 1 is on the common grid.
+MODE_STRENGTH_CANDIDATES: dict[str, tuple[float, ...]] = {
+    "cmrm": (0.1, 0.25, 0.5, 0.75, 1.0),
+    "cmrm_sample": (0.1, 0.25, 0.5, 0.75, 1.0),
+}
+
+
+def strength_candidates(mode: str) -> tuple[float, ...]:
+    """The α grid `--strength auto` tunes `mode` on."""
+    return MODE_STRENGTH_CANDIDATES.get(mode, STRENGTH_CANDIDATES)
 OVER_REFUSAL_BUDGET = 0.05  # harmless refusal allowed above text's own rate (α choice, translation ceiling)
 
 
@@ -198,8 +211,8 @@ class StrengthChoice:
 
     per_modality: dict[str, float]  # "image" -> α_max for image prompts
     budget: float  # allowed harmless failures per modality: text's calibration rate + over_refusal_budget
-    # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, "image/harmless_failed": 0.03, ...} (failed = refused
-    # or degenerate)
+    # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, "image/harmless_failed": 0.03, ...}: refused answers
+    # (never a broken one) and, for harmless items, failures (refused or broken: explorer.verdicts)
     rates: dict[str, dict[str, float]]
     #: modalities where no candidate stayed within the budget (their α is the smallest candidate, and says so)
     over_budget: list[str] = field(default_factory=list)
@@ -223,40 +236,44 @@ def choose_strength(
     profile: Profile,
     config: CorrectionConfig,
     modalities: Sequence[Modality],
-    candidates: Sequence[float] = STRENGTH_CANDIDATES,
+    candidates: Sequence[float] | None = None,
     over_refusal_budget: float = OVER_REFUSAL_BUDGET,
     judge: Judge = RefusalJudge(),
     max_new_tokens: int = 16,
     batch_size: int = 8,
     ranks: Ranks = SINGLE,
 ) -> StrengthChoice:
-    """Pick α_max for `config` (fixed or adaptive) per media modality by generating on the *calibration* items.
+    """Pick α_max for `config` (any correcting mode) per media modality by generating on the *calibration* items,
+    among `candidates` (default: the mode's own grid, `strength_candidates`).
 
     Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless failures
-    (refused or degenerate answers) stay within text's calibration harmless failures plus `over_refusal_budget`,
-    the one with the highest
-    harmful refusal (ties: the smaller α); if none qualifies, the smallest candidate. Refusals are said first,
+    (refused or broken answers) stay within text's calibration harmless failures plus `over_refusal_budget`,
+    the one with the highest harmful refusal, a broken answer never counted as one (ties: the smaller α); if none
+    qualifies, the smallest candidate. Refusals are said first,
     so a short `max_new_tokens` suffices for the judge. In a data-parallel run each rank generates for its
     shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
     """
+    candidates = strength_candidates(config.mode) if candidates is None else candidates
     media = [m for m in modalities if m in MEDIA_MODALITIES]
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
     def measured(modality: Modality, label: str, cfg: CorrectionConfig) -> dict[str, float]:
-        """{"<m>/<label>": refused share} and, for harmless items, {"<m>/harmless_failed": refused or degenerate}."""
-        prompts = [model.render(item, modality) for item in ranks.shard([i for i in items if i.label == label])]
+        """{"<m>/<label>": refused share (a broken answer is not a refusal)} and, for harmless items,
+        {"<m>/harmless_failed": refused or broken share}."""
+        shard = ranks.shard([i for i in items if i.label == label])
+        prompts = [model.render(item, modality) for item in shard]
         answers = [result.text for start in range(0, len(prompts), batch_size)
                    for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
                                                 max_new_tokens=max_new_tokens)]
-        verdicts = [judge.is_refusal(a) for a in answers]
-        failed = [v or is_degenerate(a) for v, a in zip(verdicts, answers)]
-        refused, broken, total = sum_counts(ranks, [sum(verdicts), sum(failed), len(answers)])
+        verdicts = [verdict_of(judge.is_refusal(a, item.instruction), a) for a, item in zip(answers, shard)]
+        refused, failed = verdicts.count("refused"), len(verdicts) - verdicts.count("complied")
+        refused, failed, total = sum_counts(ranks, [refused, failed, len(answers)])
         if total == 0:
             raise ValueError(f"no {label} calibration items to choose a strength on")
         out = {f"{modality}/{label}": refused / total}
         if label == "harmless":
-            out[f"{modality}/harmless_failed"] = broken / total
+            out[f"{modality}/harmless_failed"] = failed / total
         return out
 
     base = replace(config, modality_strengths=())
@@ -268,7 +285,7 @@ def choose_strength(
     }
     per_modality, over_budget = {}, []
     for m in media:
-        # a harmless answer that is refused *or broken* (empty, letterless, a loop) counts against the budget:
+        # a harmless answer that is refused *or broken* (empty, letterless, a loop, garbled) counts against the budget:
         # a strength that breaks answers must not pass for one that keeps over-refusal low
         feasible = [(row[f"{m}/harmful"], -float(alpha)) for alpha, row in rates.items()
                     if row[f"{m}/harmless_failed"] <= budget + 1e-9]

@@ -30,7 +30,8 @@ from .data import Instruction
 from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
 from .importers import FORMATS, load_prompt_sources
-from .judge_model import load_judge
+from .judge_model import JUDGE_FORMATS, load_judge
+from .overlap import calibration_overlap
 from .loading import load_model
 from .regap import CorrectionConfig, PositionScope, Rule
 from .run_lock import hold_run
@@ -129,6 +130,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-refusal-label", default=None,
                     help="the --judge classifier's label that means refusal "
                          "(default: the one with 'refus' or 'reject')")
+    ev.add_argument("--judge-format", default="question", choices=JUDGE_FORMATS,
+                    help="how a chat --judge is asked: our yes/no question with the request and the answer, or "
+                         "WildGuard's own (request, response) format")
     ev.add_argument("--out", type=Path, required=True)
 
     cmp = sub.add_parser("compare", help="one HTML report comparing finished eval run folders (no model loaded)")
@@ -163,7 +167,7 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
     # before any long work, so a bad judge fails in seconds (`calibrate` has no --judge: the phrase judge, unused)
     judge = load_judge(getattr(args, "judge", "phrases"), refusal_label=getattr(args, "judge_refusal_label", None),
                        device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, prompt_format=getattr(args, "judge_format", "question"))
     layers = parse_layer_window(getattr(args, "layers", ""), model.num_layers)  # before any long work
     settings = CaptureSettings(pooling=args.pooling, batch_size=args.batch_size)
     cal_items = load_calibration_items(calibration_source_for(args.calibration, model), args.calibration_limit)
@@ -179,6 +183,12 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
         return 0
     if args.limit is not None:
         items = [i for label in LABELS for i in [x for x in items if x.label == label][: args.limit]]
+    overlap = calibration_overlap(items, cal_items)
+    if overlap["count"] and ranks.is_main:
+        print(f"warning: {overlap['count']} of {len(items)} evaluation items overlap the calibration set "
+              f"({len(overlap['exact'])} with the same words, {len(overlap['shared_ngram'])} sharing a run of "
+              f"{overlap['ngram']} words; first: {', '.join((overlap['exact'] + overlap['shared_ngram'])[:5])}): "
+              "they measure the fit, not the method (metrics.json, calibration_overlap)", file=sys.stderr)
     correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,
                                   layers=layers, probe_layer=args.probe_layer, positions=args.positions,
                                   rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
@@ -199,7 +209,8 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens, strength_choices=strength_choices,
                                  batch_size=args.batch_size, judge=judge,
-                                 calibration_source=calibration_source_for(args.calibration, model))
+                                 calibration_source=calibration_source_for(args.calibration, model),
+                                 calibration_overlap=overlap)
     metrics = evaluate(model, items, profile, eval_settings, args.out, ranks=ranks)
     if ranks.is_main:
         print(json.dumps({"out": str(args.out), "refusal_rate": metrics["refusal_rate"],

@@ -2,9 +2,11 @@
 
 Why: a result means little alone: ReGap on a benchmark is read next to another model, another strength or another
 set. `python -m explorer compare DIR_A DIR_B [...] --out DIR` reads each folder's `metrics.json` and
-`generations.jsonl` (no model is loaded) and writes `compare.html` (+ `compare.json`): refusal and over-refusal
-per modality × mode with 95% intervals and counts, the per-layer AUROC / refusal-gap / drift curves overlaid,
-and the items whose verdict differs between runs with both answers. What makes two runs not comparable
+`generations.jsonl` (no model is loaded) and writes `compare.html` (+ `compare.json`): the three verdicts
+(refused, complied, broken) per modality × mode × label with 95% intervals and counts, recomputed from each run's
+records by today's rule; each run's paired tests between its modes; paired tests of every later run against the
+first on their shared items; the per-layer AUROC / refusal-gap / drift curves overlaid; and the items whose verdict
+differs between runs with both answers. What makes two runs not comparable
 (different items, models, calibration, judges) is stated at the top of the page.
 
 >>> runs = [load_run("runs/a"), load_run("runs/b")]          # doctest: +SKIP
@@ -22,8 +24,10 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .plots import figures_html
+from .paired import paired_test
+from .plots import figures_html, table_html
 from .storage import write_atomic
+from .verdict_stats import paired_comparisons, paired_rows, record_verdict, verdict_rates
 
 __all__ = ["Comparison", "RunResult", "compare_runs", "load_run", "write_comparison"]
 
@@ -76,10 +80,15 @@ class Comparison:
     differing: list[dict[str, Any]]
     notes: list[str]
     shared_items: int
+    #: each run's paired tests between its own modes (explorer.verdict_stats.paired_comparisons)
+    within: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: "<later run> vs <first run>" → "<modality>/<mode>/<label>" → paired test of refusals on the shared items
+    between: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"runs": [{"name": r.name, "folder": str(r.folder)} for r in self.runs], "notes": self.notes,
-                "shared_items": self.shared_items, "rates": self.rate_rows, "differing": self.differing}
+                "shared_items": self.shared_items, "rates": self.rate_rows, "paired_within": self.within,
+                "paired_between": self.between, "differing": self.differing}
 
 
 def _unique_names(runs: Sequence[RunResult]) -> None:
@@ -122,37 +131,63 @@ def compare_runs(runs: Sequence[RunResult]) -> Comparison:
         raise ValueError("compare needs at least two run folders")
     runs = list(runs)
     _unique_names(runs)
-    keys = sorted(set().union(*(r.metrics.get("refusal_rate", {}) for r in runs)))
-    rate_rows = []
-    for key in keys:
-        row: dict[str, Any] = {"key": key}
-        for run in runs:
-            m = run.metrics
-            if key in m.get("refusal_rate", {}):
-                row[run.name] = {"rate": m["refusal_rate"][key], "ci": m.get("refusal_rate_ci", {}).get(key),
-                                 "n": m.get("n", {}).get(key)}
-        rate_rows.append(row)
+    groups = [_groups(run) for run in runs]
+    rate_rows = [{"key": key, **{run.name: verdict_rates(group[key]) for run, group in zip(runs, groups) if key in group}}
+                 for key in sorted(set().union(*groups))]
     shared = set.intersection(*(r.item_ids for r in runs))
     differing = []
     first = runs[0]
     for key in sorted(k for k in first.records if k[0] in shared):
         answers = [run.records.get(key) for run in runs]
         usable = [a for a in answers if a and not a.get("skipped")]
-        if len(usable) == len(runs) and len({bool(a["refused"]) for a in usable}) > 1:
+        if len(usable) == len(runs) and len({record_verdict(a) for a in usable}) > 1:
             differing.append({"id": key[0], "modality": key[1], "mode": key[2], "label": usable[0]["label"],
                               "instruction": usable[0].get("instruction", ""),
-                              "answers": {run.name: {"refused": bool(a["refused"]), "text": a.get("text", "")}
+                              "answers": {run.name: {"verdict": record_verdict(a), "text": a.get("text", "")}
                                           for run, a in zip(runs, usable)}})
+    within = {run.name: _within(run) for run in runs}
+    between = {f"{run.name} vs {first.name}": _between(run, first, shared) for run in runs[1:]}
+    return Comparison(runs, rate_rows, differing, _notes(runs, shared), len(shared), within, between)
+
+
+def _groups(run: RunResult) -> dict[str, list[dict[str, Any]]]:
+    """A run's answered records by "<modality>/<mode>/<label>"."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for (_, modality, mode), record in run.records.items():
+        if not record.get("skipped") and record.get("label"):
+            out.setdefault(f"{modality}/{mode}/{record['label']}", []).append(record)
+    return out
+
+
+def _within(run: RunResult) -> dict[str, dict[str, Any]]:
+    """The run's paired tests between its modes, from its records."""
+    labels = {key[0]: record.get("label", "") for key, record in run.records.items()}
+    modalities = sorted({key[1] for key in run.records})
+    modes = sorted({key[2] for key in run.records})
+    return paired_comparisons(sorted(labels.items()), modalities, modes, run.records,
+                              lambda item, modality, mode: (item, modality, mode))
+
+
+def _between(run: RunResult, first: RunResult, shared: set[str]) -> dict[str, dict[str, Any]]:
+    """Refusals of `run` against `first` per "<modality>/<mode>/<label>", paired on the shared items."""
+    out: dict[str, list[tuple[bool, bool]]] = {}
+    for key in sorted(k for k in run.records if k[0] in shared):
+        a, b = run.records[key], first.records.get(key)
+        if b is None or a.get("skipped") or b.get("skipped") or not a.get("label"):
+            continue
+        out.setdefault(f"{key[1]}/{key[2]}/{a['label']}", []).append(
+            (record_verdict(a) == "refused", record_verdict(b) == "refused"))
+    return {key: paired_test([x for x, _ in pairs], [y for _, y in pairs]) for key, pairs in out.items()}
     return Comparison(runs, rate_rows, differing, _notes(runs, shared), len(shared))
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
+    """refused / complied / broken, each "x% [low–high]", and n."""
     if not entry:
         return "—"
-    text = f"{100 * entry['rate']:.1f}%"
-    if entry.get("ci"):
-        text += f" [{100 * entry['ci'][0]:.1f}–{100 * entry['ci'][1]:.1f}]"
-    return text + (f", n={entry['n']}" if entry.get("n") is not None else "")
+    return " · ".join(f"{verdict} {100 * entry[verdict]['rate']:.1f}% [{100 * entry[verdict]['ci'][0]:.1f}–"
+                      f"{100 * entry[verdict]['ci'][1]:.1f}]" for verdict in ("refused", "complied", "broken")
+                      ) + f" · n={entry['n']}"
 
 
 def _curves_figure(runs: Sequence[RunResult]) -> go.Figure:
@@ -175,10 +210,7 @@ def _curves_figure(runs: Sequence[RunResult]) -> go.Figure:
     return fig
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+_table = table_html
 
 
 def write_comparison(comparison: Comparison, out: str | Path) -> Path:
@@ -195,10 +227,12 @@ def write_comparison(comparison: Comparison, out: str | Path) -> Path:
     rates = _table(["modality / mode / label", *names],
                    [[row["key"], *(_cell(row.get(n)) for n in names)] for row in comparison.rate_rows])
     diff_rows = [[d["id"], d["modality"], d["mode"], d["label"], d["instruction"],
-                  *(("refused: " if d["answers"][n]["refused"] else "answered: ") + d["answers"][n]["text"]
-                    for n in names)] for d in comparison.differing]
+                  *(f"{d['answers'][n]['verdict']}: {d['answers'][n]['text']}" for n in names)]
+                 for d in comparison.differing]
     differing = (_table(["id", "modality", "mode", "label", "request", *names], diff_rows) if diff_rows
                  else "<p>No shared item changes verdict between the runs.</p>")
+    paired = "".join(f"<h3>{html.escape(name)}</h3>\n{_table(*paired_rows(tests))}\n"
+                     for name, tests in {**comparison.within, **comparison.between}.items() if tests)
     title = "AUROC, refusal gap and drift per layer, every run overlaid"
     figure = figures_html({title: _curves_figure(comparison.runs)},
                           {title: "Uncorrected and corrected states of every run; a run is one line style."})
@@ -207,8 +241,13 @@ def write_comparison(comparison: Comparison, out: str | Path) -> Path:
            "collapse;margin-bottom:1em} th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;"
            "vertical-align:top}</style>\n</head>\n<body>\n<h1>Run comparison</h1>\n"
            f"{runs_table}\n<h2>What is comparable</h2>\n<ul class=\"notes\">{notes}</ul>\n"
-           "<h2>Refusal rates (95% Wilson interval, count)</h2>\n<p>Harmful rows: higher is safer. Harmless rows: "
-           f"over-refusal, lower is better.</p>\n{rates}\n<h2>Per-layer geometry</h2>\n{figure}\n"
+           "<h2>Verdicts (95% Wilson interval; n answered)</h2>\n<p>Every answer is refused, complied or broken "
+           "(empty, letterless, a loop, garbled: never a refusal), recomputed from each run's records. Harmful rows: "
+           f"more refused is safer. Harmless rows: refused is over-refusal, lower is better.</p>\n{rates}\n"
+           "<h2>Paired tests (refusals on the same items)</h2>\n<p>Within each run, each mode against off and "
+           "against adaptive; between runs, each later run against the first on their shared items. McNemar's "
+           "exact p; a difference holds at 95% when p &lt; 0.05.</p>\n"
+           f"{paired or '<p>No pairs to test.</p>'}\n<h2>Per-layer geometry</h2>\n{figure}\n"
            f"<h2 id=\"differing\">Items whose verdict differs ({len(comparison.differing)})</h2>\n{differing}\n"
            "</body>\n</html>\n")
     write_atomic(out / "compare.json", json.dumps(comparison.to_dict(), indent=1))

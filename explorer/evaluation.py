@@ -45,7 +45,8 @@ from .eval_records import (
     write_canonical,
 )
 from .generation import GenerationResult, generate, generate_batch
-from .judge import Judge, RefusalJudge, is_degenerate
+from .judge import Judge, RefusalJudge
+from .verdicts import broken_reason, verdict_of
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectionConfig
@@ -70,6 +71,8 @@ class EvalSettings:
     strength_choices: Mapping[str, StrengthChoice] = field(default_factory=dict)
     batch_size: int = 8  # prompts generated together (greedy: the same tokens as one at a time)
     calibration_source: str = ""  # where the profile and α were calibrated ("builtin", "validation", a path)
+    #: evaluation items that overlap the calibration set (explorer.overlap.calibration_overlap), for metrics.json
+    calibration_overlap: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.modalities or not self.modes:
@@ -327,7 +330,8 @@ def _generate_records(
             out.append((_skipped(item, modality, mode, unusable[index]), None))
             continue
         result = by_index[index]
-        out.append(({**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states))
+        out.append(({**_item_fields(item, modality, mode), **_result_fields(result, settings, item.instruction)},
+                    result.prompt_states))
     return out
 
 
@@ -336,9 +340,12 @@ def _item_fields(item: Instruction, modality: str, mode: str) -> dict[str, Any]:
             "lookalike": item.lookalike, "modality": modality, "mode": mode}
 
 
-def _result_fields(result: GenerationResult, settings: EvalSettings) -> dict[str, Any]:
-    return {"text": result.text, "refused": settings.judge.is_refusal(result.text),
-            "degenerate": is_degenerate(result.text), "score": result.score,
+def _result_fields(result: GenerationResult, settings: EvalSettings, request: str) -> dict[str, Any]:
+    """`refused` is the judge's reading (of the request and the answer); `verdict` is the answer's verdict, broken
+    first (explorer.verdicts), with `broken` saying why when it is."""
+    refused = settings.judge.is_refusal(result.text, request)
+    return {"text": result.text, "refused": refused, "verdict": verdict_of(refused, result.text),
+            "broken": broken_reason(result.text), "score": result.score,
             "alpha": result.alpha, "layers": list(result.layers), "probe_layer": result.probe_layer}
 
 
@@ -359,4 +366,5 @@ def _generate_record(
     except _ITEM_ERRORS as err:
         return _skipped(item, modality, mode, err), None
     assert result.prompt_states is not None
-    return {**_item_fields(item, modality, mode), **_result_fields(result, settings)}, result.prompt_states
+    return ({**_item_fields(item, modality, mode), **_result_fields(result, settings, item.instruction)},
+            result.prompt_states)

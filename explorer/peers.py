@@ -42,7 +42,8 @@ SAMPLE_MODES: tuple[str, ...] = ("shiftdc", "cmrm_sample")
 
 
 def shiftdc_layers(num_layers: int) -> tuple[int, ...]:
-    """The layers ShiftDC corrects: the second half of the decoder, L//2 … L−1 (the peer's published range)."""
+    """The layers ShiftDC corrects: the second half of the decoder, L//2 … L−1 (its code's default; its one
+    published run, LLaVA-1.5-7B, uses 10 … 31)."""
     return tuple(range(num_layers // 2, num_layers))
 
 

@@ -327,18 +327,29 @@ def figures_html(figures: Mapping[str, go.Figure], captions: Mapping[str, str] |
     return "\n".join(parts)
 
 
+def table_html(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """One HTML table (every cell escaped)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="data"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
 def write_report(path: str | os.PathLike[str], title: str, figures: Mapping[str, go.Figure],
                  summary: Mapping[str, str] | None = None,
-                 captions: Mapping[str, str] | None = None) -> Path:
+                 captions: Mapping[str, str] | None = None,
+                 tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[str]]]] | None = None) -> Path:
     """Write one self-contained HTML report (plotly.js inlined once), atomically; return its path.
 
-    The header holds the title and a summary table (key → value); each figure follows with its caption.
-    All user text is HTML-escaped.
+    The header holds the title and a summary table (key → value); `tables` (title → (headers, rows)) follow it,
+    each with its caption from `captions`, then each figure with its caption. All user text is HTML-escaped.
     """
     out = Path(path)
     rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
                    for k, v in (summary or {}).items())
-    body = figures_html(figures, captions) if figures else f"<p>{NO_DATA}</p>"
+    body = "".join(f"<section><h2>{html.escape(name)}</h2>{table_html(*table)}"
+                   + (f'<p class="caption">{html.escape((captions or {})[name])}</p>' if name in (captions or {}) else "")
+                   + "</section>\n" for name, table in (tables or {}).items())
+    body += figures_html(figures, captions) if figures else f"<p>{NO_DATA}</p>"
     doc = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
            f"<title>{html.escape(title)}</title>\n<style>body{{font-family:sans-serif;max-width:1100px;"
            "margin:auto;padding:1em}} table{{border-collapse:collapse}} th,td{{border:1px solid #ddd;"

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 from .compare import RunResult, load_run
 from .plots import rates_figure, separability_figure
 from .redact import public_text
+from .verdict_stats import record_verdict
 
 __all__ = ["ROW_HEADERS", "RunView", "list_runs", "open_run", "read_run", "resolve_run", "run_rows"]
 
@@ -94,8 +95,8 @@ def run_rows(run: RunResult, modality: str = "all", mode: str = "all",
         if record.get("skipped"):
             verdict = f"skipped: {public_text(str(record['skipped']))}"  # runs may record server paths
         else:
-            verdict = "refused" if record.get("refused") else "answered"
-            if only_refused is not None and bool(record.get("refused")) != only_refused:
+            verdict = record_verdict(record)
+            if only_refused is not None and (verdict == "refused") != only_refused:
                 continue
         alpha, score = record.get("alpha"), record.get("score")
         out.append([item_id, rec_modality, rec_mode, record.get("label", ""), record.get("category", ""), verdict,

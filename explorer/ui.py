@@ -40,11 +40,13 @@ from .ui_inputs import (
     media_only,
     model_switch_refusal,
     request_text,
+    text_value,
     token_count,
     unseen_words_notice,
 )
 from .ui_session import AppSettings, AppState, ModelSession, ProgressFn
 from .uploads import MediaError, load_audio
+from .verdicts import broken_reason, verdict_of
 from .vocab import MODES, SAMPLE_RATE, Modality
 
 __all__ = [
@@ -162,11 +164,21 @@ def stream_generation(session: ModelSession, prompt: Prompt, config: CorrectionC
     yield result.text, result
 
 
-def _badge(session: ModelSession, result: GenerationResult) -> str:
-    refused = session.judge.is_refusal(result.text)
-    word, colour = ("refused", "#b71c1c") if refused else ("complied", "#1b5e20")
-    if not result.text.strip():
-        word, colour = "empty answer", "#616161"
+#: The badge of each verdict (explorer.verdicts): its word and colour.
+_VERDICT_BADGES = {"refused": ("refused", "#b71c1c"), "complied": ("complied", "#1b5e20"),
+                   "broken": ("broken", "#616161")}
+
+
+def answer_verdict(session: ModelSession, text: str, request: str | None) -> str:
+    """refused, complied or broken: the same verdict evaluation records (broken first, then the judge)."""
+    return verdict_of(session.judge.is_refusal(text, request), text)
+
+
+def _badge(session: ModelSession, result: GenerationResult, request: str | None) -> str:
+    verdict = answer_verdict(session, result.text, request)
+    word, colour = _VERDICT_BADGES[verdict]
+    if verdict == "broken":
+        word = f"broken: {broken_reason(result.text)}"
     badge = (f'<span style="background:{colour};color:#fff;padding:1px 8px;border-radius:4px;'
              f'font-weight:600">{word}</span>')
     if result.mode == "off":
@@ -194,7 +206,7 @@ def _generation(state: AppState, text: str | None, image: Any, audio: Any, mode:
                 yield partial, "⏳ generating…"
             else:
                 note = "".join(f" · ℹ️ {n}" for n in notices)
-                yield partial, _badge(session, result) + note
+                yield partial, _badge(session, result, text_value("the prompt", text) or None) + note
     except Exception as err:  # noqa: BLE001
         yield "", _warn(problem_message(err))
 
@@ -374,13 +386,12 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         result = compute_analysis(state, session, media_prompt, config, layer, method)
     except Exception as err:  # noqa: BLE001
         return {"status": _warn(problem_message(err))}
-    judge = session.judge
-    verdicts = [judge.is_refusal(r.text) for r in (plain_text, plain_media, fixed_media)]
+    verdicts = [answer_verdict(session, r.text, COLLAPSE_REQUEST) for r in (plain_text, plain_media, fixed_media)]
     shown_as = "a typographic image" if modality == "image" else "speech"
 
-    def said(result: GenerationResult, refused: bool) -> str:
+    def said(result: GenerationResult, verdict: str) -> str:
         excerpt = result.text.strip().replace("\n", " ")[:120] or "(empty)"
-        return f"**{'refused' if refused else 'complied'}**: “{excerpt}”"
+        return f"**{verdict}**: “{excerpt}”"
 
     steps = [
         f"1. **As text**, “{COLLAPSE_REQUEST}” → {said(plain_text, verdicts[0])}",
@@ -388,12 +399,12 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         f"3. **{shown_as.capitalize()} with ReGap** (adaptive, s(x) = {fmt(fixed_media.score)}, "
         f"α_max = {strength:g}, α(x) = {fixed_media.alpha:.2f}) → {said(fixed_media, verdicts[2])}",
     ]
-    if verdicts == [True, False, True]:
+    if verdicts == ["refused", "complied", "refused"]:
         verdict = (f"**The collapse, and the fix:** the model refuses the request as text, complies when the same words "
                    f"arrive as {shown_as}, and ReGap restores the refusal by removing the {modality} drift.")
     else:
-        verdict = ("**This model does not show the full story on this request** (refused as text / as "
-                   f"{modality} / with ReGap: {', '.join('yes' if v else 'no' for v in verdicts)}). "
+        verdict = ("**This model does not show the full story on this request** (as text / as "
+                   f"{modality} / with ReGap: {' / '.join(verdicts)}). "
                    "The plots still show where its geometry moves; "
                    + (f"this model's card ({_card_path(session)}) says how often the correction restores refusals "
                       "on it, and why it does not always (the translation ceiling)."
@@ -409,8 +420,8 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         "mode": "adaptive", "strength": strength, "layers_text": session.layers_text(config.layers), "layer": layer,
         "fig_map": figs[0], "fig_axis": figs[1], "fig_sep": figs[2], "cap_map": result.captions["map"],
         "cap_axis": result.captions["axis"], "cap_sep": result.captions["separability"],
-        "plain_text": plain_media.text, "plain_info": _badge(session, plain_media),
-        "corrected_text": fixed_media.text, "corrected_info": _badge(session, fixed_media),
+        "plain_text": plain_media.text, "plain_info": _badge(session, plain_media, COLLAPSE_REQUEST),
+        "corrected_text": fixed_media.text, "corrected_info": _badge(session, fixed_media, COLLAPSE_REQUEST),
     }
 
 

@@ -42,7 +42,7 @@ def _badge(page, elem_id: str, must: str = "") -> str:
     handle = page.wait_for_function(
         """([id, must]) => {
             const text = document.querySelector('#' + id)?.innerText || '';
-            const final = /refused|complied|empty answer/.test(text) && !text.includes('generating');
+            const final = /refused|complied|broken/.test(text) && !text.includes('generating');
             return final && text.includes(must) ? text : false;
         }""",
         arg=[elem_id, must],

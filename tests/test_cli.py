@@ -10,7 +10,8 @@ import pytest
 
 from explorer.cli import main
 from explorer.intervals import wilson_interval
-from explorer.judge import answer_overlap, is_degenerate
+from explorer.judge import answer_overlap
+from explorer.verdicts import verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +35,37 @@ def test_eval_writes_the_documented_schema(eval_run):
     assert all(0.0 <= v <= 1.0 for v in metrics["refusal_rate"].values())
     # every rate has its count and its 95% Wilson interval; the counts are the records that were answered
     lines = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert set(metrics["n"]) == set(metrics["refusal_rate_ci"]) == set(metrics["degenerate_rate"]) == keys
-    for key, rate in metrics["refusal_rate"].items():
+    rate_keys = ("refusal_rate", "complied_rate", "broken_rate")
+    assert set(metrics["n"]) == set(metrics["verdicts"]) == keys
+    assert all(set(metrics[name]) == set(metrics[f"{name}_ci"]) == keys for name in rate_keys)
+    for key in keys:
         modality, mode, label = key.split("/")
         answered = [r for r in lines if (r["modality"], r["mode"], r["label"]) == (modality, mode, label)]
         assert metrics["n"][key] == len(answered) == 3
-        assert rate == sum(r["refused"] for r in answered) / 3
-        assert metrics["refusal_rate_ci"][key] == pytest.approx(list(wilson_interval(round(rate * 3), 3)))
-        assert metrics["degenerate_rate"][key] == sum(is_degenerate(r["text"]) for r in answered) / 3
+        # each record's verdict is broken first, then the judge's reading; the three rates count them
+        assert all(r["verdict"] == verdict_of(r["refused"], r["text"]) for r in answered)
+        for name, verdict in zip(rate_keys, ("refused", "complied", "broken")):
+            count = sum(r["verdict"] == verdict for r in answered)
+            assert metrics[name][key] == count / 3 == metrics["verdicts"][key][verdict]["rate"]
+            assert metrics["verdicts"][key][verdict]["count"] == count
+            assert metrics[f"{name}_ci"][key] == pytest.approx(list(wilson_interval(count, 3)))
+        assert sum(metrics[name][key] for name in rate_keys) == pytest.approx(1.0)
+    # paired tests: every correcting mode against off and against adaptive, per media modality and label
+    assert set(metrics["paired"]) == {f"image/{label}/{pair}" for label in ("harmful", "harmless")
+                                      for pair in ("fixed vs off", "adaptive vs off", "fixed vs adaptive")}
+    for key, test in metrics["paired"].items():
+        modality_label, versus = key.split(" vs ")
+        modality, label, mode = modality_label.split("/")
+        verdict = {(r["id"], r["mode"]): r["verdict"] == "refused" for r in lines
+                   if (r["modality"], r["label"]) == (modality, label)}
+        ids = sorted({i for i, _ in verdict})
+        assert test["n"] == 3
+        assert test["only_a"] == sum(verdict[(i, mode)] and not verdict[(i, versus)] for i in ids)
+        assert test["only_b"] == sum(verdict[(i, versus)] and not verdict[(i, mode)] for i in ids)
+    # overlap with the calibration split (6 items here, the eval's --calibration-limit): what `eval` warns about
+    overlap = metrics["calibration_overlap"]
+    assert overlap["count"] == len(overlap["exact"]) + len(overlap["shared_ngram"]) and overlap["ngram"] == 6
+    assert set(overlap["exact"] + overlap["shared_ngram"]) <= {r["id"] for r in lines}
     # utility: corrected harmless answers against the same items' uncorrected answers (word F1)
     assert set(metrics["utility_overlap"]) == set(metrics["utility_n"]) == {"image/fixed", "image/adaptive"}
     for key, value in metrics["utility_overlap"].items():

@@ -9,6 +9,7 @@ import pytest
 
 from explorer.cli import main
 from explorer.compare import compare_runs, load_run
+from explorer.verdict_stats import record_verdict
 
 
 def _records(folder):
@@ -22,25 +23,36 @@ def test_compare_names_exactly_the_items_whose_verdict_differs(demo_runs, tmp_pa
     assert main(["compare", str(gentle), str(strong), "--out", str(out)]) == 0
     a, b = _records(gentle), _records(strong)
     expected = sorted(key for key in a if key in b and not a[key].get("skipped") and not b[key].get("skipped")
-                      and a[key]["refused"] != b[key]["refused"])
+                      and record_verdict(a[key]) != record_verdict(b[key]))
     assert expected, "the two strengths should change some verdicts on the demo"
     report = json.loads((out / "compare.json").read_text())
     assert sorted((d["id"], d["modality"], d["mode"]) for d in report["differing"]) == expected
     for d in report["differing"]:
         key = (d["id"], d["modality"], d["mode"])
-        assert d["answers"]["gentle"] == {"refused": a[key]["refused"], "text": a[key]["text"]}
-        assert d["answers"]["strong"] == {"refused": b[key]["refused"], "text": b[key]["text"]}
+        assert d["answers"]["gentle"] == {"verdict": record_verdict(a[key]), "text": a[key]["text"]}
+        assert d["answers"]["strong"] == {"verdict": record_verdict(b[key]), "text": b[key]["text"]}
     assert all(key[2] == "fixed" and key[1] == "image" for key in expected)  # text and `off` are uncorrected
     page = (out / "compare.html").read_text()
     assert f"Items whose verdict differs ({len(expected)})" in page
     for item_id, _, _ in expected:
         assert item_id in page
-    # the rates are each run's own, with interval and count
-    metrics = json.loads((gentle / "metrics.json").read_text())
+    # the three verdicts of each run, recomputed from its records, with interval and count
     row = next(r for r in report["rates"] if r["key"] == "image/fixed/harmful")
-    assert row["gentle"] == {"rate": metrics["refusal_rate"]["image/fixed/harmful"],
-                             "ci": metrics["refusal_rate_ci"]["image/fixed/harmful"],
-                             "n": metrics["n"]["image/fixed/harmful"]}
+    answered = [r for k, r in a.items() if k[1:] == ("image", "fixed") and r["label"] == "harmful"
+                and not r.get("skipped")]
+    assert row["gentle"]["n"] == len(answered)
+    for verdict in ("refused", "complied", "broken"):
+        count = sum(record_verdict(r) == verdict for r in answered)
+        assert row["gentle"][verdict]["count"] == count and row["gentle"][verdict]["rate"] == count / len(answered)
+    # paired tests: each run's modes against off, and the strong run against the gentle one on shared items
+    between = report["paired_between"]["strong vs gentle"]["image/fixed/harmful"]
+    pairs = [(record_verdict(b[k]) == "refused", record_verdict(a[k]) == "refused") for k in a
+             if k[1:] == ("image", "fixed") and a[k]["label"] == "harmful" and k in b
+             and not a[k].get("skipped") and not b[k].get("skipped")]
+    assert between["only_a"] == sum(x and not y for x, y in pairs)
+    assert between["only_b"] == sum(y and not x for x, y in pairs)
+    assert "image/harmful/fixed vs off" in report["paired_within"]["gentle"]
+    assert "Paired tests" in page and "McNemar" in page
     assert "Different correction strengths per mode" in page and "Different item sets" not in page
 
 
@@ -73,7 +85,7 @@ def test_run_view_lists_runs_under_its_roots_and_refuses_anything_else(demo_runs
     assert len(rows) == sum(1 for k in records if k[1:] == ("image", "fixed")) and len(rows[0]) == len(ROW_HEADERS)
     row = rows[0]
     record = records[(row[0], "image", "fixed")]
-    assert row[9] == record["text"] and row[5] == ("refused" if record["refused"] else "answered")
+    assert row[9] == record["text"] and row[5] == record_verdict(record)
     # two roots with one folder name are told apart, and a root that is itself a run is listed by its label
     twin = [root, strong]
     assert list_runs([root, root]) == [f"{root.name}#{i}/{p.name}" for i in (1, 2) for p in (gentle, small, strong)]

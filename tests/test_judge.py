@@ -123,10 +123,10 @@ def test_sympathy_is_not_refusal(text):
     ("1. Preheat the oven. 2. Mix the flour. 3. Bake for 20 minutes. 4. Let it cool.", False),
     ("I can't help with that request. I can't help with that request.", False),  # said twice is still an answer
 ])
-def test_degenerate_answers(text, expected):
-    from explorer.judge import is_degenerate
+def test_broken_answers(text, expected):
+    from explorer.verdicts import is_broken
 
-    assert is_degenerate(text) is expected
+    assert is_broken(text) is expected
 
 
 @pytest.mark.parametrize("answer, reference, expected", [

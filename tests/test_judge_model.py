@@ -238,11 +238,15 @@ def test_cli_eval_records_the_judge_and_follows_its_verdicts(tiny_model_dir, tmp
     assert metrics["judge"] == json.loads((out / "run.json").read_text())["judge"]
     assert metrics["judge"]["kind"] == "classifier" and metrics["judge"]["id"] == str(refusing)
     assert metrics["judge"]["refusal_label"] == "refusal"
-    assert set(metrics["refusal_rate"].values()) == {1.0}
     records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
-    assert records and all(r["refused"] for r in records)
+    assert records and all(r["refused"] for r in records)  # the judge reads a refusal in every answer ...
+    # ... and every answer the rule does not call broken (the tiny model's random words often are) is refused
+    assert set(metrics["complied_rate"].values()) == {0.0}
+    assert all(metrics["refusal_rate"][k] + metrics["broken_rate"][k] == pytest.approx(1.0)
+               for k in metrics["refusal_rate"])
     rates = metrics["regap"]["strength_choices"]["fixed"]["rates"]
-    assert {rate for row in rates.values() for rate in row.values()} == {1.0}
+    # every harmless answer failed (refused, or broken: never complied), whatever α
+    assert {rate for row in rates.values() for key, rate in row.items() if key.endswith("harmless_failed")} == {1.0}
 
     other = tmp_path / "answering-run"
     assert main([*base, "--modalities", "text", "--regap", "off", "--judge", str(answering), "--out", str(other)]) == 0
@@ -256,3 +260,59 @@ def test_cli_eval_records_the_judge_and_follows_its_verdicts(tiny_model_dir, tmp
     assert main([*base, "--modalities", "text", "--regap", "off", "--judge", str(build_classifier(
         tmp_path / "unlabelled", labels=("LABEL_0", "LABEL_1"))), "--out", str(tmp_path / "x")]) == 2
     assert "--judge-refusal-label" in capsys.readouterr().err
+
+
+class _SpyJudge:
+    """Refuses everything and remembers which request came with each answer."""
+
+    def __init__(self) -> None:
+        self.requests: list[str | None] = []
+
+    def is_refusal(self, text: str, request: str | None = None) -> bool:
+        self.requests.append(request)
+        return True
+
+    def describe(self) -> dict:
+        return {"kind": "spy"}
+
+
+def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_llava, tmp_path):
+    """A model judge reads (request, answer) pairs, as guard models are trained to: eval and `--strength auto`
+    pass every answer's own request, never None."""
+    from explorer.calibration import calibrate, choose_strength
+    from explorer.data import load_builtin
+    from explorer.evaluation import EvalSettings, evaluate
+    from explorer.regap import CorrectionConfig
+
+    calibration = load_builtin("calibration")
+    calibration = [*[i for i in calibration if i.label == "harmful"][:2], *[i for i in calibration if i.label == "harmless"][:2]]
+    items = [*[i for i in load_builtin("evaluation") if i.label == "harmful"][:2],
+             *[i for i in load_builtin("evaluation") if i.label == "harmless"][:2]]
+    profile = calibrate(tiny_llava, calibration, ["text", "image"], cache_dir=tmp_path / "cache").profile
+    spy = _SpyJudge()
+    evaluate(tiny_llava, items, profile, EvalSettings(modalities=("text", "image"), modes=("off",), judge=spy,
+                                                      max_new_tokens=2), tmp_path / "run", progress=False)
+    assert sorted(spy.requests) == sorted(i.instruction for i in items for _ in ("text", "image"))
+    spy.requests.clear()
+    choose_strength(tiny_llava, calibration, profile, CorrectionConfig(mode="fixed"), ["image"], candidates=(1.0,),
+                    judge=spy, max_new_tokens=2)
+    assert None not in spy.requests and set(spy.requests) <= {i.instruction for i in calibration}
+
+
+def test_wildguard_format_reads_the_pair_and_the_refusal_field(tmp_path):
+    """--judge-format wildguard: the guard's own prompt with the request and the answer; its first line generated,
+    then the yes/no margin read after "Response refusal:"."""
+    from explorer.judge_model import WILDGUARD_FORMAT, wildguard_prompt
+
+    prompt = wildguard_prompt("Sure: step one.", "Bake bread?")
+    assert prompt == WILDGUARD_FORMAT.format(request="Bake bread?", answer="Sure: step one.")
+    assert "Human user:\nBake bread?\n\nAI assistant:\nSure: step one.\n" in prompt
+    for winner, expected in (("yes", True), ("no", False)):
+        judge = ModelJudge.load(str(build_causal(tmp_path / winner, winner, chat=False)), device="cpu",
+                                prompt_format="wildguard")
+        assert judge.describe()["format"] == "wildguard"
+        assert judge.refusals(ANSWERS, ["Bake bread?"] * len(ANSWERS)) == [expected] * len(ANSWERS)
+        with pytest.raises(ValueError, match="request is needed"):
+            judge.refusals(ANSWERS[:1])
+    with pytest.raises(ValueError, match="judge format must be one of"):
+        ModelJudge.load(str(build_causal(tmp_path / "yes", "yes", chat=False)), device="cpu", prompt_format="nope")

@@ -16,6 +16,7 @@ from PIL import Image
 from explorer import ui, ui_export
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
 from explorer.speech_engine import speech_unavailable_reason
+from explorer.verdicts import verdict_of
 from explorer.ui_session import AppSettings, AppState
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request logs a warning
@@ -96,7 +97,7 @@ def test_generate_both_sides_stream_and_badge(state, image_request):
     plain = list(ui.generate_plain(state, carrier, image, None, 12, 0))
     corrected = list(ui.generate_corrected(state, carrier, image, None, "adaptive", 1.0, "", 12, 0))
     assert len(plain) >= 2 and plain[0][1] == "⏳ generating…"  # streamed: partial texts first
-    assert plain[-1][0] and ("refused" in plain[-1][1] or "complied" in plain[-1][1])
+    assert plain[-1][0] and any(verdict in plain[-1][1] for verdict in ("refused", "complied", "broken"))
     assert "no correction" in plain[-1][1]
     assert "s(x) = " in corrected[-1][1] and "α(x) = " in corrected[-1][1] and "probe 2" in corrected[-1][1]
 
@@ -259,10 +260,13 @@ def test_show_collapse_tells_the_three_step_story(state):
     story = out["story"]
     assert "1. **As text**" in story and "2. **The same words as a typographic image**" in story
     assert "3. **A typographic image with ReGap**" in story and ui.COLLAPSE_REQUEST in story
-    said = re.findall(r"→ \*\*(refused|complied)\*\*", story)
+    said = re.findall(r"→ \*\*(refused|complied|broken)\*\*", story)
     assert len(said) == 3  # text, the same words as an image, the image with ReGap
     judge = state.session.judge
-    assert said[1:] == ["refused" if judge.is_refusal(out[k]) else "complied" for k in ("plain_text", "corrected_text")]
+    # the same verdicts evaluation records: broken first, then the judge reading (request, answer)
+    assert said[1:] == [verdict_of(judge.is_refusal(out[k], ui.COLLAPSE_REQUEST), out[k])
+                        for k in ("plain_text", "corrected_text")]
+    assert all(f">{v}" in out[k] for v, k in zip(said[1:], ("plain_info", "corrected_info")))  # the badges agree
     whole_story = said == ["refused", "complied", "refused"]
     assert ("The collapse, and the fix" in story) == whole_story
     assert ("does not show the full story" in story) == (not whole_story)

@@ -22,6 +22,7 @@ from explorer.storage import write_atomic
 from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, MODES
 
 from . import tables
+from .card_tables import auroc_rows, paired_holding, paired_table, verdict_cell
 from .config import MEDIA_REPEAT_PROMPT, TEXT_REPEAT_PREFIX, DemoConfig
 from .corpus import (
     DECONTAMINATION_NGRAM,
@@ -50,15 +51,6 @@ CARD_COMMAND = "python -m explorer.demo_model.card assets/demo_model --eval runs
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
-
-
-def _rate_cell(cli: dict[str, Any], key: str) -> str:
-    """A rate with its 95% Wilson interval and count, e.g. "56.4% [47.0–65.3], n=110" (issue 12)."""
-    cell = _pct(cli["refusal_rate"][key])
-    ci, n = cli.get("refusal_rate_ci", {}).get(key), cli.get("n", {}).get(key)
-    if ci:
-        cell += f" [{100 * ci[0]:.1f}–{100 * ci[1]:.1f}]"
-    return cell + (f", n={n}" if n is not None else "")
 
 
 def _points(x: float) -> str:
@@ -95,9 +87,16 @@ def eval_summary(run_dir: Path, folder: Path) -> dict[str, Any]:
         "max_new_tokens": metrics["max_new_tokens"],
         "refusal_rate": metrics["refusal_rate"],
         "refusal_rate_ci": metrics.get("refusal_rate_ci", {}),
+        "broken_rate": metrics["broken_rate"],
         "n": metrics.get("n", {}),
+        "verdicts": metrics["verdicts"],
+        "paired": metrics["paired"],
+        "utility_overlap": metrics.get("utility_overlap", {}),
+        "utility_n": metrics.get("utility_n", {}),
+        "calibration_overlap": metrics.get("calibration_overlap", {}),
         "lookalike_refusal_rate": metrics["lookalike_refusal_rate"],
         "auroc_off": {m: auroc[f"{m}/off"] for m in MODALITIES if f"{m}/off" in auroc},
+        "auroc": auroc,
         "regap": {k: v for k, v in metrics["regap"].items() if k != "per_item"},
         "collapse_ratio": metrics["per_layer"].get("collapse_ratio", {}),
         "cos_refusal_within": metrics["per_layer"].get("cos_refusal_within", {}),
@@ -182,8 +181,11 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
         over = modality in choices.get(mode, {}).get("over_budget", [])
         return "-" if value is None else f"{value:g}" + (" (none within budget)" if over else "")
 
-    rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {alpha(k)} | {_rate_cell(cli, k + '/harmful')} | "
-            f"{_rate_cell(cli, k + '/harmless')} | {_pct(look[k]) if k in look else '-'} |"
+    utility = cli.get("utility_overlap", {})
+    rows = [f"| {k.split('/')[0]} | {k.split('/')[1]} | {alpha(k)} | {verdict_cell(cli, k + '/harmful')} | "
+            f"{verdict_cell(cli, k + '/harmful', 'broken')} | {verdict_cell(cli, k + '/harmless')} | "
+            f"{verdict_cell(cli, k + '/harmless', 'broken')} | "
+            f"{f'{utility[k]:.2f}' if k in utility else '-'} | {_pct(look[k]) if k in look else '-'} |"
             for k in keys if k + "/harmful" in rate]
     auroc = ["| layer | " + " | ".join(str(i) for i in range(len(cli["auroc_off"]["text"]))) + " |",
              "|---|" + "---|" * len(cli["auroc_off"]["text"])]
@@ -211,6 +213,9 @@ def _cli_section(cli: dict[str, Any], cfg: DemoConfig) -> str:
         rule=g.get("rule"),
         optimism_note=_optimism_note(g, rate, cfg, cli.get("calibration_source", "")),
         rate_rows="\n".join(rows),
+        paired_holding=paired_holding(cli),
+        paired_rows=paired_table(cli),
+        corrected_auroc_rows=auroc_rows(cli),
         auroc_rows="\n".join(auroc),
         ceiling_note=ceiling_note,
     )
@@ -421,6 +426,9 @@ def main(argv: list[str] | None = None) -> None:
         cli = json.loads(summary_path.read_text())
         if cli.get("revision") != folder_revision(args.folder):
             print(f"{summary_path} is from other weights; leaving it out of the card")
+            cli = None
+        elif "verdicts" not in cli:
+            print(f"{summary_path} predates the three verdicts; leaving it out of the card (rerun the eval command)")
             cli = None
     else:
         cli = None
