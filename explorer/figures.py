@@ -48,6 +48,8 @@ SOURCES: dict[str, str] = {
     "speech_library": "benchmarks/results/speech_engines/library/metrics.json",
     "speech_espeak": "benchmarks/results/speech_engines/espeak-ng/metrics.json",
     "legibility": "benchmarks/results/legibility.md",  # `benchmarks/legibility.py`'s output
+    # `benchmarks/judge_agreement.py` on the XSTest v2 completions (commit d7bb5bd), the phrase judge of today
+    "judge_agreement": "benchmarks/results/judge_agreement.md",
 }
 
 #: The documents whose figures are marked (globs from the repository root).
