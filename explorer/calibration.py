@@ -28,7 +28,6 @@ from .data import (
 from .distributed import SINGLE, Ranks, gather_rows, sum_counts
 from .generation import generate_batch
 from .judge import Judge, RefusalJudge
-from .verdicts import verdict_of
 from .models import LoadedModel
 from .peers import dataset_blank_shift
 from .profile import Profile, build_profile
@@ -36,6 +35,7 @@ from .regap import CorrectionConfig, capture_corrected
 from .speech import speech_unavailable_reason
 from .states import StateBatch
 from .storage import CacheDir, cache_bound, mark_used, prune_cache, resolve_cache_dir
+from .verdicts import verdict_of
 from .vocab import LABELS, MEDIA_MODALITIES, Modality
 
 __all__ = [

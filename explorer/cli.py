@@ -31,8 +31,8 @@ from .distributed import Ranks, ranks_from_env, start, stop
 from .evaluation import EvalSettings, evaluate
 from .importers import FORMATS, load_prompt_sources
 from .judge_model import JUDGE_FORMATS, load_judge
-from .overlap import calibration_overlap
 from .loading import load_model
+from .overlap import calibration_overlap
 from .regap import CorrectionConfig, PositionScope, Rule
 from .run_lock import hold_run
 from .vocab import LABELS, Modality, Mode, parse_layer_window

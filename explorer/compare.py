@@ -27,7 +27,12 @@ from plotly.subplots import make_subplots
 from .paired import paired_test
 from .plots import figures_html, table_html
 from .storage import write_atomic
-from .verdict_stats import paired_comparisons, paired_rows, record_verdict, verdict_rates
+from .verdict_stats import (
+    paired_comparisons,
+    paired_rows,
+    record_verdict,
+    verdict_rates,
+)
 
 __all__ = ["Comparison", "RunResult", "compare_runs", "load_run", "write_comparison"]
 
@@ -178,7 +183,6 @@ def _between(run: RunResult, first: RunResult, shared: set[str]) -> dict[str, di
         out.setdefault(f"{key[1]}/{key[2]}/{a['label']}", []).append(
             (record_verdict(a) == "refused", record_verdict(b) == "refused"))
     return {key: paired_test([x for x, _ in pairs], [y for _, y in pairs]) for key, pairs in out.items()}
-    return Comparison(runs, rate_rows, differing, _notes(runs, shared), len(shared))
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -210,28 +214,25 @@ def _curves_figure(runs: Sequence[RunResult]) -> go.Figure:
     return fig
 
 
-_table = table_html
-
-
 def write_comparison(comparison: Comparison, out: str | Path) -> Path:
     """Write `compare.html` and `compare.json` into `out`; return the HTML path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = [r.name for r in comparison.runs]
-    runs_table = _table(["run", "folder", "model", "items", "modes"], [
+    runs_table = table_html(["run", "folder", "model", "items", "modes"], [
         [r.name, str(r.folder), str(r.metrics.get("model", "?")), str(len(r.item_ids)),
          ", ".join(sorted({k[2] for k in r.records}))] for r in comparison.runs])
     notes = ("".join(f"<li>{html.escape(n)}</li>" for n in comparison.notes)
              or "<li>Same items, model, calibration and judge: the runs differ only in their correction settings."
              "</li>")
-    rates = _table(["modality / mode / label", *names],
+    rates = table_html(["modality / mode / label", *names],
                    [[row["key"], *(_cell(row.get(n)) for n in names)] for row in comparison.rate_rows])
     diff_rows = [[d["id"], d["modality"], d["mode"], d["label"], d["instruction"],
                   *(f"{d['answers'][n]['verdict']}: {d['answers'][n]['text']}" for n in names)]
                  for d in comparison.differing]
-    differing = (_table(["id", "modality", "mode", "label", "request", *names], diff_rows) if diff_rows
+    differing = (table_html(["id", "modality", "mode", "label", "request", *names], diff_rows) if diff_rows
                  else "<p>No shared item changes verdict between the runs.</p>")
-    paired = "".join(f"<h3>{html.escape(name)}</h3>\n{_table(*paired_rows(tests))}\n"
+    paired = "".join(f"<h3>{html.escape(name)}</h3>\n{table_html(*paired_rows(tests))}\n"
                      for name, tests in {**comparison.within, **comparison.between}.items() if tests)
     title = "AUROC, refusal gap and drift per layer, every run overlaid"
     figure = figures_html({title: _curves_figure(comparison.runs)},

@@ -46,13 +46,13 @@ from .eval_records import (
 )
 from .generation import GenerationResult, generate, generate_batch
 from .judge import Judge, RefusalJudge
-from .verdicts import broken_reason, verdict_of
 from .models import LoadedModel
 from .profile import Profile
 from .regap import CorrectionConfig
 from .run_lock import hold_run
 from .storage import write_atomic
 from .uploads import MediaError
+from .verdicts import broken_reason, verdict_of
 from .vocab import Modality, Mode
 
 __all__ = ["EvalSettings", "evaluate"]

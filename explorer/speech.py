@@ -20,7 +20,12 @@ from typing import Literal, get_args
 import numpy as np
 import soundfile as sf
 
-from .speech_engine import SpeechSettings, SpeechUnavailableError, speech_engine, speech_unavailable_reason
+from .speech_engine import (
+    SpeechSettings,
+    SpeechUnavailableError,
+    speech_engine,
+    speech_unavailable_reason,
+)
 from .storage import atomic_path, cache_bound, cache_root, mark_used, prune_cache
 from .uploads import MIN_AUDIO_SECONDS, resample
 from .vocab import SAMPLE_RATE, check_choice
