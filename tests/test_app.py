@@ -186,7 +186,6 @@ def test_soak_mixed_clients_match_a_sequential_run_and_memory_stays_flat(running
     """4 clients × rounds of a fixed mix (plain and corrected generations with opposite settings, analyses with
     repeated settings), interleaved: every answer equals the sequential run's, no request fails, and once the
     settings have been seen the server's memory (this process) does not keep growing with more rounds."""
-    import gc
 
     from gradio_client import Client, handle_file
 
