@@ -239,8 +239,8 @@ def test_soak_mixed_clients_match_a_sequential_run_and_memory_stays_flat(running
     print(f"\nsoak: 4 rounds x {4 * len(mix)} requests after warm-up; RSS in use {rss[0]:.0f} MB -> {rss[-1]:.0f} MB, "
           f"per round {steps}")
     assert errors == [] and mismatches == [], (errors, mismatches[:3])
-    # Rounds measured (MB): CI [26, 31, 21, 5], here [26, -7, 9, 8] and [15, -3, 10, 2, 31]: single rounds jump by up
-    # to 31 MB with no trend. A leak shows as growth in every round, so the test asks that memory does not grow in
-    # every round by more than the jitter, and that the last two rounds together stay under one round's jitter.
+    # Rounds measured (MB): CI [26, 31, 21, 5], here [26, -7, 9, 8], [15, -3, 10, 2, 31], [16, 36, -4, -3]: single
+    # rounds jump by up to 36 MB with no trend. A leak grows in every round, so the test fails when every round grows
+    # by more than 10 MB, when 4 rounds add 120 MB, or when the last two rounds together add 45 MB.
     assert not all(step > 10 for step in steps) and rss[-1] - rss[0] < 120 and sum(steps[-2:]) < 45, \
         f"RSS keeps growing with settings already seen: {steps} MB"
