@@ -50,6 +50,8 @@ SOURCES: dict[str, str] = {
     "legibility": "benchmarks/results/legibility.md",  # `benchmarks/legibility.py`'s output
     # `benchmarks/judge_agreement.py` on the XSTest v2 completions (commit d7bb5bd), the phrase judge of today
     "judge_agreement": "benchmarks/results/judge_agreement.md",
+    # issue 22's throwaway prototype (docs/demo-prototype.md): counts only, its code is not in the repository
+    "demo_prototype": "benchmarks/results/demo_prototype.json",
 }
 
 #: The documents whose figures are marked (globs from the repository root).
