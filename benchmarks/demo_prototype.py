@@ -4,8 +4,11 @@ Why: the note decides the next demo model's design from these numbers, so the pa
 recorded (benchmarks/results/demo_prototype.json; `tests/test_demo_prototype.py` fails when the two differ). The
 prototype's own code is throwaway and is not in the repository; the JSON says what each row ran.
 
-    python benchmarks/demo_prototype.py            # print both tables
+    python benchmarks/demo_prototype.py            # print the tables
     python benchmarks/demo_prototype.py --write    # rewrite them between the markers of docs/demo-prototype.md
+
+The single numbers in the page's prose are `explorer.figures` markers on the same record (`python -m explorer.figures
+--write`).
 """
 
 from __future__ import annotations
@@ -37,9 +40,8 @@ def rate(k: int, n: int) -> str:
 
 def language_table(recorded: dict[str, Any]) -> str:
     """Row 1: text refusals of each trained adapter on each development set."""
-    runs = {k: v for k, v in recorded["row1_language"].items() if isinstance(v, dict)}
     lines = ["| adapter | set | harmful refused | harmless refused | broken |", "|---|---|---|---|---|"]
-    for name, sets in runs.items():
+    for name, sets in recorded["row1_language"].items():
         for s in DEV_SETS:
             c = sets[s]
             lines.append(f"| {name} | {s} | {rate(c['harmful_refused'], c['n_harmful'])} | "
@@ -51,7 +53,7 @@ def repair_table(recorded: dict[str, Any]) -> str:
     """Row 2: uncorrected text and simulated image, then ReGap adaptive at the α_max chosen on calibration."""
     lines = [("| variant | text harmful refused | text harmless refused | image harmful refused | "
              "image harmless refused | largest AUROC drop, image vs text | "
-             "ReGap adaptive (α_max) harmful / harmless / broken | fixed α: harmful / harmless / broken refused |"),
+             "ReGap adaptive (α_max) harmful / harmless / broken | fixed α: harmful refused / harmless refused / broken |"),
              "|---|---|---|---|---|---|---|---|"]
     for v in recorded["row2_repair"]:
         t, i = v["text"], v["image"]
@@ -62,8 +64,8 @@ def repair_table(recorded: dict[str, Any]) -> str:
                         f" / {a['broken']}/{a['n']} (α_max {v['alpha_max']}{budget}; layer {v['corrected_layer']} → "
                         f"probe {v['probe_layer']})")
             drop = f"{v['max_auroc_drop']:.3f}"
-            fixed = "; ".join(f"α {a}: {f['harmful_refused']} / {f['harmless_refused']} / {f['broken']} of "
-                              f"{f['n_harmful']} + {f['n_harmless']}" for a, f in v["fixed"].items())
+            fixed = "; ".join(f"α {alpha}: {f['harmful_refused']} / {f['harmless_refused']} / {f['broken']} of "
+                              f"{f['n_harmful']} + {f['n_harmless']}" for alpha, f in v["fixed"].items())
         else:
             adaptive = drop = fixed = "not run"
         lines.append(f"| {v['variant']} | {rate(t['harmful_refused'], t['n_harmful'])} | "
