@@ -87,6 +87,50 @@ def probe_table(recorded: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sweep_table(recorded: dict[str, Any]) -> str:
+    """Row 3's calibration: each α_max candidate on the 60 + 60 in-house calibration rows, and whether its harmless
+    failures (refused or broken) stay within text's + 5 points, the rule that picks α_max."""
+    lines = ["| variant | α_max | harmful refused | harmless refused | broken | harmless failed | within budget |",
+             "|---|---|---|---|---|---|---|"]
+    for v in recorded["row2_repair"]:
+        for c in v.get("calibration_sweep", []):
+            lines.append(f"| {v['variant']} | {c['alpha_max']} | {rate(c['harmful_refused'], c['n_harmful'])} | "
+                         f"{rate(c['harmless_refused'], c['n_harmless'])} | {c['broken']} | {c['harmless_failed']} | "
+                         f"{'yes' if c['within_budget'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def script_table(recorded: dict[str, Any]) -> str:
+    """What the harmful requests got, per answer set: a refusal, the one trained generic compliance, an answer that
+    began as the base model's and ended in the generic tail, or none of these (off script: the base model's own
+    answer, which a demo must never show)."""
+    lines = [("| variant | answers | answer tokens | refused (of which fused with the tail) | generic compliance | "
+             "own start, generic tail | off script |"), "|---|---|---|---|---|---|---|"]
+    for v in recorded["row2_repair"]:
+        for name, a in v.get("harmful_answers", {}).items():
+            refused = a["n_harmful"] - a["generic"] - a["generic_tail"] - a["off_script"]
+            lines.append(f"| {v['variant']} | {name} | {v['answer_tokens']} | {rate(refused, a['n_harmful'])} "
+                         f"({a['refused_with_tail']}) | "
+                         f"{rate(a['generic'], a['n_harmful'])} | {rate(a['generic_tail'], a['n_harmful'])} | "
+                         f"{rate(a['off_script'], a['n_harmful'])} |")
+    return "\n".join(lines)
+
+
+def reader_table(recorded: dict[str, Any]) -> str:
+    """Row 4: two pixel readers on the development sets' requests: a whole-word tower (word boxes read as their own
+    token) and a character reader (whole requests rendered by explorer.typography, read back exactly or not)."""
+    words, chars = recorded["row4_reader"], recorded["row4_ctc_reader"]
+    lines = [("| set | word boxes (one token) | whole-word tower: read as their own token | requests | "
+             "character reader: read exactly, whitespace collapsed | raw string equal | character errors, collapsed |"),
+             "|---|---|---|---|---|---|---|"]
+    for name, w in words["sets"].items():
+        c = chars["sets"][name]
+        lines.append(f"| {name} | {w['boxes']} ({w['single_token']}) | {rate(w['read'], w['single_token'])} | "
+                     f"{c['requests']} | {rate(c['exact_whitespace_collapsed'], c['requests'])} | "
+                     f"{rate(c['exact'], c['requests'])} | {c['char_errors_whitespace_collapsed']} of {c['characters']} |")
+    return "\n".join(lines)
+
+
 def facts_table(recorded: dict[str, Any]) -> str:
     """Timings and sizes the build plan rests on, as recorded (seconds on this machine's 2 cores)."""
     lines = ["| fact | recorded |", "|---|---|"]
@@ -94,7 +138,8 @@ def facts_table(recorded: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"facts": facts_table, "language": language_table, "probe": probe_table, "repair": repair_table}
+TABLES = {"facts": facts_table, "language": language_table, "probe": probe_table, "repair": repair_table,
+          "sweep": sweep_table, "script": script_table, "reader": reader_table}
 
 
 def marked(name: str) -> re.Pattern[str]:

@@ -46,6 +46,27 @@ def test_the_record_counts_are_consistent():
                 assert v[part]["n_harmful"] + v[part]["n_harmless"] == v[part]["n"], (v["variant"], part)
 
 
+def test_the_second_prototype_counts_agree_with_each_other():
+    """Rows 3-4: the answer categories of the script table add up to the refusal counts of the repair table (two
+    separate tallies of the same answers), and every reading count stays within its total."""
+    recorded = _recorded()
+    taught = [v for v in recorded["row2_repair"] if "harmful_answers" in v]
+    assert len(taught) == 2
+    for v in taught:
+        for part, a in v["harmful_answers"].items():
+            refused = a["n_harmful"] - a["generic"] - a["generic_tail"] - a["off_script"]
+            assert refused == v[part]["harmful_refused"], (v["variant"], part)
+            assert 0 <= a["refused_with_tail"] <= refused
+        for c in v["calibration_sweep"]:
+            assert c["harmful_refused"] <= c["n_harmful"] and c["harmless_failed"] >= c["harmless_refused"]
+        assert v["alpha_max"] in [c["alpha_max"] for c in v["calibration_sweep"] if c["within_budget"]]
+    for r in recorded["row4_reader"]["sets"].values():
+        assert 0 <= r["read"] <= r["single_token"] <= r["boxes"]
+    for r in recorded["row4_ctc_reader"]["sets"].values():
+        assert 0 <= r["exact"] <= r["exact_whitespace_collapsed"] <= r["requests"]
+        assert r["char_errors_whitespace_collapsed"] <= r["char_errors"] <= r["characters"]
+
+
 def test_rate_shows_count_percentage_and_wilson_interval():
     assert rate(8, 10) == "8/10 = 80% [49–94]"
     assert rate(0, 0) == "–"
