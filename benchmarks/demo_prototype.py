@@ -131,6 +131,16 @@ def reader_table(recorded: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def speech_table(recorded: dict[str, Any]) -> str:
+    """Row 4, speech: the CTC reader of espeak-ng speech on the development sets' requests, spoken whole."""
+    lines = ["| set | requests | read exactly (lower case, no punctuation) | word errors (edit distance) of words |",
+             "|---|---|---|---|"]
+    for name, r in recorded["row4_speech_reader"]["sets"].items():
+        lines.append(f"| {name} | {r['requests']} | {rate(r['exact'], r['requests'])} | {r['word_errors']} of "
+                     f"{r['words']} ({100 * r['word_errors'] / r['words']:.1f}%) |")
+    return "\n".join(lines)
+
+
 def facts_table(recorded: dict[str, Any]) -> str:
     """Timings and sizes the build plan rests on, as recorded (seconds on this machine's 2 cores)."""
     lines = ["| fact | recorded |", "|---|---|"]
@@ -139,7 +149,7 @@ def facts_table(recorded: dict[str, Any]) -> str:
 
 
 TABLES = {"facts": facts_table, "language": language_table, "probe": probe_table, "repair": repair_table,
-          "sweep": sweep_table, "script": script_table, "reader": reader_table}
+          "sweep": sweep_table, "script": script_table, "reader": reader_table, "speech": speech_table}
 
 
 def marked(name: str) -> re.Pattern[str]:

@@ -65,6 +65,8 @@ def test_the_second_prototype_counts_agree_with_each_other():
     for r in recorded["row4_ctc_reader"]["sets"].values():
         assert 0 <= r["exact"] <= r["exact_whitespace_collapsed"] <= r["requests"]
         assert r["char_errors_whitespace_collapsed"] <= r["char_errors"] <= r["characters"]
+    for r in recorded["row4_speech_reader"]["sets"].values():
+        assert 0 <= r["exact"] <= r["requests"] and r["word_errors"] >= 0
 
 
 def test_rate_shows_count_percentage_and_wilson_interval():
