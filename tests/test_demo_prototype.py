@@ -51,7 +51,7 @@ def test_the_second_prototype_counts_agree_with_each_other():
     separate tallies of the same answers), and every reading count stays within its total."""
     recorded = _recorded()
     taught = [v for v in recorded["row2_repair"] if "harmful_answers" in v]
-    assert len(taught) == 2
+    assert len(taught) == 3
     for v in taught:
         for part, a in v["harmful_answers"].items():
             refused = a["n_harmful"] - a["generic"] - a["generic_tail"] - a["off_script"]
