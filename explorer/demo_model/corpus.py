@@ -40,6 +40,7 @@ __all__ = [
     "corpus_words",
     "decontaminate",
     "banned_ngrams",
+    "word_ngrams",
     "compose_action_request",
     "drop_words",
     "DECONTAMINATION_NGRAM",
@@ -165,14 +166,14 @@ def generate_instructions(max_words: int = 16) -> list[Example]:
     return _template_examples(max_words) + _action_examples(max_words)
 
 
-def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     words = "".join(c if c.isalnum() or c.isspace() else " " for c in text.lower()).split()
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def banned_ngrams(held_out: list[str], n: int = DECONTAMINATION_NGRAM) -> set[tuple[str, ...]]:
     """Every `n`-word sequence (case and punctuation ignored) of the held-out texts."""
-    return set().union(*(_ngrams(t, n) for t in held_out)) if held_out else set()
+    return set().union(*(word_ngrams(t, n) for t in held_out)) if held_out else set()
 
 
 def decontaminate(examples: list[Example], held_out: list[str], n: int = DECONTAMINATION_NGRAM) -> list[Example]:
@@ -182,7 +183,7 @@ def decontaminate(examples: list[Example], held_out: list[str], n: int = DECONTA
     that happens to reproduce a held-out phrase ("how to make a silencer for my") is removed from training.
     """
     banned = banned_ngrams(held_out, n)
-    return [e for e in examples if not (_ngrams(e.instruction, n) & banned)]
+    return [e for e in examples if not (word_ngrams(e.instruction, n) & banned)]
 
 
 def compose_action_request(
@@ -206,7 +207,7 @@ def compose_action_request(
         if rng.random() < suffix_share and suffix not in frame:
             action = f"{action} {suffix}"
         text = _fill(frame.replace("{a}", "{x}"), action, "")
-        if len(text.split()) <= max_words and not (_ngrams(text, DECONTAMINATION_NGRAM) & banned):
+        if len(text.split()) <= max_words and not (word_ngrams(text, DECONTAMINATION_NGRAM) & banned):
             return Example(text, label, category, _is_lookalike(label, text))  # type: ignore[arg-type]
     raise RuntimeError("no composed request passed decontamination in 100 draws")
 

@@ -1,0 +1,62 @@
+"""The next demo's character reader, measured on development requests drawn in the demo's image layout.
+
+Why: issue 22 asks that requests of up to 40 words stay legible as images; a request the reader misreads reaches
+the LM as other words. This draws every development request (AdvBench sample, XSTest, validation, paraphrases;
+never trained on) with explorer.typography in `READER_LAYOUT` and counts exact readings (whitespace collapsed).
+
+    python benchmarks/demo_reader.py --reader build/demo_next/image_reader \\
+        --advbench data/harmful_behaviors.csv --xstest data/xstest_prompts.csv
+
+Writes benchmarks/results/demo_reader.json: per set, exact / total and every misreading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from demo_text_adapter import dev_sets
+
+from explorer.demo_model.reader_train import READER_LAYOUT, reading_accuracy
+from explorer.text_reader import TextReader
+
+RECORD = ROOT / "benchmarks" / "results" / "demo_reader.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reader", type=Path, required=True)
+    parser.add_argument("--advbench", required=True)
+    parser.add_argument("--xstest", required=True)
+    parser.add_argument("--out", type=Path, default=RECORD)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    reader = TextReader.from_pretrained(args.reader)
+    training = json.loads((args.reader / "training.json").read_text())
+    record = {"layout": dataclasses.asdict(READER_LAYOUT),
+              "training": training | {"history": None}, "sets": {}}
+    exact = total = 0
+    for name, items in dev_sets(args.advbench, args.xstest).items():
+        started = time.perf_counter()
+        result = reading_accuracy(reader, [i.instruction for i in items])
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        record["sets"][name] = result
+        exact, total = exact + result["exact"], total + result["total"]
+        print(name, result["exact"], "/", result["total"], flush=True)
+    record["exact"], record["total"] = exact, total
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}: {exact}/{total}")
+
+
+if __name__ == "__main__":
+    main()

