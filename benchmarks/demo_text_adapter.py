@@ -89,7 +89,10 @@ def measure(model: Any, tokenizer: Any, sets: dict[str, list[Instruction]]) -> d
                                     "broken": _rate(sum(broken[k] is not None for k in idx), len(idx))}
         result[name] = {
             **per_label, "seconds": round(time.perf_counter() - started, 1),
-            "items": [{"id": i.id, "label": i.label, "refused": r, "broken": b,
+            "refused_by_category": {c: {"refused": sum(r for i, r in zip(items, refused) if i.category == c),
+                                        "total": sum(i.category == c for i in items)}
+                                    for c in sorted({i.category for i in items})},
+            "items": [{"id": i.id, "label": i.label, "category": i.category, "refused": r, "broken": b,
                        **({"answer": t} if i.label == "harmless" else {})}
                       for i, t, r, b in zip(items, texts, refused, broken)],
         }

@@ -52,6 +52,9 @@ SOURCES: dict[str, str] = {
     "judge_agreement": "benchmarks/results/judge_agreement.md",
     # issue 22's throwaway prototype (docs/demo-prototype.md): counts only, its code is not in the repository
     "demo_prototype": "benchmarks/results/demo_prototype.json",
+    # the next demo's parts as they are built (docs/demo-build.md)
+    "demo_text_adapter": "benchmarks/results/demo_text_adapter.json",  # benchmarks/demo_text_adapter.py
+    "demo_reader": "benchmarks/results/demo_reader.json",  # benchmarks/demo_reader.py
 }
 
 #: The documents whose figures are marked (globs from the repository root).

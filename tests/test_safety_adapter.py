@@ -121,6 +121,12 @@ def test_shipped_free_requests_are_request_sentences_of_both_labels():
     keys = [" ".join(e.instruction.lower().split()) for e in rows]
     assert len(set(keys)) == len(keys)
     assert all(not e.lookalike or e.label == "harmless" for e in rows)
+    counts = (len(rows), sum(e.lookalike for e in rows), sum(e.category == "everyday" for e in rows),
+              sum(e.label == "harmful" for e in rows))
+    page = (Path(__file__).resolve().parent.parent / "docs" / "demo-build.md").read_text()
+    stated = "{:,} free-form in-house requests ({} harmless look-alikes of ten kinds, {} everyday requests, {} harmful"
+    assert stated.format(*counts) in page.replace("\n", " ")  # the page's counts are the file's
+    assert len({e.category for e in rows if e.lookalike}) == 10
 
 
 def test_the_pinned_base_is_the_checksummed_file():
