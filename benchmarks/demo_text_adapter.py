@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from explorer.data import VALIDATION_PATH, Instruction, load_prompts
 from explorer.demo_model.data import PARAPHRASES_PATH
-from explorer.demo_model.safety_adapter import chat_prompt
+from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens
 from explorer.importers import load_source
 from explorer.intervals import wilson_interval
 from explorer.judge import RefusalJudge
@@ -53,20 +53,10 @@ def dev_sets(advbench: str, xstest: str) -> dict[str, list[Instruction]]:
     }
 
 
-@torch.no_grad()
-def answers(model: Any, tokenizer: Any, requests: list[str], batch_size: int = 32) -> list[str]:
-    """Greedy answers of NEW_TOKENS tokens (left-padded batches)."""
-    out: list[str] = []
-    pad = tokenizer.pad_token_id
-    for start in range(0, len(requests), batch_size):
-        prompts = [chat_prompt(tokenizer, r) for r in requests[start : start + batch_size]]
-        width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, do_sample=False,
-                                   pad_token_id=pad)
-        out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
-    return out
+def answers(model: Any, tokenizer: Any, requests: list[str]) -> list[str]:
+    """Greedy answers of NEW_TOKENS tokens."""
+    prompts = [chat_prompt(tokenizer, r) for r in requests]
+    return tokenizer.batch_decode(greedy_tokens(model, tokenizer, prompts, NEW_TOKENS), skip_special_tokens=True)
 
 
 def _rate(count: int, total: int) -> dict[str, Any]:

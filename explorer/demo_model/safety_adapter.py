@@ -81,9 +81,9 @@ def chat_prompt(tokenizer: Any, request: str) -> list[int]:
 
 
 @torch.no_grad()
-def base_continuations(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], tokens: int,
-                       batch_size: int = 32) -> list[list[int]]:
-    """The base model's first `tokens` greedy answer tokens for each prompt (left-padded batches)."""
+def greedy_tokens(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]], tokens: int,
+                  batch_size: int = 32) -> list[list[int]]:
+    """The model's first `tokens` greedy answer tokens for each tokenised prompt (left-padded batches)."""
     out: list[list[int]] = []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in range(0, len(prompts), batch_size):
@@ -103,8 +103,8 @@ def encode_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Example
     refusal = tokenizer(cfg.refusal, add_special_tokens=False)["input_ids"] + [end_of_turn]
     prompts = [chat_prompt(tokenizer, e.instruction) for e in examples]
     harmless_at = [i for i, e in enumerate(examples) if e.label == "harmless"]
-    continued = dict(zip(harmless_at, base_continuations(model, tokenizer, [prompts[i] for i in harmless_at],
-                                                         cfg.kl_tokens)))
+    continued = dict(zip(harmless_at, greedy_tokens(model, tokenizer, [prompts[i] for i in harmless_at],
+                                                    cfg.kl_tokens)))
     ids, positions, harmful = [], [], []
     for i, (example, prompt) in enumerate(zip(examples, prompts)):
         answer = refusal if example.label == "harmful" else continued[i]
