@@ -56,6 +56,12 @@ def line_pixels(grey: np.ndarray, top: int, bottom: int, left: int, right: int, 
     return torch.from_numpy(1.0 - np.asarray(scaled, dtype=np.float32) / 255.0)[None]
 
 
+def stack_lines(lines: list[torch.Tensor]) -> torch.Tensor:
+    """(1, height, W_i) lines as one (B, 1, height, max W) batch, right-padded with white (0)."""
+    width = max(line.shape[-1] for line in lines)
+    return torch.stack([nn.functional.pad(line, (0, width - line.shape[-1])) for line in lines])
+
+
 def ctc_greedy(log_probs: torch.Tensor) -> str:
     """Best path: the most likely class per column, repeats merged, blanks dropped."""
     best = log_probs.argmax(-1).tolist()
@@ -109,9 +115,7 @@ class TextReader(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            width = max(line.shape[-1] for line in lines)
-            batch = torch.stack([nn.functional.pad(line, (0, width - line.shape[-1])) for line in lines])
-            log_probs = self(batch)
+            log_probs = self(stack_lines(lines))
             texts = [ctc_greedy(lp[: self.columns(line.shape[-1])]) for lp, line in zip(log_probs, lines)]
         finally:
             self.train(was_training)

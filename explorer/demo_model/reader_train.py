@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 
 from explorer.model_view import ink_lines
-from explorer.text_reader import CHARSET, ReaderConfig, TextReader, line_pixels
+from explorer.text_reader import (
+    CHARSET,
+    ReaderConfig,
+    TextReader,
+    line_pixels,
+    stack_lines,
+)
 from explorer.typography import TextLayout, fitted_lines, render_text_image
 
 from .training_text import text_training_set
@@ -66,8 +72,7 @@ def _random_text(rng: random.Random) -> str:
 
 
 def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(p.shape[-1] for p, _ in pairs)
-    pixels = torch.stack([F.pad(p, (0, width - p.shape[-1])) for p, _ in pairs])
+    pixels = stack_lines([p for p, _ in pairs])
     targets = torch.tensor([CHARSET.index(c) + 1 for _, t in pairs for c in t])
     return pixels, torch.tensor([TextReader.columns(p.shape[-1]) for p, _ in pairs]), targets, torch.tensor([len(t) for _, t in pairs])
 
