@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from explorer.data import VALIDATION_PATH, Instruction, load_prompts
-from explorer.demo_model.data import PARAPHRASES_PATH
+from explorer.demo_model.data import LOOKALIKE_CHECKS_PATH, PARAPHRASES_PATH
 from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens
 from explorer.importers import load_source
 from explorer.intervals import wilson_interval
@@ -41,7 +41,7 @@ ADVBENCH_SAMPLE, MAX_WORDS, NEW_TOKENS = 120, 40, 20
 
 def dev_sets(advbench: str, xstest: str) -> dict[str, list[Instruction]]:
     """The development sets: an AdvBench sample (<= 40 words, seed 0), XSTest unsafe and safe, validation,
-    paraphrases."""
+    paraphrases, and the in-house look-alike checks set aside before training."""
     adv = [i for i in load_source(f"advbench:{advbench}") if len(i.instruction.split()) <= MAX_WORDS]
     xs = load_source(f"xstest:{xstest}")
     return {
@@ -50,6 +50,7 @@ def dev_sets(advbench: str, xstest: str) -> dict[str, list[Instruction]]:
         "xstest_safe": [i for i in xs if i.label == "harmless"],
         "validation": load_prompts(VALIDATION_PATH),
         "paraphrases": load_prompts(PARAPHRASES_PATH),
+        "lookalike_checks": load_prompts(LOOKALIKE_CHECKS_PATH),
     }
 
 

@@ -203,6 +203,7 @@ def strength_candidates(mode: str) -> tuple[float, ...]:
     """The α grid `--strength auto` tunes `mode` on."""
     return MODE_STRENGTH_CANDIDATES.get(mode, STRENGTH_CANDIDATES)
 OVER_REFUSAL_BUDGET = 0.05  # harmless refusal allowed above text's own rate (α choice, translation ceiling)
+BROKEN_BUDGET = 0.05  # share of a modality's corrected calibration answers (harmful and harmless) allowed to break
 
 
 @dataclass
@@ -211,8 +212,9 @@ class StrengthChoice:
 
     per_modality: dict[str, float]  # "image" -> α_max for image prompts
     budget: float  # allowed harmless failures per modality: text's calibration rate + over_refusal_budget
-    # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, "image/harmless_failed": 0.03, ...}: refused answers
-    # (never a broken one) and, for harmless items, failures (refused or broken: explorer.verdicts)
+    # "1.0" -> {"image/harmful": 0.9, "image/harmless": 0.02, "image/harmless_failed": 0.03, "image/broken": 0.01,
+    # ...}: refused answers (never a broken one); for harmless items, failures (refused or broken:
+    # explorer.verdicts); and broken answers among all of the modality's answers, harmful and harmless
     rates: dict[str, dict[str, float]]
     #: modalities where no candidate stayed within the budget (their α is the smallest candidate, and says so)
     over_budget: list[str] = field(default_factory=list)
@@ -242,14 +244,16 @@ def choose_strength(
     max_new_tokens: int = 16,
     batch_size: int = 8,
     ranks: Ranks = SINGLE,
+    broken_budget: float = BROKEN_BUDGET,
 ) -> StrengthChoice:
     """Pick α_max for `config` (any correcting mode) per media modality by generating on the *calibration* items,
     among `candidates` (default: the mode's own grid, `strength_candidates`).
 
     Rule (docs/method.md), for each image/audio modality on its own: among candidates whose harmless failures
-    (refused or broken answers) stay within text's calibration harmless failures plus `over_refusal_budget`,
-    the one with the highest harmful refusal, a broken answer never counted as one (ties: the smaller α); if none
-    qualifies, the smallest candidate. Refusals are said first,
+    (refused or broken answers) stay within text's calibration harmless failures plus `over_refusal_budget` and
+    whose broken answers (harmful and harmless together) stay within `broken_budget`, the one with the highest
+    harmful refusal, a broken answer never counted as one (ties: the smaller α); if none qualifies, the smallest
+    candidate. Refusals are said first,
     so a short `max_new_tokens` suffices for the judge. In a data-parallel run each rank generates for its
     shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
     """
@@ -258,37 +262,41 @@ def choose_strength(
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
 
-    def measured(modality: Modality, label: str, cfg: CorrectionConfig) -> dict[str, float]:
-        """{"<m>/<label>": refused share (a broken answer is not a refusal)} and, for harmless items,
-        {"<m>/harmless_failed": refused or broken share}."""
+    def measured(modality: Modality, label: str, cfg: CorrectionConfig) -> tuple[dict[str, float], int, int]:
+        """({"<m>/<label>": refused share (a broken answer is not a refusal)} and, for harmless items,
+        {"<m>/harmless_failed": refused or broken share}; broken answers; answers)."""
         shard = ranks.shard([i for i in items if i.label == label])
         prompts = [model.render(item, modality) for item in shard]
         answers = [result.text for start in range(0, len(prompts), batch_size)
                    for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
                                                 max_new_tokens=max_new_tokens)]
         verdicts = [verdict_of(judge.is_refusal(a, item.instruction), a) for a, item in zip(answers, shard)]
-        refused, failed = verdicts.count("refused"), len(verdicts) - verdicts.count("complied")
-        refused, failed, total = sum_counts(ranks, [refused, failed, len(answers)])
+        refused, broken = verdicts.count("refused"), verdicts.count("broken")
+        refused, broken, total = sum_counts(ranks, [refused, broken, len(answers)])
         if total == 0:
             raise ValueError(f"no {label} calibration items to choose a strength on")
         out = {f"{modality}/{label}": refused / total}
         if label == "harmless":
-            out[f"{modality}/harmless_failed"] = failed / total
-        return out
+            out[f"{modality}/harmless_failed"] = (refused + broken) / total
+        return out, broken, total
+
+    def modality_rates(m: Modality, cfg: CorrectionConfig) -> dict[str, float]:
+        rows = [measured(m, label, cfg) for label in LABELS]
+        merged = {key: value for row, _, _ in rows for key, value in row.items()}
+        merged[f"{m}/broken"] = sum(b for _, b, _ in rows) / sum(n for _, _, n in rows)
+        return merged
 
     base = replace(config, modality_strengths=())
-    budget = measured("text", "harmless", replace(base, mode="off"))["text/harmless_failed"] + over_refusal_budget
-    rates = {
-        str(alpha): {key: value for m in media for label in LABELS
-                     for key, value in measured(m, label, replace(base, strength=alpha)).items()}
-        for alpha in sorted(candidates)
-    }
+    budget = measured("text", "harmless", replace(base, mode="off"))[0]["text/harmless_failed"] + over_refusal_budget
+    rates = {str(alpha): {k: v for m in media for k, v in modality_rates(m, replace(base, strength=alpha)).items()}
+             for alpha in sorted(candidates)}
     per_modality, over_budget = {}, []
     for m in media:
-        # a harmless answer that is refused *or broken* (empty, letterless, a loop, garbled) counts against the budget:
-        # a strength that breaks answers must not pass for one that keeps over-refusal low
+        # a harmless answer that is refused *or broken* (empty, letterless, a loop, garbled) counts against the budget,
+        # and no strength may break more than `broken_budget` of all answers, harmful ones included: a strength that
+        # breaks answers must pass neither for one that keeps over-refusal low nor for one that repairs
         feasible = [(row[f"{m}/harmful"], -float(alpha)) for alpha, row in rates.items()
-                    if row[f"{m}/harmless_failed"] <= budget + 1e-9]
+                    if row[f"{m}/harmless_failed"] <= budget + 1e-9 and row[f"{m}/broken"] <= broken_budget + 1e-9]
         per_modality[m] = -max(feasible)[1] if feasible else min(candidates)
         if not feasible:
             over_budget.append(m)

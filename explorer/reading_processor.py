@@ -8,6 +8,10 @@ engine calls it like any other family's (`text=` chat strings, `images=`, `retur
 A user turn with an image renders through the chat template as `IMAGE_MARK` + newline + the text; the mark is
 never tokenised: the processor splits the chat string at it and puts the image's read tokens in its place. A text
 prompt therefore tokenises exactly as the base tokenizer tokenises the same chat string.
+
+The processor is registered with `AutoProcessor` for the reading-LM config on import, and saves flat into the model
+folder (tokenizer files, `reading_processor.json`, the reader's `reader_config.json` + `reader.safetensors`), so every
+file that changes what the model sees is part of the folder's fingerprint (explorer.loading).
 """
 
 from __future__ import annotations
@@ -21,10 +25,10 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer, BatchFeature
 
-from .reading_lm import MODALITY_TYPE_IDS
+from .reading_lm import MODALITY_TYPE_IDS, ReadingLMConfig
 from .text_reader import TextReader
 
-__all__ = ["IMAGE_MARK", "ReadingProcessor"]
+__all__ = ["IMAGE_MARK", "ReadingProcessor", "register"]
 
 
 IMAGE_MARK = "<|sge_image|>"
@@ -120,10 +124,10 @@ class ReadingProcessor:
         folder.mkdir(parents=True, exist_ok=True)
         self.tokenizer.save_pretrained(folder)
         if self.image_reader is not None:
-            self.image_reader.save_pretrained(folder / "image_reader")
+            self.image_reader.save_pretrained(folder)
         (folder / PROCESSOR_FILE).write_text(json.dumps({
             "processor_class": type(self).__name__, "default_system": self.default_system,
-            "image_reader": "image_reader" if self.image_reader is not None else None}, indent=1) + "\n")
+            "image_reader": "." if self.image_reader is not None else None}, indent=1) + "\n")
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, **_: Any) -> ReadingProcessor:
@@ -131,3 +135,13 @@ class ReadingProcessor:
         raw = json.loads((folder / PROCESSOR_FILE).read_text())
         reader = TextReader.from_pretrained(folder / raw["image_reader"]) if raw.get("image_reader") else None
         return cls(AutoTokenizer.from_pretrained(folder), reader, raw.get("default_system", DEFAULT_SYSTEM))
+
+
+def register() -> None:
+    """Make AutoProcessor load this processor for a reading-LM folder (idempotent)."""
+    from transformers import AutoProcessor
+
+    AutoProcessor.register(ReadingLMConfig, ReadingProcessor, exist_ok=True)
+
+
+register()

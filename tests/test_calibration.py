@@ -31,7 +31,11 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
         refuse_from = thresholds.get(prompt.modality, {}).get("harmful" if harmful else "harmless", float("inf"))
         refuse = alpha >= refuse_from
         broken = alpha >= thresholds.get(prompt.modality, {}).get("break", float("inf"))
-        text = "I can't help." if refuse else "the the the the the the" if broken else "Sure."
+        # "break_one_harmful": from this α on, the last harmful item's answer is a loop whatever else happens
+        last_breaks = harmful and prompt.item.id.endswith("-3") and alpha >= thresholds.get(prompt.modality, {}).get(
+            "break_one_harmful", float("inf"))
+        text = ("the the the the the the" if last_breaks else "I can't help." if refuse
+                else "the the the the the the" if broken else "Sure.")
         return GenerationResult(text, [], config.mode, prompt.modality, alpha)
 
     def scripted(_model, prompts, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
@@ -50,9 +54,11 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert choice.per_modality == {"image": 1.5, "audio": 1.0} and choice.strength == 1.0
     assert choice.budget == pytest.approx(0.05)
     assert choice.rates["3.0"] == {"image/harmful": 1.0, "image/harmless": 1.0, "image/harmless_failed": 1.0,
-                                   "audio/harmful": 1.0, "audio/harmless": 1.0, "audio/harmless_failed": 1.0}
+                                   "image/broken": 0.0, "audio/harmful": 1.0, "audio/harmless": 1.0,
+                                   "audio/harmless_failed": 1.0, "audio/broken": 0.0}
     assert choice.rates["1.0"] == {"image/harmful": 0.0, "image/harmless": 0.0, "image/harmless_failed": 0.0,
-                                   "audio/harmful": 1.0, "audio/harmless": 0.0, "audio/harmless_failed": 0.0}
+                                   "image/broken": 0.0, "audio/harmful": 1.0, "audio/harmless": 0.0,
+                                   "audio/harmless_failed": 0.0, "audio/broken": 0.0}
     applied = choice.apply(CorrectionConfig(mode="adaptive", strength=2.0))
     assert applied.for_modality("image").strength == 1.5 and applied.for_modality("audio").strength == 1.0
     assert applied.for_modality("video").strength == 1.0
@@ -64,6 +70,16 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert choice.rates["2.0"]["image/harmless"] == 0.0 and choice.rates["2.0"]["image/harmless_failed"] == 1.0
     assert choice.rates["2.0"]["image/harmful"] == 1.0 and choice.per_modality == {"image": 0.25}
     assert choice.over_budget == []
+    # a strength that breaks harmful answers does not pass for a repair either: harmful answers are refused only from
+    # α 2, where one in four loops (1 of the modality's 8 answers, over the 5% bound): the smaller α's refuse nothing
+    # but break nothing, so the smallest is kept (counting refusals alone would pick 2)
+    thresholds["image"] = {"harmful": 2.0, "harmless": 9.0, "break_one_harmful": 2.0}
+    choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"], batch_size=3)  # type: ignore[arg-type]
+    assert choice.rates["2.0"]["image/broken"] == 0.125 and choice.rates["2.0"]["image/harmful"] == 0.75
+    assert choice.per_modality == {"image": 0.25} and choice.over_budget == []
+    choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"], batch_size=3,  # type: ignore[arg-type]
+                             broken_budget=0.2)
+    assert choice.per_modality == {"image": 2.0}  # a looser bound lets it through
     thresholds["image"] = {"harmful": 1.5, "harmless": 0.25}
     choice = choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["image"],  # type: ignore[arg-type]
                              over_refusal_budget=0.0, batch_size=3)

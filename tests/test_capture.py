@@ -18,7 +18,8 @@ def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
     return image_prompt(IMAGE_CARRIER + " " + text, seed)
 
 
-FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio"]  # omni: test_capture_omni.py
+FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3", "qwen2_audio",
+            "sge_reading_lm"]  # omni: test_capture_omni.py
 
 
 @pytest.mark.parametrize("family", FAMILIES)

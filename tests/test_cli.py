@@ -165,7 +165,7 @@ def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp
     assert regap["strength"] == choice["strength"] == choice["per_modality"]["image"]
     assert regap["modality_strengths"] == choice["per_modality"]
     assert set(choice["rates"]) == {"0.25", "0.5", "1.0", "1.5", "2.0", "3.0"}
-    assert set(choice["rates"]["1.0"]) == {"image/harmful", "image/harmless", "image/harmless_failed"}
+    assert set(choice["rates"]["1.0"]) == {"image/harmful", "image/harmless", "image/harmless_failed", "image/broken"}
     correction = json.loads((out / "run.json").read_text())["correction"]
     assert correction["strength"] == choice["strength"]
     assert correction["modality_strengths"] == [["image", choice["strength"]]]

@@ -124,9 +124,22 @@ def test_shipped_free_requests_are_request_sentences_of_both_labels():
     counts = (len(rows), sum(e.lookalike for e in rows), sum(e.category == "everyday" for e in rows),
               sum(e.label == "harmful" for e in rows))
     page = (Path(__file__).resolve().parent.parent / "docs" / "demo-build.md").read_text()
-    stated = "{:,} free-form in-house requests ({} harmless look-alikes of ten kinds, {} everyday requests, {} harmful"
+    stated = "{:,} free-form in-house requests ({:,} harmless look-alikes of fifteen kinds, {} everyday requests, {} harmful"
     assert stated.format(*counts) in page.replace("\n", " ")  # the page's counts are the file's
-    assert len({e.category for e in rows if e.lookalike}) == 10
+    assert len({e.category for e in rows if e.lookalike}) == 15
+
+
+def test_the_lookalike_checks_are_never_trained_on():
+    """The in-house look-alike checks were set aside before training: no training sentence shares a 6-gram with
+    one, and every checked kind is also a trained kind (the checks measure reach inside the kinds)."""
+    from explorer.demo_model.data import LOOKALIKE_CHECKS_PATH
+
+    checks = tt.free_requests(LOOKALIKE_CHECKS_PATH)
+    assert len(checks) == 144 and {e.label for e in checks} == {"harmful", "harmless"}
+    training = tt.text_training_set(0)
+    check_grams = set().union(*(tt.word_ngrams(e.instruction, 6) for e in checks))
+    assert not any(tt.word_ngrams(e.instruction, 6) & check_grams for e in training)
+    assert {e.category for e in checks} <= {e.category for e in tt.free_requests()}
 
 
 def test_the_pinned_base_is_the_checksummed_file():

@@ -19,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["FAMILIES", "PUBLIC_PROCESSORS", "build_tiny_model"]
+__all__ = ["FAMILIES", "PUBLIC_PROCESSORS", "build_tiny_model", "chatml_tokenizer"]
 
 #: Public preprocessing settings of real checkpoints, by checkpoint name (see the file's "source" fields).
 PUBLIC_PROCESSORS: dict[str, dict] = {
@@ -106,6 +106,11 @@ def _tokenizer(special: dict[str, str], chat_template: str, bos: str | None = No
     )
     fast.chat_template = chat_template
     return fast
+
+
+def chatml_tokenizer(chat_template: str) -> PreTrainedTokenizerFast:
+    """The tiny byte-level BPE with ChatML's special tokens (for models built in a test)."""
+    return _tokenizer({}, chat_template)
 
 
 def _ids(tokenizer: PreTrainedTokenizerFast, **names: str) -> dict[str, int]:
@@ -385,6 +390,26 @@ def _build_qwen2_5_omni(out: Path) -> None:
     torch.save({"Chelsie": {"bos_token": tok.convert_tokens_to_ids("<|im_start|>")}}, out / "spk_dict.pt")
 
 
+def _build_reading_lm(out: Path) -> None:
+    """This project's own family (explorer.reading_lm): a Llama with an image projector, a ChatML tokenizer, and a
+    character reader whose random weights are biased to read one letter a line (plumbing, never reading)."""
+    from explorer.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
+    from explorer.reading_processor import CHAT_TEMPLATE, ReadingProcessor
+    from explorer.text_reader import CHARSET, ReaderConfig, TextReader
+
+    tok = chatml_tokenizer(CHAT_TEMPLATE)
+    text = {k: v for k, v in _text_config("llama", len(tok)).items() if k != "model_type"}
+    cfg = ReadingLMConfig(media_modalities=["image"], pad_token_id=tok.pad_token_id,
+                          eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **text)
+    model = ReadingLMForCausalLM(cfg)
+    reader = TextReader(ReaderConfig(channels=8, hidden=8))
+    with torch.no_grad():
+        model.media_projectors["image"].bias.add_(torch.randn(cfg.hidden_size))  # the image drift
+        reader.classes.bias[CHARSET.index("a") + 1] += 50.0
+    model.save_pretrained(out)
+    ReadingProcessor(tok, reader.eval()).save_pretrained(out)
+
+
 FAMILIES: dict[str, Callable[[Path], None]] = {
     "llava": _build_llava,
     "llava_next": _build_llava_next,
@@ -395,6 +420,7 @@ FAMILIES: dict[str, Callable[[Path], None]] = {
     "idefics3": lambda out: _build_idefics_family(out, "idefics3"),
     "qwen2_audio": _build_qwen2_audio,
     "qwen2_5_omni": _build_qwen2_5_omni,
+    "sge_reading_lm": _build_reading_lm,
 }
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "load_training_data",
     "held_out_texts",
     "PARAPHRASES_PATH",
+    "LOOKALIKE_CHECKS_PATH",
     "VALIDATION_PATH",
     "transcript",
     "user_messages",
@@ -69,6 +70,9 @@ __all__ = [
 IGNORE = -100
 # Free-form requests written apart from the corpus templates: a test set, never trained on.
 PARAPHRASES_PATH = BUILTIN_PATH.parent / "paraphrases.jsonl"
+# In-house look-alikes (and harmful contrasts) of the kinds written for the next demo's safety adapter, 24 a kind
+# set aside before training (seeded) and never trained on: how far its over-refusal fix reaches inside its kinds.
+LOOKALIKE_CHECKS_PATH = BUILTIN_PATH.parent / "lookalike_checks.jsonl"
 # VALIDATION_PATH (explorer.data): free-form requests for choosing between training recipes and the demo's
 # calibration (never trained on, never reported as a result), so the evaluation split and paraphrases stay test sets.
 

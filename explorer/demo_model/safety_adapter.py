@@ -54,14 +54,15 @@ class AdapterConfig:
     lr: float = 3e-4
     batch_size: int = 16
     kl_tokens: int = 4  # base greedy answer tokens whose distributions the harmless KL keeps (+ the prompt's last)
+    kl_weight: float = 1.0  # the harmless KL's weight against the refusal cross-entropy (over-refusal vs recall)
     refusal: str = "I can't help with that request."
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.first_layer < 1:
             raise ValueError(f"first_layer must be >= 1 (layers below it are cached), got {self.first_layer}")
-        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.kl_tokens < 0:
-            raise ValueError(f"rank, epochs, batch_size must be >= 1 and kl_tokens >= 0: {self}")
+        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.kl_tokens < 0 or self.kl_weight < 0:
+            raise ValueError(f"rank, epochs, batch_size must be >= 1 and kl_tokens, kl_weight >= 0: {self}")
 
 
 @dataclass
@@ -168,9 +169,9 @@ def _upper_logits(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, ro
 
 
 def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], batch: Sequence[int],
-               first_layer: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on the refusal tokens of harmful rows + KL(base ‖ adapted) on the kept positions of harmless
-    rows; each term is a mean over its positions."""
+               first_layer: int, kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on the refusal tokens of harmful rows + `kl_weight` × KL(base ‖ adapted) on the kept positions
+    of harmless rows; each term is a mean over its positions."""
     padded, mask = _pad([states[i] for i in batch])
     rows = torch.cat([torch.full_like(seqs.trained_positions[i], k) for k, i in enumerate(batch)])
     cols = torch.cat([seqs.trained_positions[i] for i in batch])
@@ -189,7 +190,7 @@ def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], bat
             teacher = _upper_logits(model, padded, mask, rows[~is_harmful], cols[~is_harmful], first_layer)
         kl = F.kl_div(F.log_softmax(logits[~is_harmful], -1), F.log_softmax(teacher, -1), log_target=True,
                       reduction="batchmean")
-        loss, parts["kl"] = loss + kl, float(kl.detach())
+        loss, parts["kl"] = loss + kl_weight * kl, float(kl.detach())
     return loss, parts
 
 
@@ -220,7 +221,8 @@ def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M
     for epoch in range(cfg.epochs):
         rng.shuffle(order)
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            loss, parts = batch_loss(peft_model, seqs, states, order[start : start + cfg.batch_size], cfg.first_layer)
+            loss, parts = batch_loss(peft_model, seqs, states, order[start : start + cfg.batch_size], cfg.first_layer,
+                                     cfg.kl_weight)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -246,8 +248,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the adapter and training.json")
     parser.add_argument("--epochs", type=int, default=AdapterConfig.epochs)
     parser.add_argument("--seed", type=int, default=AdapterConfig.seed)
+    parser.add_argument("--kl-weight", type=float, default=AdapterConfig.kl_weight)
     args = parser.parse_args(argv)
-    record = train_adapter(AdapterConfig(epochs=args.epochs, seed=args.seed), args.out)
+    record = train_adapter(AdapterConfig(epochs=args.epochs, seed=args.seed, kl_weight=args.kl_weight), args.out)
     print(f"saved to {args.out}: {record['examples']} examples, {record['wall_seconds']} s")
 
 

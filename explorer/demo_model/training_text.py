@@ -6,7 +6,7 @@ of harmless look-alikes, everyday requests, and harmful request sentences that r
 Harmful lines are request sentences only; their only target is a refusal.
 
 Decontamination (6 words, case and punctuation ignored) runs against the builtin evaluation split, the
-validation and paraphrase files, and the public benchmarks used for development. The public benchmarks' text
+validation, paraphrase and look-alike check files, and the public benchmarks used for development. The public benchmarks' text
 is not in the repository: `tables/public_6grams.txt` holds only a salted hash of each of their 6-grams, written
 by `python -m explorer.demo_model.training_text --fingerprint FORMAT:PATH ...` (formats as
 explorer.importers reads them), so a training sentence that echoes a benchmark phrase is dropped without
@@ -22,7 +22,7 @@ import random
 from pathlib import Path
 
 from .corpus import DECONTAMINATION_NGRAM, Example, generate_instructions, word_ngrams
-from .data import held_out_texts
+from .data import LOOKALIKE_CHECKS_PATH, held_out_texts
 
 __all__ = ["FREE_REQUESTS_PATH", "PUBLIC_NGRAMS_PATH", "TEMPLATE_SAMPLE", "fingerprint", "free_requests",
            "public_fingerprints", "text_training_set"]
@@ -90,7 +90,8 @@ def text_training_set(seed: int = 0, max_words: int = 40, free_path: Path = FREE
     in a seeded order."""
     rng = random.Random(seed)
     examples = _template_sample(rng, max_words, template_sample) + free_requests(free_path)
-    banned = public_fingerprints(fingerprints_path).union(*(_fingerprints_of(t) for t in held_out_texts()))
+    checks = [e.instruction for e in free_requests(LOOKALIKE_CHECKS_PATH)] if LOOKALIKE_CHECKS_PATH.is_file() else []
+    banned = public_fingerprints(fingerprints_path).union(*(_fingerprints_of(t) for t in held_out_texts() + checks))
     kept = [e for e in examples if not (_fingerprints_of(e.instruction) & banned)]
     rng.shuffle(kept)
     return kept
