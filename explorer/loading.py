@@ -384,7 +384,9 @@ def load_model(
     _apply_template(backend, _messages("test", False, False), model_id)  # fail now, not mid-run
     if device_map:
         resolved = next(backend.model.parameters()).device
-    backends = {modality: backend for modality in SUPPORTED_FAMILIES.get(backend.family, ("text",))}
+    # a processor that says what it accepts (the reading LM's: the readers it has) narrows its family's modalities
+    accepted = getattr(backend.processor, "modalities", None) or SUPPORTED_FAMILIES.get(backend.family, ("text",))
+    backends = {modality: backend for modality in accepted}
     return LoadedModel(
         name=model_id,
         backends=backends,

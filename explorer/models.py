@@ -47,7 +47,7 @@ SUPPORTED_FAMILIES: dict[str, tuple[Modality, ...]] = {
     "smolvlm": ("text", "image"),
     "qwen2_audio": ("text", "audio"),
     "qwen2_5_omni": ("text", "image", "audio"),
-    "sge_reading_lm": ("text", "image"),  # this project's reading LM (explorer.reading_lm): the demo's family
+    "sge_reading_lm": ("text", "image", "audio"),  # this project's reading LM (explorer.reading_lm): the demo's family
 }
 
 

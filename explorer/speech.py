@@ -30,8 +30,8 @@ from .storage import atomic_path, cache_bound, cache_root, mark_used, prune_cach
 from .uploads import MIN_AUDIO_SECONDS, resample
 from .vocab import SAMPLE_RATE, check_choice
 
-__all__ = ["AUDIO_STYLES", "AudioStyle", "SpeechUnavailableError", "prompt_words", "render_audio",
-           "speech_unavailable_reason"]
+__all__ = ["AUDIO_STYLES", "SPEECH_RATES_WPM", "AudioStyle", "SpeechUnavailableError", "prompt_words", "render_audio",
+           "speak", "speech_unavailable_reason"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,8 @@ _ESPEAK_SPEED_WPM = 160
 #: Faster rates tried, in order, when a long request spoken at 160 wpm would not fit the model's audio window:
 #: 240 wpm is about the fastest rate at which people (and ASR-trained encoders) still follow speech well.
 _FASTER_SPEEDS_WPM = (200, 240)
+#: Every rate a sentence may be spoken at (a speech reader trains on all of them).
+SPEECH_RATES_WPM = (_ESPEAK_SPEED_WPM, *_FASTER_SPEEDS_WPM)
 _ESPEAK_PITCH = 50
 _ESPEAK_AMPLITUDE = 100
 _SILENCE_THRESHOLD = 0.01  # relative to the clip's peak (-40 dB): used to trim silence around a word
@@ -80,8 +82,8 @@ def _espeak_version() -> str:
     return speech_engine().version
 
 
-def _speak(text: str, words_per_minute: int = _ESPEAK_SPEED_WPM) -> np.ndarray:
-    """One utterance → float32 mono at SAMPLE_RATE."""
+def speak(text: str, words_per_minute: int = _ESPEAK_SPEED_WPM) -> np.ndarray:
+    """One utterance, uncached, in the app's voice → float32 mono at SAMPLE_RATE."""
     settings = SpeechSettings(_ESPEAK_VOICE, words_per_minute, _ESPEAK_PITCH, _ESPEAK_AMPLITUDE)
     audio, rate = speech_engine().speak(text, settings)
     return resample(audio, rate, SAMPLE_RATE)
@@ -167,11 +169,11 @@ def _cached_speech(
         return cached
 
     if style == "sentence":
-        audio = _speak(" ".join(words), speed)
+        audio = speak(" ".join(words), speed)
     else:
         slots = []
         for word in words:
-            spoken = _trim_silence(_speak(word.rstrip("?")))
+            spoken = _trim_silence(speak(word.rstrip("?")))
             if len(spoken) > slot_samples:
                 spoken = _fit_length(spoken, slot_samples)
             slots.append(np.pad(spoken, (0, slot_samples - len(spoken))))

@@ -62,13 +62,13 @@ def stack_lines(lines: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([nn.functional.pad(line, (0, width - line.shape[-1])) for line in lines])
 
 
-def ctc_greedy(log_probs: torch.Tensor) -> str:
-    """Best path: the most likely class per column, repeats merged, blanks dropped."""
+def ctc_greedy(log_probs: torch.Tensor, charset: str = CHARSET) -> str:
+    """Best path: the most likely class per column, repeats merged, blanks dropped; class k > 0 is charset[k - 1]."""
     best = log_probs.argmax(-1).tolist()
     chars, previous = [], 0
     for cls in best:
         if cls != previous and cls != 0:
-            chars.append(CHARSET[cls - 1])
+            chars.append(charset[cls - 1])
         previous = cls
     return "".join(chars)
 

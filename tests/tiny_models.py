@@ -391,23 +391,27 @@ def _build_qwen2_5_omni(out: Path) -> None:
 
 
 def _build_reading_lm(out: Path) -> None:
-    """This project's own family (explorer.reading_lm): a Llama with an image projector, a ChatML tokenizer, and a
-    character reader whose random weights are biased to read one letter a line (plumbing, never reading)."""
+    """This project's own family (explorer.reading_lm): a Llama with image and audio projectors, a ChatML tokenizer,
+    and character readers whose random weights are biased to read one letter (plumbing, never reading)."""
     from explorer.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
     from explorer.reading_processor import CHAT_TEMPLATE, ReadingProcessor
+    from explorer.speech_reader import ALPHABET, SpeechReader, SpeechReaderConfig
     from explorer.text_reader import CHARSET, ReaderConfig, TextReader
 
     tok = chatml_tokenizer(CHAT_TEMPLATE)
     text = {k: v for k, v in _text_config("llama", len(tok)).items() if k != "model_type"}
-    cfg = ReadingLMConfig(media_modalities=["image"], pad_token_id=tok.pad_token_id,
+    cfg = ReadingLMConfig(media_modalities=["image", "audio"], pad_token_id=tok.pad_token_id,
                           eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), **text)
     model = ReadingLMForCausalLM(cfg)
     reader = TextReader(ReaderConfig(channels=8, hidden=8))
+    ears = SpeechReader(SpeechReaderConfig(channels=8, hidden=8, lexicon_words=100))
     with torch.no_grad():
         model.media_projectors["image"].bias.add_(torch.randn(cfg.hidden_size))  # the image drift
+        model.media_projectors["audio"].bias.add_(torch.randn(cfg.hidden_size))  # the audio drift
         reader.classes.bias[CHARSET.index("a") + 1] += 50.0
+        ears.classes.bias[ALPHABET.index("a") + 1] += 50.0
     model.save_pretrained(out)
-    ReadingProcessor(tok, reader.eval()).save_pretrained(out)
+    ReadingProcessor(tok, reader.eval(), speech_reader=ears.eval()).save_pretrained(out)
 
 
 FAMILIES: dict[str, Callable[[Path], None]] = {
