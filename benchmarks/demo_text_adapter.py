@@ -8,7 +8,9 @@ look-alikes <= 20%) must hold on requests the adapter never trained on. This mea
         --advbench data/harmful_behaviors.csv --xstest data/xstest_prompts.csv [--base-too]
 
 Writes benchmarks/results/demo_text_adapter.json: per set and model, the refused / broken counts with Wilson 95%
-intervals. Answers to harmful requests are not stored (only their verdicts); answers to harmless ones are.
+intervals. Answers to harmful requests are not stored (only their verdicts); answers to harmless ones are. With
+`--variant NAME` the record goes into benchmarks/results/demo_text_adapter_variants.json under NAME instead (the
+recipes and strengths tried on the way, docs/demo-build.md), without the per-item answers.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from explorer.data import VALIDATION_PATH, Instruction, load_prompts
 from explorer.demo_model.data import LOOKALIKE_CHECKS_PATH, PARAPHRASES_PATH
-from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens
+from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens, scale_lora
 from explorer.importers import load_source
 from explorer.intervals import wilson_interval
 from explorer.judge import RefusalJudge
@@ -36,6 +38,7 @@ from explorer.pinned_base import SMOLLM2_135M_INSTRUCT
 from explorer.verdicts import broken_reason
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_text_adapter.json"
+VARIANTS = ROOT / "benchmarks" / "results" / "demo_text_adapter_variants.json"
 ADVBENCH_SAMPLE, MAX_WORDS, NEW_TOKENS = 120, 40, 20
 
 
@@ -97,7 +100,10 @@ def main() -> None:
     parser.add_argument("--advbench", required=True)
     parser.add_argument("--xstest", required=True)
     parser.add_argument("--base-too", action="store_true", help="also measure the base model without the adapter")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="the adapter's strength: its LoRA deltas times this (lora_alpha scaled), 1 as trained")
     parser.add_argument("--out", type=Path, default=RECORD)
+    parser.add_argument("--variant", help="record under this name in demo_text_adapter_variants.json instead")
     args = parser.parse_args()
     from peft import PeftModel
 
@@ -108,10 +114,25 @@ def main() -> None:
                               "training": json.loads((args.adapter / "training.json").read_text()) | {"history": None}}
     if args.base_too:
         record["base"] = measure(base, tokenizer, sets)
-    model = PeftModel.from_pretrained(base, args.adapter).merge_and_unload().eval()
-    record["adapter"] = measure(model, tokenizer, sets)
-    args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}")
+    adapted = PeftModel.from_pretrained(base, args.adapter)
+    scale_lora(adapted, args.scale)
+    record["scale"] = args.scale
+    record["adapter"] = measure(adapted.merge_and_unload().eval(), tokenizer, sets)
+    if args.variant:
+        add_variant(args.variant, record)
+        print(f"wrote {args.variant} into {VARIANTS}")
+    else:
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {args.out}")
+
+
+def add_variant(name: str, record: dict[str, Any], path: Path = VARIANTS) -> None:
+    """Keep `record` (without per-item answers) under `name` in the variants file."""
+    variants = json.loads(path.read_text()) if path.is_file() else {}
+    for result in record["adapter"].values():
+        result.pop("items", None)
+    variants[name] = record
+    path.write_text(json.dumps(variants, indent=1, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ SOURCES: dict[str, str] = {
     # the next demo's parts as they are built (docs/demo-build.md)
     "demo_text_adapter": "benchmarks/results/demo_text_adapter.json",  # benchmarks/demo_text_adapter.py
     "demo_reader": "benchmarks/results/demo_reader.json",  # benchmarks/demo_reader.py
+    # the text adapter's recipes and strengths tried (benchmarks/demo_text_adapter.py --variant NAME)
+    "demo_text_adapter_variants": "benchmarks/results/demo_text_adapter_variants.json",
 }
 
 #: The documents whose figures are marked (globs from the repository root).

@@ -6,7 +6,7 @@ sub-folder on the pinned base (explorer.reading_lm: config, `pinned_base.json`, 
 projectors, the processor with its tokenizer and character reader); the base's 98 MB are never copied.
 
     python -m explorer.demo_model.assemble --adapter build/demo_next/text_adapter \\
-        --reader build/demo_next/image_reader --out build/demo_next/model
+        --reader build/demo_next/image_reader --speech-reader build/demo_next/speech_reader --out build/demo_next/model
 
 Projectors not given are the identity: read tokens then land exactly on typed tokens (no modality drift yet).
 """
@@ -24,6 +24,7 @@ from explorer.loading import MANIFEST_FILE, MANIFEST_FORMAT
 from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 from explorer.reading_lm import ReadingLMConfig, write_on_pinned_base
 from explorer.reading_processor import ReadingProcessor
+from explorer.speech_reader import SpeechReader
 from explorer.text_reader import TextReader
 
 from .reader_train import READER_LAYOUT
@@ -35,8 +36,9 @@ __all__ = ["LM_FOLDER", "NOTICE", "assemble", "identity_projectors", "reading_lm
 LM_FOLDER = "reading_lm"
 
 NOTICE = ("This is the **next demo model** under construction: SmolLM2-135M-Instruct (a real small language model, "
-          "from a pinned package) made into a toy multimodal model in-house. It reads an image's text with a "
-          "small character reader; it shows the geometry, not a real assistant's behaviour.")
+          "from a pinned package) made into a toy multimodal model in-house. It reads an image's text with a small "
+          "character reader and hears speech with a small speech reader; it shows the geometry, not a real "
+          "assistant's behaviour.")
 
 # Keys of the base's config that describe the file it came from, not the architecture.
 _NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path",
@@ -62,20 +64,22 @@ def identity_projectors(config: ReadingLMConfig) -> dict[str, torch.Tensor]:
     return state
 
 
-def assemble(out: Path, adapter: Path | None, reader: Path, projectors: dict[str, torch.Tensor] | None = None,
-             base: PinnedBase = SMOLLM2_135M_INSTRUCT) -> Path:
+def assemble(out: Path, adapter: Path | None, reader: Path, speech_reader: Path | None = None,
+             projectors: dict[str, torch.Tensor] | None = None, base: PinnedBase = SMOLLM2_135M_INSTRUCT) -> Path:
     """Write the model folder `out` (manifest + reading-LM sub-folder) and return it."""
     from transformers import AutoTokenizer
 
-    config = reading_lm_config(base, ["image"])
+    media = ["image"] + ["audio"] * (speech_reader is not None)
+    config = reading_lm_config(base, media)
     lm_folder = Path(out) / LM_FOLDER
     write_on_pinned_base(lm_folder, config, projectors or identity_projectors(config), base, adapter)
     path = base.path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    ReadingProcessor(tokenizer, TextReader.from_pretrained(reader)).save_pretrained(lm_folder)
+    ears = SpeechReader.from_pretrained(speech_reader) if speech_reader is not None else None
+    ReadingProcessor(tokenizer, TextReader.from_pretrained(reader), speech_reader=ears).save_pretrained(lm_folder)
     manifest = {
         "format": MANIFEST_FORMAT,
-        "backends": {"text": LM_FOLDER, "image": LM_FOLDER},
+        "backends": {"text": LM_FOLDER, **dict.fromkeys(media, LM_FOLDER)},
         "notice": NOTICE,
         "calibration": "validation",
         "media": {"image_layout": asdict(READER_LAYOUT), "audio_style": "sentence"},
@@ -88,9 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--adapter", type=Path, help="the safety adapter's folder (peft), if any")
     parser.add_argument("--reader", type=Path, required=True, help="the character reader's folder")
+    parser.add_argument("--speech-reader", type=Path, help="the speech reader's folder, if any")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    folder = assemble(args.out, args.adapter, args.reader)
+    folder = assemble(args.out, args.adapter, args.reader, args.speech_reader)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(f"wrote {folder}: {size / 1e6:.1f} MB")
 

@@ -35,7 +35,7 @@ from explorer.typography import TextLayout, fitted_lines, render_text_image
 
 from .training_text import text_training_set
 
-__all__ = ["READER_LAYOUT", "TRAINING_FONT_SIZES", "reading_accuracy", "rendered_lines", "train_text_reader"]
+__all__ = ["READER_CONFIG", "READER_LAYOUT", "TRAINING_FONT_SIZES", "reading_accuracy", "rendered_lines", "train_text_reader"]
 
 
 #: The demo's image layout: one font size, wrapped on a 448 px wide canvas (about 45 characters a line).
@@ -43,6 +43,10 @@ READER_LAYOUT = TextLayout(width=448, height=224, font_size=16, min_font_size=16
 
 #: Font sizes the reader trains on (the layout's size among them).
 TRAINING_FONT_SIZES = (13, 16, 20, 24)
+
+#: Lines scaled to 24 px: about three output columns a character, so CTC has a column for the blank between two
+#: equal letters ("attack"; at 16 px, two columns a character, the first reader merged some: docs/demo-build.md).
+READER_CONFIG = ReaderConfig(height=24)
 
 
 def _printable(text: str) -> bool:
@@ -65,10 +69,21 @@ def rendered_lines(text: str, font_size: int, height: int) -> list[tuple[torch.T
     return [(line_pixels(grey, i.top, i.bottom, i.left, i.right, height), t) for i, t in zip(inked, lines)]
 
 
+def _random_word(rng: random.Random) -> str:
+    """A random token shaped like written words (lower case, capitalised, upper case, a number or punctuation),
+    never a mix inside one word: mixed shapes taught the first reader to read "cr1me" and "SystemS"."""
+    length = rng.randint(1, 9)
+    shape = rng.choices(("lower", "title", "upper", "digits", "punctuation"), weights=(50, 20, 10, 10, 10))[0]
+    if shape == "digits":
+        return "".join(rng.choice(string.digits) for _ in range(length))
+    if shape == "punctuation":
+        return "".join(rng.choice(string.punctuation) for _ in range(rng.randint(1, 3)))
+    word = "".join(rng.choice(string.ascii_lowercase) for _ in range(length))
+    return word.upper() if shape == "upper" else word.capitalize() if shape == "title" else word
+
+
 def _random_text(rng: random.Random) -> str:
-    alphabet = string.ascii_letters + string.digits + string.punctuation
-    words = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 9))) for _ in range(rng.randint(2, 12))]
-    return " ".join(words)
+    return " ".join(_random_word(rng) for _ in range(rng.randint(2, 12)))
 
 
 def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -85,7 +100,7 @@ def train_text_reader(out: Path, steps: int = 1500, batch_size: int = 32, seed: 
     torch.manual_seed(seed)
     pool = [t for t in (texts if texts is not None else [e.instruction for e in text_training_set(seed)])
             if _printable(t)]
-    reader = TextReader(ReaderConfig())
+    reader = TextReader(READER_CONFIG)
     optimiser = torch.optim.AdamW(reader.parameters(), lr=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     history: list[dict[str, float]] = []

@@ -37,7 +37,8 @@ from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 from .corpus import Example
 from .training_text import text_training_set
 
-__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "lower_states", "main", "train_adapter"]
+__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "lower_states", "main", "scale_lora",
+           "train_adapter"]
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -202,6 +203,19 @@ def add_adapter(model: nn.Module, cfg: AdapterConfig) -> Any:
     lora = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=0.0, target_modules=list(PROJECTIONS),
                       layers_to_transform=list(range(cfg.first_layer, n_layers)))
     return get_peft_model(model, lora)
+
+
+def scale_lora(peft_model: Any, scale: float) -> None:
+    """Multiply every LoRA delta of `peft_model` by `scale` (its scaling, lora_alpha / r, times `scale`): the
+    adapter's strength, a trade between refusing harmful requests and over-refusing look-alikes."""
+    if scale <= 0:
+        raise ValueError(f"the adapter's scale must be > 0, got {scale}")
+    from peft.tuners.lora import LoraLayer
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            for name in module.scaling:
+                module.scaling[name] *= scale
 
 
 def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M_INSTRUCT,

@@ -1,0 +1,61 @@
+"""The next demo's speech reader, measured on development requests spoken in the app's voice.
+
+Why: issue 22 asks that requests of up to 40 words fit the speech path; a word the reader mishears reaches the LM as
+another word. This speaks every development request (AdvBench sample, XSTest, validation, paraphrases, look-alike
+checks; never trained on) with explorer.speech at 160 wpm and counts requests read back exactly (as
+`explorer.speech_reader.spoken_text` writes them) and word errors, before and after the lexicon decoding.
+
+    python benchmarks/demo_speech_reader.py --reader build/demo_next/speech_reader \\
+        --advbench data/harmful_behaviors.csv --xstest data/xstest_prompts.csv
+
+Writes benchmarks/results/demo_speech_reader.json: per set, exact / total, word errors and every misheard request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from demo_text_adapter import dev_sets
+
+from explorer.demo_model.speech_train import hearing_accuracy
+from explorer.speech_reader import SpeechReader
+
+RECORD = ROOT / "benchmarks" / "results" / "demo_speech_reader.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reader", type=Path, required=True)
+    parser.add_argument("--advbench", required=True)
+    parser.add_argument("--xstest", required=True)
+    parser.add_argument("--out", type=Path, default=RECORD)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(2)
+    reader = SpeechReader.from_pretrained(args.reader)
+    training = json.loads((args.reader / "training.json").read_text())
+    record: dict = {"training": training | {"history": None}, "sets": {}}
+    totals = dict.fromkeys(("exact", "total", "words", "word_errors_heard", "word_errors_read"), 0)
+    for name, items in dev_sets(args.advbench, args.xstest).items():
+        started = time.perf_counter()
+        result = hearing_accuracy(reader, [i.instruction for i in items])
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        record["sets"][name] = result
+        totals = {k: v + result[k] for k, v in totals.items()}
+        print(name, {k: result[k] for k in totals}, flush=True)
+    record |= totals
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {args.out}: {totals}")
+
+
+if __name__ == "__main__":
+    main()
