@@ -5,7 +5,7 @@
 Each run starts a fresh `python app.py` process on a free loopback port with one shared state cache, so run 1
 fills the cache (cold) and later runs read it (warm). Timed from process start: the server answering HTTP,
 the first "Analyse" of the rendered example request (three plots), and a first Generate. Not a test: the
-numbers depend on the machine; the README of the app (docs/app.md) records them.
+numbers depend on the machine. `--out FILE` also writes the runs as JSON (a record docs may quote).
 """
 
 from __future__ import annotations
@@ -70,13 +70,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="also write the runs to this JSON file")
     args = parser.parse_args()
     cache = tempfile.mkdtemp(prefix="sge-startup-cache-")
+    runs = []
     for run in range(args.runs):
         times = one_run(args.model, cache)
         label = "cold cache" if run == 0 else "warm cache"
-        print(json.dumps({"run": run + 1, "cache": label, **{k: round(v, 1) if isinstance(v, float) else v
-                                                            for k, v in times.items()}}), flush=True)
+        runs.append({"run": run + 1, "cache": label, **{k: round(v, 1) if isinstance(v, float) else v
+                                                        for k, v in times.items()}})
+        print(json.dumps(runs[-1]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"model": args.model, "cores": os.cpu_count(), "runs": runs}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
