@@ -17,7 +17,9 @@ import dataclasses
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -29,6 +31,22 @@ from explorer.demo_model.reader_train import READER_LAYOUT, reading_accuracy
 from explorer.text_reader import TextReader
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_reader.json"
+
+
+def measure_sets(accuracy: Callable[[list[str]], dict[str, Any]], advbench: str, xstest: str,
+                 totals: tuple[str, ...]) -> dict[str, Any]:
+    """{"sets": {name: accuracy(requests) + seconds}, total: sum over sets for each of `totals`} on the development
+    sets (shared by this benchmark and the speech reader's)."""
+    record: dict[str, Any] = {"sets": {}, **dict.fromkeys(totals, 0)}
+    for name, items in dev_sets(advbench, xstest).items():
+        started = time.perf_counter()
+        result = accuracy([i.instruction for i in items])
+        result["seconds"] = round(time.perf_counter() - started, 1)
+        record["sets"][name] = result
+        for key in totals:
+            record[key] += result[key]
+        print(name, {key: result[key] for key in totals}, flush=True)
+    return record
 
 
 def main() -> None:
@@ -43,19 +61,11 @@ def main() -> None:
     torch.set_num_threads(2)
     reader = TextReader.from_pretrained(args.reader)
     training = json.loads((args.reader / "training.json").read_text())
-    record = {"layout": dataclasses.asdict(READER_LAYOUT),
-              "training": training | {"history": None}, "sets": {}}
-    exact = total = 0
-    for name, items in dev_sets(args.advbench, args.xstest).items():
-        started = time.perf_counter()
-        result = reading_accuracy(reader, [i.instruction for i in items])
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        record["sets"][name] = result
-        exact, total = exact + result["exact"], total + result["total"]
-        print(name, result["exact"], "/", result["total"], flush=True)
-    record["exact"], record["total"] = exact, total
+    record = {"layout": dataclasses.asdict(READER_LAYOUT), "training": training | {"history": None},
+              **measure_sets(lambda texts: reading_accuracy(reader, texts), args.advbench, args.xstest,
+                             ("exact", "total"))}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}: {exact}/{total}")
+    print(f"wrote {args.out}: {record['exact']}/{record['total']}")
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from demo_text_adapter import dev_sets
+from demo_reader import measure_sets
 
 from explorer.demo_model.speech_train import hearing_accuracy
 from explorer.speech_reader import SpeechReader
@@ -43,18 +42,11 @@ def main() -> None:
     torch.set_num_threads(2)
     reader = SpeechReader.from_pretrained(args.reader)
     training = json.loads((args.reader / "training.json").read_text())
-    record: dict = {"training": training | {"history": None}, "sets": {}}
-    totals = dict.fromkeys(("exact", "total", "words", "word_errors_heard", "word_errors_read"), 0)
-    for name, items in dev_sets(args.advbench, args.xstest).items():
-        started = time.perf_counter()
-        result = hearing_accuracy(reader, [i.instruction for i in items])
-        result["seconds"] = round(time.perf_counter() - started, 1)
-        record["sets"][name] = result
-        totals = {k: v + result[k] for k, v in totals.items()}
-        print(name, {k: result[k] for k in totals}, flush=True)
-    record |= totals
+    totals = ("exact", "total", "words", "word_errors_heard", "word_errors_read")
+    record = {"training": training | {"history": None},
+              **measure_sets(lambda texts: hearing_accuracy(reader, texts), args.advbench, args.xstest, totals)}
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out}: {totals}")
+    print(f"wrote {args.out}: {({key: record[key] for key in totals})}")
 
 
 if __name__ == "__main__":

@@ -91,3 +91,20 @@ def test_speech_reader_round_trips_through_its_folder(tmp_path):
     (tmp_path / "speech_reader_config.json").write_text('{"kind": "other"}')
     with pytest.raises(ValueError, match="does not hold a speech reader"):
         SpeechReader.from_pretrained(tmp_path)
+
+
+def test_the_shared_ctc_loop_learns_a_fixed_batch_and_logs_its_loss():
+    """train_ctc (both readers' loop): on one repeated batch the CTC loss falls; the log has every `log_every`-th
+    step and the last; the reader is left in eval mode."""
+    from explorer.demo_model.ctc_training import train_ctc
+    from explorer.demo_model.speech_train import _batch
+
+    torch.manual_seed(0)
+    reader = SpeechReader(SpeechReaderConfig(channels=16, hidden=16))
+    rng = np.random.default_rng(0)
+    pairs = [(torch.from_numpy(rng.standard_normal((40, 64), dtype=np.float32)).half(), "ab ba"),
+             (torch.from_numpy(rng.standard_normal((30, 64), dtype=np.float32)).half(), "cab")]
+    history = train_ctc(reader, lambda: _batch(pairs), steps=60, log_every=25)
+    assert [h["step"] for h in history] == [0, 25, 50, 59]
+    assert history[-1]["loss"] < history[0]["loss"] / 2
+    assert not reader.training

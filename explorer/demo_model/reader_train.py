@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from explorer.model_view import ink_lines
 from explorer.text_reader import (
@@ -33,6 +32,7 @@ from explorer.text_reader import (
 )
 from explorer.typography import TextLayout, fitted_lines, render_text_image
 
+from .ctc_training import CTCBatch, train_ctc
 from .training_text import text_training_set
 
 __all__ = ["READER_CONFIG", "READER_LAYOUT", "TRAINING_FONT_SIZES", "reading_accuracy", "rendered_lines", "train_text_reader"]
@@ -86,7 +86,7 @@ def _random_text(rng: random.Random) -> str:
     return " ".join(_random_word(rng) for _ in range(rng.randint(2, 12)))
 
 
-def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> CTCBatch:
     pixels = stack_lines([p for p, _ in pairs])
     targets = torch.tensor([CHARSET.index(c) + 1 for _, t in pairs for c in t])
     return pixels, torch.tensor([TextReader.columns(p.shape[-1]) for p, _ in pairs]), targets, torch.tensor([len(t) for _, t in pairs])
@@ -101,29 +101,18 @@ def train_text_reader(out: Path, steps: int = 1500, batch_size: int = 32, seed: 
     pool = [t for t in (texts if texts is not None else [e.instruction for e in text_training_set(seed)])
             if _printable(t)]
     reader = TextReader(READER_CONFIG)
-    optimiser = torch.optim.AdamW(reader.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    history: list[dict[str, float]] = []
     pending: list[tuple[torch.Tensor, str]] = []
-    reader.train()
-    for step in range(steps):
+
+    def next_batch() -> CTCBatch:
+        nonlocal pending
         while len(pending) < batch_size:
             text = _random_text(rng) if rng.random() < 0.25 else rng.choice(pool)
             pending += rendered_lines(text, rng.choice(TRAINING_FONT_SIZES), reader.config.height)
         rng.shuffle(pending)
         chunk, pending = pending[:batch_size], pending[batch_size:]
-        pixels, lengths, targets, target_lengths = _batch(chunk)
-        log_probs = reader(pixels).transpose(0, 1)  # (T, B, C) as ctc_loss wants
-        loss = F.ctc_loss(log_probs, targets, lengths, target_lengths, zero_infinity=True)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reader.parameters(), 5.0)
-        optimiser.step()
-        schedule.step()
-        if step % log_every == 0 or step == steps - 1:
-            history.append({"step": step, "loss": round(float(loss.detach()), 4)})
-            print(f"step {step}: ctc {float(loss.detach()):.4f}", flush=True)
-    reader.eval()
+        return _batch(chunk)
+
+    history = train_ctc(reader, next_batch, steps, log_every)
     reader.save_pretrained(out)
     record = {"steps": steps, "batch_size": batch_size, "seed": seed, "texts": len(pool),
               "font_sizes": list(TRAINING_FONT_SIZES), "parameters": sum(p.numel() for p in reader.parameters()),

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from explorer.speech import SPEECH_RATES_WPM, prompt_words, speak
 from explorer.speech_reader import (
@@ -31,6 +30,7 @@ from explorer.speech_reader import (
     spoken_text,
 )
 
+from .ctc_training import CTCBatch, train_ctc
 from .training_text import text_training_set
 
 __all__ = ["RANDOM_SHARE", "hearing_accuracy", "spoken_examples", "train_speech_reader"]
@@ -60,7 +60,7 @@ def spoken_examples(texts: Sequence[str], rng: random.Random, n_mels: int) -> li
     return examples
 
 
-def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, ...]:
+def _batch(pairs: Sequence[tuple[torch.Tensor, str]]) -> CTCBatch:
     frames = torch.nn.utils.rnn.pad_sequence([f.float() for f, _ in pairs], batch_first=True)
     targets = torch.tensor([ALPHABET.index(c) + 1 for _, t in pairs for c in t])
     return (frames, torch.tensor([SpeechReader.columns(f.shape[0]) for f, _ in pairs]), targets,
@@ -82,23 +82,7 @@ def train_speech_reader(out: Path, utterances: int = 6000, steps: int = 3000, ba
     examples = spoken_examples(texts, rng, config.n_mels)
     spoken_seconds = time.perf_counter() - started
     reader = SpeechReader(config)
-    optimiser = torch.optim.AdamW(reader.parameters(), lr=1e-3)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    history: list[dict[str, float]] = []
-    reader.train()
-    for step in range(steps):
-        frames, lengths, targets, target_lengths = _batch(rng.sample(examples, batch_size))
-        log_probs = reader(frames).transpose(0, 1)  # (T, B, C) as ctc_loss wants
-        loss = F.ctc_loss(log_probs, targets, lengths, target_lengths, zero_infinity=True)
-        optimiser.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reader.parameters(), 5.0)
-        optimiser.step()
-        schedule.step()
-        if step % log_every == 0 or step == steps - 1:
-            history.append({"step": step, "loss": round(float(loss.detach()), 4)})
-            print(f"step {step}: ctc {float(loss.detach()):.4f}", flush=True)
-    reader.eval()
+    history = train_ctc(reader, lambda: _batch(rng.sample(examples, batch_size)), steps, log_every)
     reader.save_pretrained(out)
     record = {"utterances": len(examples), "random_share": RANDOM_SHARE, "rates_wpm": list(SPEECH_RATES_WPM),
               "steps": steps, "batch_size": batch_size, "seed": seed,
