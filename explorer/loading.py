@@ -188,10 +188,11 @@ class Manifest:
     language model) is described by data in its folder, so one loader serves it and every other model, and
     nothing downstream asks "is this the demo?". Fields of manifest.json: `format`, `backends` (modality →
     sub-folder), `shared_language_model` (the backends run one LM, checked equal and then shared in memory so
-    one set of hooks serves all), `media` (`image_layout`: a word grid's or a text layout's fields, `audio_style`, `slot_seconds`), and optional
-    `notice` (Markdown shown with the model), `card` (its model card, relative path), `strengths_from` (a
-    JSON with the α_max per modality chosen on calibration for these exact weights) and `calibration` (where
-    `--calibration default` calibrates: "builtin", or "validation" for a model trained on the calibration split).
+    one set of hooks serves all), `media` (`image_layout`: a word grid's or a text layout's fields, `audio_style`,
+    `slot_seconds`), and optional `notice` (Markdown shown with the model), `card` (its model card, relative
+    path), `strengths_from` (a JSON with the α_max per modality chosen on calibration for these exact weights)
+    and `calibration` (where `--calibration default` calibrates: "builtin", or "validation" for a model trained on
+    the calibration split).
     """
 
     folder: Path

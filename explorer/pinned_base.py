@@ -11,7 +11,7 @@ dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
 
 A model folder built on a pinned base names it in `pinned_base.json` (`PinnedBase.write` / `PinnedBase.read`);
 `PinnedBase.state_dict` gives its weights de-quantised once and cached (safetensors under the cache root, keyed
-by the file's SHA-256), so a second start reads them in about a second rather than de-quantising again.
+by the file's SHA-256), so a second start reads them in seconds rather than de-quantising the GGUF file again.
 
 >>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
 >>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP

@@ -120,9 +120,11 @@ def assemble_on_pinned_base(folder: Path, dtype: torch.dtype = torch.float32,
     folder = Path(folder)
     config = config or ReadingLMConfig.from_pretrained(folder)
     weights = dict(base_weights if base_weights is not None else PinnedBase.read(folder / PINNED_BASE_FILE).state_dict())
+    from safetensors import SafetensorError
+
     try:
         weights.update(load_file(str(folder / PROJECTORS_FILE)))
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, SafetensorError) as err:
         raise ModelLoadError(f"{folder} names a pinned base but its {PROJECTORS_FILE} cannot be read: {err}") from err
     with no_init_weights():  # every weight is overwritten below; skip the random initialisation
         model = ReadingLMForCausalLM(config)

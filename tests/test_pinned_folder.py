@@ -106,6 +106,9 @@ def test_the_engine_loads_a_pinned_folder_through_the_auto_classes(tmp_path, mon
     with torch.no_grad():
         torch.testing.assert_close(lm.backends["text"].model(**_inputs()).logits, peft_model(**_inputs()).logits,
                                    rtol=1e-5, atol=1e-5)
+    (folder / PROJECTORS_FILE).write_bytes(b"damaged")
+    with pytest.raises(ModelLoadError, match="media_projectors.safetensors cannot be read"):
+        load_model(str(folder), device="cpu")
     (folder / PROJECTORS_FILE).unlink()
     with pytest.raises(ModelLoadError, match="media_projectors.safetensors cannot be read"):
         load_model(str(folder), device="cpu")
