@@ -103,7 +103,7 @@ def hearing_accuracy(reader: SpeechReader, texts: Sequence[str]) -> dict[str, An
         spoken_words = " ".join(prompt_words(text))
         want = spoken_text(spoken_words).split()
         audio = speak(spoken_words)
-        heard, read = reader.hear(audio).split(), reader.read(audio).split()
+        heard, read = (words.split() for words in reader.heard_and_read(audio))
         words += len(want)
         errors_heard += Levenshtein.distance(want, heard)
         errors_read += Levenshtein.distance(want, read)
