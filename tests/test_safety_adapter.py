@@ -208,3 +208,31 @@ def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(
     with pytest.raises(ValueError, match="1 image marks but 0 images"):
         processor(text=[shown])
     assert processor.tokenizer is base_tokenizer  # the engine's Backend.tokenizer reads it
+
+
+def test_refusal_rivals_mark_only_where_the_answer_still_follows_the_refusal():
+    refusal = [5, 6, 7, 2]
+    assert sa.refusal_rivals([9, 6, 7], refusal, 4) == [5, -1, -1, -1]  # differs at once; last position has no token
+    assert sa.refusal_rivals([5, 8, 7], refusal, 3) == [-1, 6, -1]  # "I" shared, then "'d" against " can't"
+    assert sa.refusal_rivals([5, 6, 7, 2], refusal, 4) == [-1, -1, -1, -1]  # the base itself refuses: no rival
+
+
+def test_the_decision_hinge_is_the_documented_mean_over_competing_positions():
+    model = _tiny_llama()
+    seqs = _sequences([6, 8, 5], [True, False, False])
+    seqs.rival_ids = [torch.full_like(p, -1) for p in seqs.trained_positions]
+    seqs.rival_ids[1] = torch.tensor([11, -1, 12, -1])  # harmless row 1: positions 4..7
+    seqs.rival_ids[2] = torch.tensor([-1, 13, -1])  # harmless row 2: positions 2..4
+    states = sa.lower_states(model, seqs.ids, first_layer=2)
+    peft_model = sa.add_adapter(model, sa.AdapterConfig(first_layer=2, rank=4))
+    with torch.no_grad():
+        expected = []
+        for i, k, rival in ((1, 0, 11), (1, 2, 12), (2, 1, 13)):
+            pos = int(seqs.trained_positions[i][k])
+            logits = model(input_ids=seqs.ids[i][None]).logits[0, pos]
+            expected.append(max(0.0, 1.5 - float(logits[seqs.ids[i][pos + 1]] - logits[rival])))
+        _, off = sa.batch_loss(peft_model, seqs, states, [0, 1, 2], 2, margin_weight=0.0)
+        loss, parts = sa.batch_loss(peft_model, seqs, states, [0, 1, 2], 2, margin_weight=0.5, margin=1.5)
+    assert "margin" not in off
+    assert parts["margin"] == pytest.approx(sum(expected) / 3, rel=1e-5)
+    assert float(loss) == pytest.approx(parts["ce"] + parts["kl"] + 0.5 * parts["margin"], rel=1e-5)

@@ -8,7 +8,11 @@ per sequence, and a step only runs the upper 14 (with the adapter), a few times 
 Targets, per example:
 - harmful request → the refusal sentence `AdapterConfig.refusal` (cross-entropy on its tokens and the end-of-turn);
 - harmless request → the base model's own next-token distribution (KL, base ‖ adapted) at the last prompt position
-  and at the base's first `kl_tokens` greedy answer tokens, so harmless answers stay the base model's.
+  and at the base's first `kl_tokens` greedy answer tokens, so harmless answers stay the base model's;
+- harmless request, optionally (`margin_weight` > 0) → a hinge on the greedy *decision*: wherever the base's answer
+  so far equals the refusal's start, the base's next token must out-score the refusal's next token by `margin`
+  logits. Why: the KL is an average over the whole distribution, and a refusal start can take the argmax at a small
+  KL cost; measured, adapter 2 (KL weight 2) refused 24 of 100 of its own training look-alikes (docs/demo-build.md).
 
 Training text is in-house only (explorer.demo_model.training_text) and 6-gram decontaminated; nothing of a
 public benchmark is trained on.
@@ -37,8 +41,8 @@ from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 from .corpus import Example
 from .training_text import text_training_set
 
-__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "lower_states", "main", "scale_lora",
-           "train_adapter"]
+__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "lower_states", "main", "refusal_rivals",
+           "scale_lora", "train_adapter"]
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -56,24 +60,48 @@ class AdapterConfig:
     batch_size: int = 16
     kl_tokens: int = 4  # base greedy answer tokens whose distributions the harmless KL keeps (+ the prompt's last)
     kl_weight: float = 1.0  # the harmless KL's weight against the refusal cross-entropy (over-refusal vs recall)
+    margin_weight: float = 0.0  # the harmless decision hinge's weight (0: off, the adapters 1-2 recipe)
+    margin: float = 2.0  # logits by which the base's next token must beat the refusal's where their prefixes agree
     refusal: str = "I can't help with that request."
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.first_layer < 1:
             raise ValueError(f"first_layer must be >= 1 (layers below it are cached), got {self.first_layer}")
-        if self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.kl_tokens < 0 or self.kl_weight < 0:
-            raise ValueError(f"rank, epochs, batch_size must be >= 1 and kl_tokens, kl_weight >= 0: {self}")
+        if (self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.kl_tokens < 0 or self.kl_weight < 0
+                or self.margin_weight < 0 or self.margin < 0):
+            raise ValueError("rank, epochs, batch_size must be >= 1 and kl_tokens, kl_weight, margin_weight, margin "
+                             f">= 0: {self}")
 
 
 @dataclass
 class Sequences:
     """Tokenised training sequences: `trained_positions[i]` are the positions whose next-token distribution is
-    trained; `harmful[i]` says which loss applies (cross-entropy on the refusal, else KL to the base)."""
+    trained; `harmful[i]` says which loss applies (cross-entropy on the refusal, else KL to the base);
+    `rival_ids[i]`, aligned with `trained_positions[i]`, is the refusal's token that the base's next token must
+    out-score there (harmless rows, where the answer so far equals the refusal's start), else -1."""
 
     ids: list[torch.Tensor]
     trained_positions: list[torch.Tensor]
     harmful: list[bool]
+    rival_ids: list[torch.Tensor] | None = None
+
+    def rivals(self, i: int) -> torch.Tensor:
+        """Row i's rival tokens (-1 everywhere when none were encoded)."""
+        if self.rival_ids is None:
+            return torch.full_like(self.trained_positions[i], -1)
+        return self.rival_ids[i]
+
+
+def refusal_rivals(answer: Sequence[int], refusal: Sequence[int], positions: int) -> list[int]:
+    """For each of `positions` answer positions, the refusal token that competes with answer[j] for the argmax:
+    refusal[j] while answer[:j] == refusal[:j] and answer[j] differs from it, else -1 (no competition)."""
+    rivals = []
+    for j in range(positions):
+        same_prefix = j < len(refusal) and list(answer[:j]) == list(refusal[:j])
+        competes = same_prefix and j < len(answer) and answer[j] != refusal[j]
+        rivals.append(refusal[j] if competes else -1)
+    return rivals
 
 
 def chat_prompt(tokenizer: Any, request: str) -> list[int]:
@@ -107,7 +135,7 @@ def encode_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Example
     harmless_at = [i for i, e in enumerate(examples) if e.label == "harmless"]
     continued = dict(zip(harmless_at, greedy_tokens(model, tokenizer, [prompts[i] for i in harmless_at],
                                                     cfg.kl_tokens)))
-    ids, positions, harmful = [], [], []
+    ids, positions, harmful, rivals = [], [], [], []
     for i, (example, prompt) in enumerate(zip(examples, prompts)):
         answer = refusal if example.label == "harmful" else continued[i]
         if example.label == "harmless":  # the base may end its answer early: keep only real tokens
@@ -118,7 +146,9 @@ def encode_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Example
         last = len(prompt) - 1 + len(answer) + (example.label == "harmless" and end_of_turn not in answer)
         positions.append(torch.arange(len(prompt) - 1, last))
         harmful.append(example.label == "harmful")
-    return Sequences(ids, positions, harmful)
+        count = len(positions[-1])
+        rivals.append(torch.tensor([-1] * count if harmful[-1] else refusal_rivals(answer, refusal, count)))
+    return Sequences(ids, positions, harmful, rivals)
 
 
 @contextmanager
@@ -170,9 +200,12 @@ def _upper_logits(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, ro
 
 
 def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], batch: Sequence[int],
-               first_layer: int, kl_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+               first_layer: int, kl_weight: float = 1.0, margin_weight: float = 0.0,
+               margin: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on the refusal tokens of harmful rows + `kl_weight` × KL(base ‖ adapted) on the kept positions
-    of harmless rows; each term is a mean over its positions."""
+    of harmless rows + `margin_weight` × mean hinge max(0, margin - (logit[base token] - logit[refusal token])) on
+    the harmless positions where the refusal competes (`Sequences.rival_ids`); each term is a mean over its
+    positions."""
     padded, mask = _pad([states[i] for i in batch])
     rows = torch.cat([torch.full_like(seqs.trained_positions[i], k) for k, i in enumerate(batch)])
     cols = torch.cat([seqs.trained_positions[i] for i in batch])
@@ -192,6 +225,15 @@ def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], bat
         kl = F.kl_div(F.log_softmax(logits[~is_harmful], -1), F.log_softmax(teacher, -1), log_target=True,
                       reduction="batchmean")
         loss, parts["kl"] = loss + kl_weight * kl, float(kl.detach())
+    rivals = torch.cat([seqs.rivals(i) for i in batch])
+    if margin_weight > 0 and (rivals >= 0).any():
+        at = rivals >= 0
+        chosen = torch.cat([seqs.ids[i][(seqs.trained_positions[i] + 1).clamp(max=len(seqs.ids[i]) - 1)]
+                            for i in batch])[at]
+        picked = logits[at]
+        lead = picked.gather(1, chosen[:, None]) - picked.gather(1, rivals[at][:, None])
+        hinge = F.relu(margin - lead).mean()
+        loss, parts["margin"] = loss + margin_weight * hinge, float(hinge.detach())
     return loss, parts
 
 
@@ -236,7 +278,7 @@ def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M
         rng.shuffle(order)
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             loss, parts = batch_loss(peft_model, seqs, states, order[start : start + cfg.batch_size], cfg.first_layer,
-                                     cfg.kl_weight)
+                                     cfg.kl_weight, cfg.margin_weight, cfg.margin)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -263,8 +305,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=AdapterConfig.epochs)
     parser.add_argument("--seed", type=int, default=AdapterConfig.seed)
     parser.add_argument("--kl-weight", type=float, default=AdapterConfig.kl_weight)
+    parser.add_argument("--margin-weight", type=float, default=AdapterConfig.margin_weight,
+                        help="weight of the harmless decision hinge (0: off)")
+    parser.add_argument("--margin", type=float, default=AdapterConfig.margin)
     args = parser.parse_args(argv)
-    record = train_adapter(AdapterConfig(epochs=args.epochs, seed=args.seed, kl_weight=args.kl_weight), args.out)
+    cfg = AdapterConfig(epochs=args.epochs, seed=args.seed, kl_weight=args.kl_weight,
+                        margin_weight=args.margin_weight, margin=args.margin)
+    record = train_adapter(cfg, args.out)
     print(f"saved to {args.out}: {record['examples']} examples, {record['wall_seconds']} s")
 
 
