@@ -15,7 +15,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from explorer import ui, ui_export
-from explorer.cli import add_model_arguments
+from explorer.model_options import add_model_arguments
 from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.models import ModelLoadError
 from explorer.redact import public_text

@@ -56,11 +56,6 @@ class Calibration:
     items: list[Instruction]
 
 
-#: Calibration sources that name a shipped file: the calibration split, and the validation file (the demo's own
-#: calibration: the demo trained on the calibration split, so its defaults are chosen on data it never saw).
-CALIBRATION_SOURCES = ("builtin", "validation")
-
-
 def calibration_source_for(source: str, model: LoadedModel) -> str:
     """`default` → the model's own calibration source (its manifest's `calibration`, else `builtin`)."""
     return model.calibration_source if source == "default" else source

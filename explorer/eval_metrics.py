@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ import torch
 from .calibration import OVER_REFUSAL_BUDGET
 from .data import Instruction
 from .eval_records import record_key
+from .eval_settings import EvalSettings
 from .geometry import (
     accuracy_at_threshold,
     auroc_per_layer,
@@ -38,9 +39,6 @@ from .verdict_stats import (
     verdict_rows,
 )
 from .vocab import LABELS
-
-if TYPE_CHECKING:
-    from .evaluation import EvalSettings
 
 __all__ = ["JobStates", "compute_metrics", "write_eval_report"]
 

@@ -34,7 +34,7 @@ from typing import Any, Literal, Sequence
 import torch
 
 from .judge import Judge, RefusalJudge
-from .loading import _resolve_dtype, _revision, resolve_device
+from .loading import resolve_dtype, weights_revision, resolve_device
 from .models import ModelLoadError
 
 __all__ = [
@@ -163,7 +163,7 @@ class ModelJudge:
         try:
             config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
             kind = _kind(config.architectures or [], source)
-            kwargs: dict[str, Any] = {"dtype": _resolve_dtype(dtype, resolved), "trust_remote_code": trust_remote_code}
+            kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype, resolved), "trust_remote_code": trust_remote_code}
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
             if kind == "classifier" and prompt_format != "question":
                 raise ValueError(f"--judge-format {prompt_format} is for generative judges; {source!r} is a classifier")
@@ -184,7 +184,7 @@ class ModelJudge:
                                  f"Hugging Face id ({type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
         except ImportError as err:
             raise ModelLoadError(f"cannot load judge {source!r}: a dependency is missing: {err}") from err
-        revision = _revision(folder, config) if folder.is_dir() else getattr(config, "_commit_hash", None)
+        revision = weights_revision(folder, config) if folder.is_dir() else getattr(config, "_commit_hash", None)
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:  # batches need a pad token
             tokenizer.pad_token = tokenizer.eos_token
         if getattr(model.config, "pad_token_id", None) is None:  # a decoder classifier finds each row's end by it

@@ -25,8 +25,8 @@ from .models import (
     LoadedModel,
     MediaStyle,
     ModelLoadError,
-    _apply_template,
-    _messages,
+    chat_messages,
+    render_chat,
 )
 from .typography import TextLayout
 from .vocab import MODALITIES, Modality, check_choice
@@ -40,6 +40,8 @@ __all__ = [
     "folder_revision",
     "load_model",
     "resolve_device",
+    "resolve_dtype",
+    "weights_revision",
 ]
 
 
@@ -71,8 +73,9 @@ def resolve_device(device: DeviceArg = "auto") -> torch.device:
     return resolved
 
 
-def _resolve_dtype(dtype: DtypeArg, device: torch.device) -> torch.dtype:
-    if dtype == "auto":  # bf16 where the GPU has it (Ampere and later), fp16 on older GPUs, fp32 on a CPU
+def resolve_dtype(dtype: DtypeArg, device: torch.device) -> torch.dtype:
+    """The torch dtype for `dtype` on `device` ("auto": bf16 on Ampere+ GPUs, fp16 on older GPUs, fp32 on a CPU)."""
+    if dtype == "auto":
         if device.type != "cuda":
             return torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
@@ -106,7 +109,7 @@ def find_decoder_layers(model: nn.Module, layers_path: str | None = None) -> nn.
     )
 
 
-def _revision(folder: Path, config: Any) -> str:
+def weights_revision(folder: Path, config: Any) -> str:
     """A cheap fingerprint of the weights: hub commit if known, else config + weight file sizes and edges."""
     commit = getattr(config, "_commit_hash", None)
     digest = hashlib.sha256((commit or "").encode())
@@ -253,8 +256,8 @@ def folder_revision(folder: Path) -> str:
 
     register_own_families()
     if not (folder / MANIFEST_FILE).is_file():
-        return _revision(folder, AutoConfig.from_pretrained(folder))
-    parts = [_revision(sub, AutoConfig.from_pretrained(sub)) for sub in Manifest.read(folder).distinct_folders()]
+        return weights_revision(folder, AutoConfig.from_pretrained(folder))
+    parts = [weights_revision(sub, AutoConfig.from_pretrained(sub)) for sub in Manifest.read(folder).distinct_folders()]
     return parts[0] + "".join(part[:8] for part in parts[1:])
 
 
@@ -373,7 +376,7 @@ def load_model(
     if not model_id or not model_id.strip():
         raise ModelLoadError(f"no model given; pass a Hugging Face id, a local folder, or 'demo' ({_FAMILY_LIST})")
     resolved = resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, resolved)
+    torch_dtype = resolve_dtype(dtype, resolved)
     folder = DEMO_MODEL_DIR if model_id == "demo" else Path(model_id)
     if model_id == "demo" and not (folder / MANIFEST_FILE).is_file():
         raise ModelLoadError(
@@ -382,7 +385,7 @@ def load_model(
     if (folder / MANIFEST_FILE).is_file():
         return _load_composite(folder, resolved, torch_dtype, device_map)
     backend, config, folder = _load_backend(model_id, resolved, torch_dtype, device_map, trust_remote_code)
-    _apply_template(backend, _messages("test", False, False), model_id)  # fail now, not mid-run
+    render_chat(backend, chat_messages("test", False, False), model_id)  # fail now, not mid-run
     if device_map:
         resolved = next(backend.model.parameters()).device
     # a processor that says what it accepts (the reading LM's: the readers it has) narrows its family's modalities
@@ -393,7 +396,7 @@ def load_model(
         backends=backends,
         layers=find_decoder_layers(backend.model, layers_path),
         hidden_size=config.get_text_config().hidden_size,
-        revision=_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
+        revision=weights_revision(folder, config) if folder else (getattr(config, "_commit_hash", None) or "hub"),
         device=resolved,
         dtype=torch_dtype,
         media=media_style_for(backends),

@@ -33,7 +33,7 @@ from .media import (
 from .uploads import check_audio_length
 from .vocab import SAMPLE_RATE, Modality, normalise_layer
 
-__all__ = ["SUPPORTED_FAMILIES", "Backend", "LoadedModel", "MediaStyle", "ModelLoadError"]
+__all__ = ["SUPPORTED_FAMILIES", "Backend", "LoadedModel", "MediaStyle", "ModelLoadError", "chat_messages", "render_chat"]
 
 
 #: model_type (config.json) → the modalities its processor accepts besides text.
@@ -152,7 +152,8 @@ class LoadedModel:
     def chat_text(self, prompt: Prompt) -> str:
         """The prompt rendered through the processor's chat template, generation prompt appended."""
         backend = self.backend(prompt.modality)
-        return _apply_template(backend, _messages(prompt.text, prompt.image is not None, prompt.audio is not None), self.name)
+        messages = chat_messages(prompt.text, prompt.image is not None, prompt.audio is not None)
+        return render_chat(backend, messages, self.name)
 
     def encode(self, prompts: Sequence[Prompt], padding_side: Literal["left", "right"] = "right") -> Any:
         """Processor outputs (on the model's device) for prompts that share one modality.
@@ -188,8 +189,8 @@ class LoadedModel:
         """How many chat-template tokens follow the user's content (e.g. `<|im_end|>\\n<|im_start|>assistant\\n`)."""
         if modality not in self._template_tokens:
             marker = "\u2063SGE-END\u2063"
-            messages = _messages(marker, modality == "image", modality == "audio")
-            full = _apply_template(self.backend(modality), messages, self.name)
+            messages = chat_messages(marker, modality == "image", modality == "audio")
+            full = render_chat(self.backend(modality), messages, self.name)
             suffix = full.split(marker, 1)[1]
             ids = self.backend(modality).tokenizer(suffix, add_special_tokens=False)["input_ids"]
             self._template_tokens[modality] = max(1, len(ids))
@@ -199,7 +200,7 @@ class LoadedModel:
         return self.backend(modality).tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
 
 
-def _messages(text: str, has_image: bool, has_audio: bool) -> list[dict[str, Any]]:
+def chat_messages(text: str, has_image: bool, has_audio: bool) -> list[dict[str, Any]]:
     """The one conversation shape every family's chat template receives."""
     content: list[dict[str, Any]] = []
     if has_image:
@@ -210,7 +211,9 @@ def _messages(text: str, has_image: bool, has_audio: bool) -> list[dict[str, Any
     return [{"role": "user", "content": content}]
 
 
-def _apply_template(backend: Backend, messages: list[dict[str, Any]], name: str) -> str:
+def render_chat(backend: Backend, messages: list[dict[str, Any]], name: str) -> str:
+    """`messages` through the backend's chat template (the processor's, else the tokenizer's), generation prompt
+    appended; a checkpoint without a template is a ModelLoadError, since its prompts cannot be formatted as trained."""
     template = getattr(backend.processor, "chat_template", None) or getattr(backend.tokenizer, "chat_template", None)
     if not template:
         raise ModelLoadError(

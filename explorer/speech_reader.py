@@ -162,16 +162,13 @@ class SpeechReader(nn.Module):
         finally:
             self.train(was_training)
 
-    def hear(self, audio: np.ndarray) -> str:
-        """The characters heard (greedy CTC), before any word is decoded against the lexicon."""
-        return self.heard_and_read(audio)[0]
-
     def read(self, audio: np.ndarray) -> str:
         """The words of a spoken request: each heard word, or, for a non-word, the likeliest near word."""
         return self.heard_and_read(audio)[1]
 
     def heard_and_read(self, audio: np.ndarray) -> tuple[str, str]:
-        """(`hear`, `read`) of one clip from one forward pass."""
+        """(the characters heard by greedy CTC before any word is decoded against the lexicon, `read`) of one clip,
+        from one forward pass."""
         log_probs = self.log_probs(audio)
         heard = " ".join(ctc_greedy(log_probs, ALPHABET).split())
         return heard, " ".join(self._word(log_probs[start:end]) for start, end in word_spans(log_probs))

@@ -67,7 +67,7 @@ COLLAPSE_REQUEST = EXAMPLE_HARMFUL
 # Messages
 
 
-def _warn(message: str) -> str:
+def warning_text(message: str) -> str:
     """Show `message` as a toast (inside a Gradio request) and return it as status Markdown."""
     try:
         import gradio as gr
@@ -112,7 +112,7 @@ def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: An
     try:
         result, prompt, _, notices = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
-        return (None,) * 6 + (_warn(problem_message(err)),)
+        return (None,) * 6 + (warning_text(problem_message(err)),)
     figs, caps = list(result.figures.values()), result.captions
     status = " ".join(f"ℹ️ {note}" for note in notices + result.notes) or f"Analysed the {prompt.modality} prompt."
     return (*figs, caps["map"], caps["axis"], caps["separability"], status)
@@ -208,7 +208,7 @@ def _generation(state: AppState, text: str | None, image: Any, audio: Any, mode:
                 note = "".join(f" · ℹ️ {n}" for n in notices)
                 yield partial, _badge(session, result, text_value("the prompt", text) or None) + note
     except Exception as err:  # noqa: BLE001
-        yield "", _warn(problem_message(err))
+        yield "", warning_text(problem_message(err))
 
 
 def generate_plain(state: AppState, text: str | None, image: Any, audio: Any, max_new_tokens: Any = 48,
@@ -264,16 +264,16 @@ def _render_request(state: AppState, text: str | None, modality: Modality) -> tu
         request = request_text(text, state.settings)
         prompt = session.model.render(request, modality)
     except SpeechUnavailableError as err:
-        return None, _warn(f"Cannot render as speech: {err}.")
+        return None, warning_text(f"Cannot render as speech: {err}.")
     except Exception as err:  # noqa: BLE001
-        return None, _warn(problem_message(err))
+        return None, warning_text(problem_message(err))
     if modality == "image":  # the page hands the same pixels back (lossless): remember whose request they draw
         session.remember_render(media_only(prompt.image, None, request))
     shown_as, plural, shown = _RENDERED[modality]
     status = " ".join([f"Rendered the request as {shown_as}; the prompt is now the carrier sentence.",
                        *(f"ℹ️ {note}" for note in unseen_words_notice(session, request))])
     if modality not in session.model.modalities:
-        status = _warn(f"{session.model.name} does not accept {plural}; {shown} but cannot be analysed")
+        status = warning_text(f"{session.model.name} does not accept {plural}; {shown} but cannot be analysed")
     return prompt, status
 
 
@@ -351,7 +351,7 @@ def load_model_ui(state: AppState, model_id: Any, progress: ProgressFn | None = 
         session = state.session
         shown = "" if refusal else f" {model_id!r}"  # a refused id is not echoed: the answer is the same for all
         problem = problem_message(err, keep=(model_id,)).rstrip(".")
-        status = _warn(public_text(f"Could not load{shown}: {problem}. Still serving {session.model.name}.",
+        status = warning_text(public_text(f"Could not load{shown}: {problem}. Still serving {session.model.name}.",
                                    (model_id,)))
         ok = False
     strength, strength_info = session.starting_strength()
@@ -385,7 +385,7 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         layer = session.default_layer()
         result = compute_analysis(state, session, media_prompt, config, layer, method)
     except Exception as err:  # noqa: BLE001
-        return {"status": _warn(problem_message(err))}
+        return {"status": warning_text(problem_message(err))}
     verdicts = [answer_verdict(session, r.text, COLLAPSE_REQUEST) for r in (plain_text, plain_media, fixed_media)]
     shown_as = "a typographic image" if modality == "image" else "speech"
 

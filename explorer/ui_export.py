@@ -23,7 +23,7 @@ from typing import Any
 from .analysis import describe_prompt, fmt
 from .plots import write_report
 from .storage import atomic_path, write_atomic
-from .ui import _warn, problem_message
+from .ui import warning_text, problem_message
 from .ui_inputs import analysis_of
 from .ui_session import AppState
 
@@ -83,7 +83,7 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
     try:
         result, prompt, config, _ = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001
-        return None, sid, _warn(problem_message(err))
+        return None, sid, warning_text(problem_message(err))
     metrics = {**result.metrics, "generations": {
         "plain": {"text": plain_text or "", "verdict": plain_info or ""},
         "corrected": {"text": corrected_text or "", "verdict": corrected_info or ""}}}

@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from explorer.cli import add_model_arguments
+    from explorer.model_options import add_model_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)  # the app's own model options (default: the built-in demo)

@@ -146,7 +146,7 @@ class _Says:
 def test_the_processor_puts_read_and_heard_tokens_in_place_of_their_marks():
     from tiny_models import chatml_tokenizer
 
-    from explorer.models import _messages
+    from explorer.models import chat_messages
     from explorer.reading_processor import (
         AUDIO_MARK,
         CHAT_TEMPLATE,
@@ -157,7 +157,7 @@ def test_the_processor_puts_read_and_heard_tokens_in_place_of_their_marks():
     tokenizer = chatml_tokenizer(CHAT_TEMPLATE)
     processor = ReadingProcessor(tokenizer, _Says("bake bread"), speech_reader=_Says("the sea"))  # type: ignore[arg-type]
     assert processor.modalities == ("text", "image", "audio")
-    shown, heard = (processor.apply_chat_template(_messages("Respond to it.", image, not image)) for image in (1, 0))
+    shown, heard = (processor.apply_chat_template(chat_messages("Respond to it.", image, not image)) for image in (1, 0))
     assert shown.count(IMAGE_MARK) == 1 and heard.count(AUDIO_MARK) == 1
     batch = processor(text=[shown, heard], images=[Image.new("RGB", (8, 8))], audio=[np.zeros(1600, np.float32)],
                       sampling_rate=16000)

@@ -187,7 +187,7 @@ class _FixedReader:
 def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(base_tokenizer):
     from PIL import Image
 
-    from explorer.models import _messages
+    from explorer.models import chat_messages
     from explorer.reading_processor import IMAGE_MARK, ReadingProcessor
 
     processor = ReadingProcessor(base_tokenizer, _FixedReader())  # type: ignore[arg-type]
@@ -197,7 +197,7 @@ def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(
     text_batch = processor(text=[typed])
     assert text_batch["input_ids"][0].tolist() == sa.chat_prompt(base_tokenizer, "How do I bake bread?")
     assert text_batch["mm_token_type_ids"].sum() == 0
-    shown = processor.apply_chat_template(_messages("Respond to it.", True, False))
+    shown = processor.apply_chat_template(chat_messages("Respond to it.", True, False))
     assert shown.count(IMAGE_MARK) == 1
     batch = processor(text=[shown, typed], images=[Image.new("RGB", (8, 8))], padding_side="left")
     read = base_tokenizer("How do I bake bread?", add_special_tokens=False)["input_ids"]

@@ -37,7 +37,6 @@ __all__ = [
     "refusal_for",
     "answer_for",
     "random_words",
-    "corpus_words",
     "decontaminate",
     "banned_ngrams",
     "word_ngrams",
@@ -227,11 +226,6 @@ def drop_words(text: str, rng: random.Random, rate: float, max_dropped: int = 1,
             continue
         kept.append(word)
     return " ".join(kept)
-
-
-def corpus_words(texts: list[str]) -> list[str]:
-    """Sorted unique whitespace-separated words of `texts` (the reading vocabulary)."""
-    return sorted({w for t in texts for w in t.split()})
 
 
 def random_words(words: list[str], rng: random.Random, min_words: int, max_words: int) -> str:
