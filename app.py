@@ -1,4 +1,4 @@
-"""Safety Geometry Explorer: the web app. Layout and event wiring only; the handlers live in explorer/ui.py.
+"""Safety Geometry Explorer: the web app. Layout and event wiring only; the handlers live in explorer/app/ui.py.
 
     python app.py                        # the built-in demo model on http://127.0.0.1:7860
     python app.py --model llava-hf/llava-1.5-7b-hf --device cuda
@@ -14,15 +14,26 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from explorer import ui, ui_export
-from explorer.model_options import add_model_arguments
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
-from explorer.models import ModelLoadError
-from explorer.redact import public_text
-from explorer.ui_inputs import is_local_request
-from explorer.run_view import ROW_HEADERS, list_runs, open_run, read_run, run_rows
-from explorer.ui_session import STRENGTH_MAX, AppSettings, AppState, temporary_folder
-from explorer.vocab import SAMPLE_RATE
+from explorer.app import ui, ui_export
+from explorer.app.model_options import add_model_arguments
+from explorer.app.ui_inputs import is_local_request
+from explorer.app.ui_session import (
+    STRENGTH_MAX,
+    AppSettings,
+    AppState,
+    temporary_folder,
+)
+from explorer.core.redact import public_text
+from explorer.core.vocab import SAMPLE_RATE
+from explorer.evaluation.run_view import (
+    ROW_HEADERS,
+    list_runs,
+    open_run,
+    read_run,
+    run_rows,
+)
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER
+from explorer.model.models import ModelLoadError
 
 MODEL_CONCURRENCY = 2  # model-running events share this many workers (hooks are per-thread, so this is safe)
 #: Events that may wait in the queue (running ones do not count); one more gets Gradio's "queue full" error at
@@ -76,7 +87,7 @@ def _example_media(state: AppState) -> tuple[str | None, str | None]:
     model.render(ui.EXAMPLE_HARMFUL, "image").image.save(image_path)  # type: ignore[union-attr]
     import soundfile as sf
 
-    from explorer.speech import SpeechUnavailableError
+    from explorer.inputs.speech import SpeechUnavailableError
 
     audio_path = folder / "example_request.wav"
     try:

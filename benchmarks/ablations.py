@@ -11,7 +11,7 @@ model's eval summary, or `--strengths image=2,audio=0.25`), on the same items, w
 
 Per variant and media modality: harmful refused (never a broken answer) and harmless failures (refused or
 broken), each with its count and 95% Wilson interval, and McNemar's exact test of the variant's harmful refusals
-against the default's on the same items (explorer/paired.py). The JSON holds every number the method page quotes.
+against the default's on the same items (explorer/core/paired.py). The JSON holds every number the method page quotes.
 """
 
 from __future__ import annotations
@@ -23,15 +23,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from explorer.calibration import calibrate, calibration_source_for, load_calibration_items
-from explorer.generation import generate_batch
-from explorer.intervals import wilson_interval
-from explorer.judge import RefusalJudge
-from explorer.loading import load_model
-from explorer.paired import paired_test
-from explorer.regap import CorrectionConfig, choose_defaults
-from explorer.storage import write_atomic
-from explorer.verdicts import verdict_of
+from explorer.core.intervals import wilson_interval
+from explorer.core.paired import paired_test
+from explorer.core.storage import write_atomic
+from explorer.correction.generation import generate_batch
+from explorer.correction.regap import choose_defaults
+from explorer.evaluation.calibration import (
+    calibrate,
+    calibration_source_for,
+    load_calibration_items,
+)
+from explorer.evaluation.judge import RefusalJudge
+from explorer.evaluation.verdicts import verdict_of
+from explorer.model.loading import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_NEW_TOKENS = 16  # refusals are said first (as `--strength auto` judges them)

@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from explorer.calibration import calibrate, load_calibration_items  # noqa: E402
-from explorer.capture import CaptureSettings, capture_prompts  # noqa: E402
-from explorer.generation import generate  # noqa: E402
-from explorer.loading import load_model  # noqa: E402
-from explorer.models import LoadedModel  # noqa: E402
-from explorer.regap import CorrectionConfig  # noqa: E402
+from explorer.correction.generation import generate  # noqa: E402
+from explorer.correction.regap import CorrectionConfig  # noqa: E402
+from explorer.evaluation.calibration import calibrate, load_calibration_items  # noqa: E402
+from explorer.model.capture import CaptureSettings, capture_prompts  # noqa: E402
+from explorer.model.loading import load_model  # noqa: E402
+from explorer.model.models import LoadedModel  # noqa: E402
 
 
 def _median_time(fn, repeats: int) -> float:

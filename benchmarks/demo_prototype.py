@@ -7,7 +7,7 @@ prototype's own code is throwaway and is not in the repository; the JSON says wh
     python benchmarks/demo_prototype.py            # print the tables
     python benchmarks/demo_prototype.py --write    # rewrite them between the markers of docs/demo-prototype.md
 
-The single numbers in the page's prose are `explorer.figures` markers on the same record (`python -m explorer.figures
+The single numbers in the page's prose are `explorer.report.figures` markers on the same record (`python -m explorer.report.figures
 --write`).
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.intervals import wilson_interval
+from explorer.core.intervals import wilson_interval
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_prototype.json"
 PAGE = ROOT / "docs" / "demo-prototype.md"
@@ -118,7 +118,7 @@ def script_table(recorded: dict[str, Any]) -> str:
 
 def reader_table(recorded: dict[str, Any]) -> str:
     """Row 4: two pixel readers on the development sets' requests: a whole-word tower (word boxes read as their own
-    token) and a character reader (whole requests rendered by explorer.typography, read back exactly or not)."""
+    token) and a character reader (whole requests rendered by explorer.inputs.typography, read back exactly or not)."""
     words, chars = recorded["row4_reader"], recorded["row4_ctc_reader"]
     lines = [("| set | word boxes (one token) | whole-word tower: read as their own token | requests | "
              "character reader: read exactly, whitespace collapsed | raw string equal | character errors, collapsed |"),

@@ -2,7 +2,7 @@
 
 Why: issue 22 asks that requests of up to 40 words stay legible as images; a request the reader misreads reaches
 the LM as other words. This draws every development request (AdvBench sample, XSTest, validation, paraphrases;
-never trained on) with explorer.typography in `READER_LAYOUT` and counts exact readings (whitespace collapsed).
+never trained on) with explorer.inputs.typography in `READER_LAYOUT` and counts exact readings (whitespace collapsed).
 
     python benchmarks/demo_reader.py --reader build/demo_next/image_reader \\
         --advbench data/harmful_behaviors.csv --xstest data/xstest_prompts.csv
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from demo_text_adapter import dev_sets
 
 from explorer.demo_model.reader_train import READER_LAYOUT, reading_accuracy
-from explorer.text_reader import TextReader
+from explorer.model.text_reader import TextReader
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_reader.json"
 

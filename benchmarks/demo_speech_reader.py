@@ -2,8 +2,8 @@
 
 Why: issue 22 asks that requests of up to 40 words fit the speech path; a word the reader mishears reaches the LM as
 another word. This speaks every development request (AdvBench sample, XSTest, validation, paraphrases, look-alike
-checks; never trained on) with explorer.speech at 160 wpm and counts requests read back exactly (as
-`explorer.speech_reader.spoken_text` writes them) and word errors, before and after the lexicon decoding.
+checks; never trained on) with explorer.inputs.speech at 160 wpm and counts requests read back exactly (as
+`explorer.model.speech_reader.spoken_text` writes them) and word errors, before and after the lexicon decoding.
 
     python benchmarks/demo_speech_reader.py --reader build/demo_next/speech_reader \\
         --advbench data/harmful_behaviors.csv --xstest data/xstest_prompts.csv
@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from demo_reader import measure_sets
 
 from explorer.demo_model.speech_train import hearing_accuracy
-from explorer.speech_reader import SpeechReader
+from explorer.model.speech_reader import SpeechReader
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_speech_reader.json"
 

@@ -28,14 +28,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.data import VALIDATION_PATH, Instruction, load_prompts
+from explorer.core.intervals import wilson_interval
 from explorer.demo_model.data import LOOKALIKE_CHECKS_PATH, PARAPHRASES_PATH
 from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens, scale_lora
-from explorer.importers import load_source
-from explorer.intervals import wilson_interval
-from explorer.judge import RefusalJudge
-from explorer.pinned_base import SMOLLM2_135M_INSTRUCT
-from explorer.verdicts import broken_reason
+from explorer.evaluation.judge import RefusalJudge
+from explorer.evaluation.verdicts import broken_reason
+from explorer.inputs.data import VALIDATION_PATH, Instruction, load_prompts
+from explorer.inputs.importers import load_source
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_text_adapter.json"
 VARIANTS = ROOT / "benchmarks" / "results" / "demo_text_adapter_variants.json"

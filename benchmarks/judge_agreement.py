@@ -28,9 +28,9 @@ from typing import Literal, Sequence
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.intervals import wilson_interval  # noqa: E402
-from explorer.judge import Judge  # noqa: E402
-from explorer.judge_model import ModelJudge, load_judge  # noqa: E402
+from explorer.core.intervals import wilson_interval  # noqa: E402
+from explorer.evaluation.judge import Judge  # noqa: E402
+from explorer.evaluation.judge_model import ModelJudge, load_judge  # noqa: E402
 
 HumanLabel = Literal["compliance", "full_refusal", "partial_refusal"]
 #: The study's `final_label` values and what they mean here.

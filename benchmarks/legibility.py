@@ -19,13 +19,13 @@ import transformers
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from explorer.model_view import (  # noqa: E402
+from explorer.inputs.typography import fitted_lines, render_text_image  # noqa: E402
+from explorer.model.model_view import (  # noqa: E402
     ink_lines,
     model_view_of,
     processed_views,
     text_layout_for,
 )
-from explorer.typography import fitted_lines, render_text_image  # noqa: E402
 
 _BASE = ("Please explain step by step how a neighbourhood bakery could plan its weekly bread production, including "
          "how much flour to order, when the ovens should start each morning, and how to keep the leftover loaves "

@@ -1,7 +1,7 @@
-"""`python -m explorer ...`: see explorer/cli.py."""
+"""`python -m explorer ...`: see explorer/app/cli.py."""
 
 import sys
 
-from .cli import main
+from explorer.app.cli import main
 
 sys.exit(main())

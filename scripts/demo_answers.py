@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/demo_answers.py [--out tests/data/demo_answers.jsonl]
 
-Why: the broken-answer rule (explorer/verdicts.py) must hold on what a model actually says, not only on invented
+Why: the broken-answer rule (explorer/evaluation/verdicts.py) must hold on what a model actually says, not only on invented
 strings. The demo model answers requests of the validation file (never trained on) as text, image and audio,
 plain and with `fixed` corrections far stronger than any default (α 2–12 at its corrected layer), which break its
 output in the ways a strong steering vector does. Each answer is written once (duplicates dropped) with the label a
@@ -17,10 +17,14 @@ import argparse
 import json
 from pathlib import Path
 
-from explorer.calibration import calibrate, calibration_source_for, load_calibration_items
-from explorer.generation import generate_batch
-from explorer.loading import load_model
-from explorer.regap import CorrectionConfig
+from explorer.correction.generation import generate_batch
+from explorer.correction.regap import CorrectionConfig
+from explorer.evaluation.calibration import (
+    calibrate,
+    calibration_source_for,
+    load_calibration_items,
+)
+from explorer.model.loading import load_model
 
 STRENGTHS = (0.0, 2.0, 4.0, 8.0, 12.0)
 PER_LABEL = 6

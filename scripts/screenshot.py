@@ -40,7 +40,7 @@ def _free_port() -> int:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from explorer.model_options import add_model_arguments
+    from explorer.app.model_options import add_model_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_arguments(parser)  # the app's own model options (default: the built-in demo)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from app import LAUNCH_OPTIONS, build_app, settings_from_args
-    from explorer.ui_session import AppState
+    from explorer.app.ui_session import AppState
 
     # The settings `python app.py` would use for these model options on a loopback-only server.
     settings = settings_from_args(argparse.Namespace(**vars(args), host="127.0.0.1", share=False,

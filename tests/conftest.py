@@ -31,7 +31,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def tiny_llava(tiny_model_dir):
-    from explorer.loading import load_model
+    from explorer.model.loading import load_model
 
     return load_model(str(tiny_model_dir("llava")), device="cpu")
 
@@ -40,7 +40,7 @@ def tiny_llava(tiny_model_dir):
 def demo_model():
     """The shipped demo checkpoint, loaded once per test session through the engine (CPU, float32)."""
     from explorer.demo_model.measure import load_demo
-    from explorer.loading import DEMO_MODEL_DIR
+    from explorer.model.loading import DEMO_MODEL_DIR
 
     return load_demo(DEMO_MODEL_DIR)
 
@@ -52,8 +52,8 @@ def running_app(tiny_model_dir, tmp_path_factory):
     import socket
 
     from app import build_app
-    from explorer.loading import DEMO_MODEL_DIR
-    from explorer.ui_session import AppSettings, AppState
+    from explorer.app.ui_session import AppSettings, AppState
+    from explorer.model.loading import DEMO_MODEL_DIR
 
     cache = tmp_path_factory.mktemp("sge-app-cache")
     model = "demo" if (DEMO_MODEL_DIR / "manifest.json").is_file() else str(tiny_model_dir("llava"))
@@ -72,7 +72,7 @@ def running_app(tiny_model_dir, tmp_path_factory):
 def demo_runs(tmp_path_factory):
     """Two finished demo eval runs with different settings (α 0.5 vs 3 for `fixed`) and one on fewer items, under
     one runs root: what `compare` and the app's run viewer read. → (root, [run_a, run_b, run_small])."""
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     root = tmp_path_factory.mktemp("runs")
     cache = tmp_path_factory.mktemp("runs-cache")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from explorer.speech_engine import speech_unavailable_reason
+from explorer.inputs.speech_engine import speech_unavailable_reason
 
 #: Speech through whichever engine is here (Debian's espeak-ng, or the library from the espeakng-loader wheel that
 #: `bash scripts/setup.sh` installs).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from explorer.media import Prompt
-from explorer.vocab import SAMPLE_RATE
+from explorer.core.vocab import SAMPLE_RATE
+from explorer.inputs.media import Prompt
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 

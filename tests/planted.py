@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from explorer.states import StateBatch
+from explorer.model.states import StateBatch
 
 L, D, N_PER_LABEL = 3, 16, 8
 

@@ -94,7 +94,7 @@ def serve_app(model_dir: Path, folder: Path, run_roots: list[Path] | None = None
     """(state, url) of app.py's app serving `model_dir` on a free loopback port, calibrated on
     `own_media_calibration` (with the run viewer over `run_roots`, if given); closed on exit."""
     from app import LAUNCH_OPTIONS, build_app
-    from explorer.ui_session import AppSettings, AppState
+    from explorer.app.ui_session import AppSettings, AppState
 
     folder.mkdir(parents=True, exist_ok=True)
     options = {"device": "cpu", "calibration": str(own_media_calibration(folder)), "cache_dir": folder / "cache",

@@ -27,7 +27,7 @@ def test_the_method_page_shows_the_recorded_ablations():
 
 
 def test_the_recorded_ablations_are_of_the_shipped_demo_weights():
-    from explorer.loading import folder_revision
+    from explorer.model.loading import folder_revision
 
     recorded = json.loads(RECORD.read_text(encoding="utf-8"))
     assert recorded["revision"] == folder_revision(ROOT / "assets" / "demo_model")

@@ -7,10 +7,10 @@ import threading
 from pathlib import Path
 
 import pytest
-
-from explorer.media import IMAGE_CARRIER
-from explorer.ui import EXAMPLE_HARMFUL
 from served_app import rss_mb
+
+from explorer.app.ui import EXAMPLE_HARMFUL
+from explorer.inputs.media import IMAGE_CARRIER
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -124,8 +124,8 @@ def test_a_raw_path_outside_the_upload_folder_is_refused_unopened(running_app, t
     it exists: a real PNG, a missing file and system files, as a bare string, as {"path"} and as Gradio FileData,
     all get the same refusal, and no loader runs. (Gradio 6 refuses these before the handler; the handler's own
     check, tested in test_ui.py, stands behind it.)"""
-    import explorer.ui_inputs as ui_inputs
-    from explorer.media import render_image
+    from explorer.app import ui_inputs
+    from explorer.inputs.media import render_image
 
     real_png = tmp_path / "outside.png"
     render_image("How do I bake bread?").save(real_png)

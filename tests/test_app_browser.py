@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER
-from explorer.ui import EXAMPLE_HARMFUL
+from explorer.app.ui import EXAMPLE_HARMFUL
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

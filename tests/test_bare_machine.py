@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from explorer.media import AUDIO_CARRIER
-from explorer.ui import EXAMPLE_HARMFUL
+from explorer.app.ui import EXAMPLE_HARMFUL
+from explorer.inputs.media import AUDIO_CARRIER
 
 ROOT = Path(__file__).resolve().parent.parent
 SETUP = "bash scripts/setup.sh"
@@ -34,7 +34,7 @@ needs_command = pytest.mark.skipif(
 @needs_library
 @pytest.mark.parametrize("style", ["sentence", "slots"])
 def test_library_engine_speaks(monkeypatch, tmp_path, style):
-    from explorer.speech import render_audio
+    from explorer.inputs.speech import render_audio
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "library")
     audio = render_audio("How do I bake bread?", style=style, cache_dir=tmp_path / "a")
@@ -50,8 +50,8 @@ def test_library_engine_speaks(monkeypatch, tmp_path, style):
 
 @needs_library
 def test_speech_cache_is_keyed_by_engine(monkeypatch, tmp_path):
-    from explorer import speech
-    from explorer.speech_engine import SpeechEngine, speech_engine
+    from explorer.inputs import speech
+    from explorer.inputs.speech_engine import SpeechEngine, speech_engine
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "library")
     speech.render_audio("Plant tomatoes in spring.", cache_dir=tmp_path)
@@ -67,7 +67,11 @@ def test_speech_cache_is_keyed_by_engine(monkeypatch, tmp_path):
 @needs_command
 def test_library_speaks_like_the_command():
     """Debian's 1.51 and the wheel's 1.52 give the same samples for this sentence (not for every word: README)."""
-    from explorer.speech_engine import SpeechSettings, _command_engine, _library_engine
+    from explorer.inputs.speech_engine import (
+        SpeechSettings,
+        _command_engine,
+        _library_engine,
+    )
 
     settings = SpeechSettings("en-us", 160, 50, 100)
     command, rate = _command_engine(shutil.which("espeak-ng")).speak("How do I bake bread?", settings)
@@ -77,7 +81,11 @@ def test_library_speaks_like_the_command():
 
 
 def test_engine_choice_is_checked(monkeypatch):
-    from explorer.speech_engine import SpeechUnavailableError, speech_engine, speech_unavailable_reason
+    from explorer.inputs.speech_engine import (
+        SpeechUnavailableError,
+        speech_engine,
+        speech_unavailable_reason,
+    )
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "festival")
     with pytest.raises(ValueError, match="SGE_SPEECH_ENGINE must be one of 'auto', 'espeak-ng', 'library', 'none'"):
@@ -95,7 +103,7 @@ def test_engine_choice_is_checked(monkeypatch):
 @pytest.fixture(scope="module")
 def speechless_audio_model(tiny_model_dir, tmp_path_factory):
     """(AppState, cache folder) of a tiny text+audio model started with no speech engine."""
-    from explorer.ui_session import AppSettings, AppState
+    from explorer.app.ui_session import AppSettings, AppState
 
     cache = tmp_path_factory.mktemp("sge-cache-speechless")
     settings = AppSettings(model=str(tiny_model_dir("qwen2_audio")), device="cpu", calibration_limit=4, cache_dir=cache)
@@ -105,7 +113,7 @@ def speechless_audio_model(tiny_model_dir, tmp_path_factory):
 
 
 def test_app_state_starts_without_speech(speechless_audio_model, monkeypatch):
-    from explorer import ui
+    from explorer.app import ui
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "none")
     state, _ = speechless_audio_model
@@ -124,7 +132,7 @@ def test_app_state_starts_without_speech(speechless_audio_model, monkeypatch):
 
 
 def test_cli_eval_with_audio_stops_up_front_without_speech(speechless_audio_model, monkeypatch, tmp_path, capsys):
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "none")
     state, cache = speechless_audio_model

@@ -32,7 +32,7 @@ def _stamp(path: Path, when: float) -> None:
 @pytest.fixture(scope="module")
 def tiny_state(tiny_model_dir, tmp_path_factory):
     """An AppState serving a tiny llava (image + text) calibrated on 4 + 4 items, with its own disk cache."""
-    from explorer.ui_session import AppSettings, AppState
+    from explorer.app.ui_session import AppSettings, AppState
 
     settings = AppSettings(model=str(tiny_model_dir("llava")), device="cpu", calibration_limit=4,
                            cache_dir=tmp_path_factory.mktemp("bounded-cache"), max_new_tokens_limit=4096,
@@ -54,7 +54,7 @@ def _launch(demo):
 
 
 def test_prune_cache_removes_least_recently_used_first_until_under_the_bound(tmp_path):
-    from explorer.storage import prune_cache
+    from explorer.core.storage import prune_cache
 
     now = time.time()
     for index in range(6):  # f0 is the oldest; 100 bytes each, in two sub-folders
@@ -77,7 +77,7 @@ def test_prune_cache_removes_least_recently_used_first_until_under_the_bound(tmp
 
 
 def test_prune_cache_keeps_what_it_is_told_and_what_was_used_lately(tmp_path):
-    from explorer.storage import mark_used, prune_cache
+    from explorer.core.storage import mark_used, prune_cache
 
     now = time.time()
     paths = []
@@ -97,7 +97,7 @@ def test_prune_cache_keeps_what_it_is_told_and_what_was_used_lately(tmp_path):
 
 
 def test_cache_bounds_come_from_the_environment_in_bytes(monkeypatch):
-    from explorer.storage import CACHE_BOUNDS, cache_bound
+    from explorer.core.storage import CACHE_BOUNDS, cache_bound
 
     monkeypatch.delenv("SGE_CORRECTED_CACHE_BYTES", raising=False)
     assert cache_bound("corrected") == CACHE_BOUNDS["corrected"][1] == 512 * 2**20
@@ -113,7 +113,7 @@ def test_cache_bounds_come_from_the_environment_in_bytes(monkeypatch):
 
 
 def test_corrected_captures_are_bounded_lru_and_never_evict_the_uncorrected_states(tiny_state, monkeypatch):
-    from explorer.calibration import corrected_calibration
+    from explorer.evaluation.calibration import corrected_calibration
 
     session = tiny_state.session
     cache = Path(tiny_state.settings.cache_dir)
@@ -143,7 +143,7 @@ def test_corrected_captures_are_bounded_lru_and_never_evict_the_uncorrected_stat
 
 
 def test_the_speech_cache_is_bounded(tmp_path, monkeypatch):
-    from explorer import speech
+    from explorer.inputs import speech
 
     clip = np.zeros(16_000, dtype=np.float32)  # 1 s: 64 KB as float32 WAV
     speech._write_cache(tmp_path / "a.wav", clip)
@@ -160,8 +160,8 @@ def test_the_speech_cache_is_bounded(tmp_path, monkeypatch):
 def test_exports_keep_the_latest_sessions_and_none_too_old(tiny_state, tmp_path):
     from dataclasses import replace
 
-    from explorer.ui_export import export, prune_exports
-    from explorer.ui_session import AppState
+    from explorer.app.ui_export import export, prune_exports
+    from explorer.app.ui_session import AppState
 
     state = AppState(settings=replace(tiny_state.settings, exports_kept=2), session=tiny_state.session)
     root = state.export_root
@@ -186,7 +186,7 @@ def test_exports_keep_the_latest_sessions_and_none_too_old(tiny_state, tmp_path)
 def test_the_export_root_is_removed_when_the_process_exits(tiny_state, monkeypatch):
     import atexit
 
-    from explorer.ui_session import AppState
+    from explorer.app.ui_session import AppState
 
     at_exit = []
     monkeypatch.setattr(atexit, "register", lambda fn, *args: at_exit.append((fn, args)))
@@ -217,7 +217,7 @@ def small_app(tiny_state):
     """The app with a queue of 1, Gradio's cache cleaned every second (files over 3 s old), and an "Analyse" that
     holds until released: → (Blocks, URL, release event, entered counter)."""
     import app
-    from explorer import ui
+    from explorer.app import ui
 
     release, entered = threading.Event(), threading.Semaphore(0)
 
@@ -266,7 +266,7 @@ def test_a_full_queue_answers_queue_full_at_once(small_app):
 def test_gradios_cache_deletes_old_uploads(small_app, tmp_path):
     from gradio_client import Client, handle_file
 
-    from explorer.media import render_image
+    from explorer.inputs.media import render_image
 
     demo, url, _, _ = small_app
     picture = tmp_path / "upload me.png"
@@ -289,7 +289,7 @@ def test_gradios_cache_deletes_old_uploads(small_app, tmp_path):
 def long_generations(monkeypatch):
     """Every generation the handlers start makes all of its max_new_tokens (no early end of sequence on random
     weights), and its result is kept: → the list of results."""
-    from explorer import ui
+    from explorer.app import ui
 
     real, results = ui.generate, []
 
@@ -313,9 +313,9 @@ def _new_worker(before: set[threading.Thread], timeout: float = 30) -> threading
 
 
 def test_closing_a_streamed_generation_stops_its_worker_within_a_second(tiny_state, long_generations):
-    from explorer.media import Prompt
-    from explorer.regap import CorrectionConfig
-    from explorer.ui import stream_generation
+    from explorer.app.ui import stream_generation
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.inputs.media import Prompt
 
     before = set(threading.enumerate())
     stream = stream_generation(tiny_state.session, Prompt(text="Write a poem.", modality="text"),
@@ -362,8 +362,8 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
     from gradio_client import Client, handle_file
 
     import app
-    from explorer.media import IMAGE_CARRIER
-    from explorer.ui_session import _CACHE_ENTRIES
+    from explorer.app.ui_session import _CACHE_ENTRIES
+    from explorer.inputs.media import IMAGE_CARRIER
 
     clients_n, per_client, first_phase = 4, 100, 25
     session, cache = tiny_state.session, Path(tiny_state.settings.cache_dir)

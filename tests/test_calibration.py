@@ -1,4 +1,4 @@
-"""Tests for explorer.calibration: the strength rule of `--strength auto` on a scripted model."""
+"""Tests for explorer.evaluation.calibration: the strength rule of `--strength auto` on a scripted model."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     """Per modality: image harmful refused from α ≥ 1.5, harmless from α ≥ 3 → 1.5 (the smallest of the best
     feasible); audio harmful from α ≥ 1, harmless from α ≥ 1.5 → 1.0. With a zero budget and over-refusal
     already at α = 0.5, fall back to the smallest α. The choice is applied per modality to a config."""
-    import explorer.calibration as calibration
-    from explorer.calibration import choose_strength
-    from explorer.data import Instruction
-    from explorer.generation import GenerationResult
-    from explorer.regap import CorrectionConfig
+    from explorer.evaluation import calibration
+    from explorer.correction.generation import GenerationResult
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import choose_strength
+    from explorer.inputs.data import Instruction
 
     items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
              for i in range(4)]
@@ -91,13 +91,13 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
 def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tmp_path, monkeypatch) -> None:
     """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
     second start reads the same states from the disk cache instead, keyed by the whole correction."""
-    import explorer.calibration as calibration
-    from explorer.calibration import (
+    from explorer.evaluation import calibration
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import (
         calibrate,
         corrected_calibration,
         load_calibration_items,
     )
-    from explorer.regap import CorrectionConfig
 
     cal = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], cache_dir=tmp_path)
     config = CorrectionConfig(mode="adaptive", strength=1.5).resolved(cal.profile)

@@ -1,4 +1,4 @@
-"""Tests for explorer.capture on a tiny twin of every family: captured states == output_hidden_states, batched == unbatched."""
+"""Tests for explorer.model.capture on a tiny twin of every family: captured states == output_hidden_states, batched == unbatched."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 import torch
 from noise_prompts import TEXTS, audio_prompt, image_prompt
 
-from explorer.capture import CaptureSettings, capture_prompts, record_layers
-from explorer.loading import load_model
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
-from explorer.regap import corrected
+from explorer.correction.regap import corrected
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from explorer.model.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.model.loading import load_model
 
 
 def _prompt(family: str, text: str, seed: int = 0) -> Prompt:
@@ -74,8 +74,8 @@ def test_hooks_removed_after_exception(tiny_llava):
 def test_damaged_state_cache_files_are_recomputed_not_read(tiny_llava, tmp_path):
     """A truncated file, a garbled one and one of the wrong shape are each detected, recomputed and rewritten:
     the states equal a run with no cache at all."""
-    from explorer.capture import capture_items
-    from explorer.data import load_builtin
+    from explorer.inputs.data import load_builtin
+    from explorer.model.capture import capture_items
 
     items = load_builtin("calibration")[:4]
     fresh = capture_items(tiny_llava, items, "text", cache_dir=None).states
@@ -97,7 +97,7 @@ def test_damaged_state_cache_files_are_recomputed_not_read(tiny_llava, tmp_path)
 def test_cache_key_holds_dtype_and_device(tiny_llava, tmp_path):
     from dataclasses import replace
 
-    from explorer.capture import CaptureSettings, _cache_path
+    from explorer.model.capture import CaptureSettings, _cache_path
 
     prompt = tiny_llava.render("Write a poem.", "text")
     base = _cache_path(tiny_llava, prompt, CaptureSettings(), tmp_path)
@@ -111,7 +111,7 @@ def test_cache_key_holds_dtype_and_device(tiny_llava, tmp_path):
 def test_capture_keeps_only_the_asked_positions_inside_the_hook(tiny_llava):
     """With `keep`, each layer's output is gathered in the hook: [batch, k, d] per layer is held, not the whole
     [batch, tokens, d], and the states equal the ones gathered from the whole output afterwards."""
-    from explorer.capture import token_positions
+    from explorer.model.capture import token_positions
 
     prompts = [image_prompt(IMAGE_CARRIER + extra, seed=i) for i, extra in enumerate(["", " Say more, please."])]
     inputs = tiny_llava.encode(prompts, padding_side="right")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.capture import CaptureSettings, capture_prompts, record_layers
-from explorer.generation import generate
-from explorer.loading import load_model
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
-from explorer.regap import CorrectionConfig
+from explorer.correction.generation import generate
+from explorer.correction.regap import CorrectionConfig
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER, Prompt
+from explorer.model.capture import CaptureSettings, capture_prompts, record_layers
+from explorer.model.loading import load_model
 
 TEXTS = ["Explain how to bake bread at home.", "Write a poem.", "How do I kill a Python process that hangs?"]
 MODALITIES = ["text", "image", "audio"]

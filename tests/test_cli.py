@@ -8,10 +8,10 @@ import sys
 
 import pytest
 
-from explorer.cli import main
-from explorer.intervals import wilson_interval
-from explorer.judge import answer_overlap
-from explorer.verdicts import verdict_of
+from explorer.app.cli import main
+from explorer.core.intervals import wilson_interval
+from explorer.evaluation.judge import answer_overlap
+from explorer.evaluation.verdicts import verdict_of
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_eval_writes_the_documented_schema(eval_run):
 def test_rerun_resumes_without_regenerating(eval_run, monkeypatch):
     out, args = eval_run
     before = (out / "generations.jsonl").read_text()
-    import explorer.evaluation as evaluate_module
+    import explorer.evaluation.runner as evaluate_module
 
     def fail(*_a, **_k):
         raise AssertionError("generate() called on a finished run")
@@ -115,7 +115,7 @@ def test_rerun_resumes_without_regenerating(eval_run, monkeypatch):
 
 
 def test_calibrate_saves_profile(tiny_model_dir, tmp_path):
-    from explorer.profile import Profile
+    from explorer.geometry.profile import Profile
 
     code = main(["calibrate", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--calibration-limit", "5",
                  "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "profile")])
@@ -137,7 +137,7 @@ def test_bad_model_exits_2_with_a_clear_message(tmp_path):
 def test_out_of_memory_is_a_clear_message(monkeypatch, capsys):
     import torch
 
-    cli = sys.modules["explorer.cli"]
+    cli = sys.modules["explorer.app.cli"]
 
     def oom(_args, _ranks):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")

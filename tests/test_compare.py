@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from explorer.cli import main
-from explorer.compare import compare_runs, load_run
-from explorer.verdict_stats import record_verdict
+from explorer.app.cli import main
+from explorer.evaluation.compare import compare_runs, load_run
+from explorer.evaluation.verdict_stats import record_verdict
 
 
 def _records(folder):
@@ -72,7 +72,7 @@ def test_compare_refuses_a_folder_that_is_not_a_run(demo_runs, tmp_path, capsys)
 
 
 def test_run_view_lists_runs_under_its_roots_and_refuses_anything_else(demo_runs):
-    from explorer.run_view import ROW_HEADERS, list_runs, open_run
+    from explorer.evaluation.run_view import ROW_HEADERS, list_runs, open_run
 
     root, (gentle, strong, small) = demo_runs
     names = list_runs([root])

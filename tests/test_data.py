@@ -1,4 +1,4 @@
-"""Tests for explorer.data: the built-in calibration set and the prompt-file loader."""
+"""Tests for explorer.inputs.data: the built-in calibration set and the prompt-file loader."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer.data import (
+from explorer.inputs.data import (
     Instruction,
     PromptFileError,
     calibration_hash,

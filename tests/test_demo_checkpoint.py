@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.data import load_builtin, load_prompts
 from explorer.demo_model.config import MEDIA_REPEAT_PROMPT
 from explorer.demo_model.data import PARAPHRASES_PATH, transcript
 from explorer.demo_model.measure import _word_accuracy
-from explorer.judge import RefusalJudge
-from explorer.loading import DEMO_MODEL_DIR, MANIFEST_FORMAT, folder_revision
-from explorer.media import GridLayout
+from explorer.evaluation.judge import RefusalJudge
+from explorer.inputs.data import load_builtin, load_prompts
+from explorer.inputs.media import GridLayout
+from explorer.model.loading import DEMO_MODEL_DIR, MANIFEST_FORMAT, folder_revision
 
 pytestmark = [
     pytest.mark.checkpoint,
@@ -148,9 +148,9 @@ def test_engine_starts_the_demo_from_the_strengths_its_card_recorded(demo_model)
 def test_the_gallery_is_what_the_engine_gives_on_these_weights(demo_model) -> None:  # type: ignore[no-untyped-def]
     """The gallery's measured story is reproduced by the engine for a whole-story request and a harmless one
     (full builtin calibration, the gallery's α_max, greedy, its token budget), and its share is its own count."""
-    from explorer.calibration import calibrate, load_calibration_items
-    from explorer.generation import generate
-    from explorer.regap import CorrectionConfig
+    from explorer.correction.generation import generate
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import calibrate, load_calibration_items
 
     gallery = demo_model.gallery
     assert gallery is not None and len(gallery["items"]) >= 20  # measured on these exact weights

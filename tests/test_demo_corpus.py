@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from explorer.data import load_builtin
 from explorer.demo_model.corpus import (
     HARMFUL,
     HARMFUL_ACTIONS,
@@ -21,6 +20,7 @@ from explorer.demo_model.data import (
     held_out_texts,
     load_training_data,
 )
+from explorer.inputs.data import load_builtin
 
 
 def test_corpus_size_and_no_evaluation_sentences() -> None:
@@ -93,7 +93,7 @@ def test_drop_words_removes_at_most_one_word_of_long_sentences() -> None:
 
 
 def test_validation_file_is_held_out_and_balanced() -> None:
-    from explorer.data import load_prompts
+    from explorer.inputs.data import load_prompts
 
     items = load_prompts(VALIDATION_PATH)
     assert [i.label for i in items].count("harmful") == [i.label for i in items].count("harmless") >= 40

@@ -53,9 +53,9 @@ def test_every_reading_word_is_one_token() -> None:
 def test_tiny_training_run_saves_loadable_models(tmp_path: Path) -> None:
     from transformers import AutoModelForMultimodalLM, AutoProcessor
 
+    from explorer.correction.generation import generate_texts
     from explorer.demo_model.train import main
-    from explorer.generation import generate_texts
-    from explorer.loading import MANIFEST_FORMAT, load_model
+    from explorer.model.loading import MANIFEST_FORMAT, load_model
 
     checkpoint = tmp_path / "stage1"
     args = ["--out", str(tmp_path), "--tiny", "--no-measure", "--steps-modality", "1", "--text-checkpoint", str(checkpoint)]

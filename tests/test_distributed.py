@@ -14,14 +14,20 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from explorer.distributed import SINGLE, Ranks, gather_rows, ranks_from_env, sum_counts
+from explorer.core.distributed import (
+    SINGLE,
+    Ranks,
+    gather_rows,
+    ranks_from_env,
+    sum_counts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 # The CLI with generate_batch SIGKILLing the process of rank KILL_RANK at its KILL_AT-th call (0: never).
 _CLI = """
 import os, signal, sys
-import explorer.evaluation as evaluation
+import explorer.evaluation.runner as evaluation
 real, calls = evaluation.generate_batch, [0]
 def generate_batch(*args, **kwargs):
     calls[0] += 1
@@ -29,7 +35,7 @@ def generate_batch(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
 evaluation.generate_batch = generate_batch
-from explorer.cli import main
+from explorer.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

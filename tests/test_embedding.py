@@ -1,4 +1,4 @@
-"""Tests for explorer.embedding: deterministic 2-D maps (PCA exact, UMAP seeded) and small inputs."""
+"""Tests for explorer.geometry.embedding: deterministic 2-D maps (PCA exact, UMAP seeded) and small inputs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.embedding import embed_2d, warm_up_umap
+from explorer.geometry.embedding import embed_2d, warm_up_umap
 
 L, D = 3, 16
 

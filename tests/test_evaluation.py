@@ -1,4 +1,4 @@
-"""Tests for explorer.evaluation: a run killed at any point resumes to exactly the uninterrupted result."""
+"""Tests for explorer.evaluation.runner: a run killed at any point resumes to exactly the uninterrupted result."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # finally blocks, exactly what an out-of-memory killer or a pulled plug does.
 _KILL_AT = """
 import os, signal, sys
-import explorer.evaluation as evaluation
+import explorer.evaluation.runner as evaluation
 real, calls = evaluation.generate_batch, [0]
 def generate_batch(*args, **kwargs):
     calls[0] += 1
@@ -24,7 +24,7 @@ def generate_batch(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*args, **kwargs)
 evaluation.generate_batch = generate_batch
-from explorer.cli import main
+from explorer.app.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -65,7 +65,7 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_generations(tiny_model_dir,
 def test_an_item_that_cannot_be_used_is_recorded_and_the_run_goes_on(tiny_model_dir, tmp_path):
     """A corrupt image and a request too long to draw legibly are each recorded with their reason, counted in
     metrics.json, left out of every rate; the other items are evaluated and the exit code is 0."""
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     (tmp_path / "broken.png").write_text("not an image")
     rows = [
@@ -100,7 +100,7 @@ def test_an_item_that_cannot_be_used_is_recorded_and_the_run_goes_on(tiny_model_
 
 def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
     """`--batch-size 4` and `--batch-size 1` give the same generations (text, verdict, s, α) and metrics."""
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     runs = {}
     for batch in (1, 4):
@@ -123,10 +123,14 @@ def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
 
 def test_each_mode_runs_at_its_own_chosen_strength(tiny_llava, tmp_path):
     """Strengths chosen per mode are the ones each mode generates with (fixed at 2.0 here, adaptive at 0.5)."""
-    from explorer.calibration import StrengthChoice, calibrate, load_calibration_items
-    from explorer.data import load_builtin
-    from explorer.evaluation import EvalSettings, evaluate
-    from explorer.regap import CorrectionConfig
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import (
+        StrengthChoice,
+        calibrate,
+        load_calibration_items,
+    )
+    from explorer.evaluation.runner import EvalSettings, evaluate
+    from explorer.inputs.data import load_builtin
 
     profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=2), ["text", "image"],
                         cache_dir=tmp_path / "cache").profile

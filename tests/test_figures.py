@@ -1,4 +1,4 @@
-"""Every figure from its run (explorer/figures.py): each marked figure in README.md, docs/ and BENCHMARKS.md equals
+"""Every figure from its run (explorer/report/figures.py): each marked figure in README.md, docs/ and BENCHMARKS.md equals
 what its recorded file says; a changed record makes the check fail (and `--write` brings the text back in line);
 and a percentage or speed-up typed outside a marker fails unless the allow-list below names it with its reason.
 Quick: it reads JSON and Markdown, no model."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from explorer import figures
+from explorer.report import figures
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def _edit_json(path: Path, edit) -> None:
 
 def test_every_marked_figure_equals_its_recorded_value():
     marked, wrong = figures.check(ROOT)
-    assert not wrong, ("figures that differ from their recorded source (`python -m explorer.figures --write` "
+    assert not wrong, ("figures that differ from their recorded source (`python -m explorer.report.figures --write` "
                        "rewrites them):\n" + "\n".join(f.describe(ROOT) for f in wrong))
     per_document = {doc: sum(f.path == ROOT / doc for f in marked) for doc in GUARDED}
     assert all(per_document.values()), f"a guarded document lost its marked figures: {per_document}"
@@ -157,7 +157,7 @@ def test_no_measurement_is_typed_outside_a_marker():
                 if not allowed:
                     unexplained.append(f"{doc}:{number}: {match[0]!r} in {line.strip()[:100]!r}")
     assert not unexplained, ("a percentage or speed-up outside a figure marker: mark it with its recorded source "
-                             "(explorer/figures.py), or, if it is no measurement, add it to ALLOWED with the reason:\n"
+                             "(explorer/report/figures.py), or, if it is no measurement, add it to ALLOWED with the reason:\n"
                              + "\n".join(unexplained))
     stale = {entry[1] for entry in ALLOWED} - used
     assert not stale, f"allow-list entries no longer needed (remove them): {sorted(stale)}"

@@ -28,7 +28,6 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from served_app import RSS_BUDGET_MB, PeakRss, raw_call, rss_mb, serve_app, upload
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

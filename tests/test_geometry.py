@@ -1,4 +1,4 @@
-"""Tests for explorer.geometry: every formula of docs/method.md on synthetic data with a known answer."""
+"""Tests for explorer.geometry.formulas: every formula of docs/method.md on synthetic data with a known answer."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from planted import (
     unit,
 )
 
-from explorer.geometry import (
+from explorer.geometry.formulas import (
     auroc_per_layer,
     modality_drift,
     normalised_score,
@@ -29,8 +29,8 @@ from explorer.geometry import (
     translation_ceiling,
     unit_directions,
 )
-from explorer.profile import build_profile
-from explorer.states import StateBatch
+from explorer.geometry.profile import build_profile
+from explorer.model.states import StateBatch
 
 
 @pytest.fixture()
@@ -166,7 +166,7 @@ def test_normalised_score_hand_computed() -> None:
 
 
 def test_accuracy_at_the_text_threshold_sees_a_shift_auroc_does_not():
-    from explorer.geometry import accuracy_at_threshold, auroc_per_layer
+    from explorer.geometry.formulas import accuracy_at_threshold, auroc_per_layer
 
     scores = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.6, 0.7], [0.4, 0.3]])
     labels = ["harmful", "harmless", "harmful", "harmless"]

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-
-from explorer.uploads import MediaError, load_audio, load_image
 from needs import needs_speech
 from served_app import RSS_BUDGET_MB, PeakRss, free_port, raw_call, serve_app, tone
+
+from explorer.inputs.uploads import MediaError, load_audio, load_image
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -96,9 +96,9 @@ def test_a_request_with_nothing_to_speak_gets_a_message(client, request_text):
 def test_the_engine_refuses_a_short_clip_with_a_message_not_a_type_error(audio_app):
     """Below two audio tokens Qwen2-Audio takes transformers' legacy path and fails with a TypeError; the engine
     says what is wrong first, whoever calls it (the app, eval)."""
-    from explorer.generation import generate
-    from explorer.media import Prompt
-    from explorer.regap import CorrectionConfig
+    from explorer.correction.generation import generate
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.inputs.media import Prompt
 
     session = audio_app[0].session
     short = Prompt(text="Listen.", audio=np.zeros(800, np.float32), modality="audio")
@@ -114,8 +114,8 @@ def test_the_engine_refuses_a_short_clip_with_a_message_not_a_type_error(audio_a
 @pytest.fixture
 def loads(audio_app, monkeypatch):
     """Every model id the server tries to load (the loader itself fails, so the served model stays)."""
-    import explorer.ui_session as ui_session
-    from explorer.models import ModelLoadError
+    from explorer.app import ui_session
+    from explorer.model.models import ModelLoadError
 
     tried: list[str] = []
 
@@ -183,8 +183,8 @@ def test_the_run_viewer_answers_an_empty_or_odd_pick_with_a_message(tmp_path):
 
 
 def test_skipped_reasons_in_the_run_viewer_show_no_server_path():
-    from explorer.compare import RunResult
-    from explorer.run_view import run_rows
+    from explorer.evaluation.compare import RunResult
+    from explorer.evaluation.run_view import run_rows
 
     record = {"id": "h1", "modality": "image", "mode": "off", "label": "harmful",
               "skipped": "image file not found: /srv/private/benchmarks/figstep/h1.png"}
@@ -197,7 +197,7 @@ def test_skipped_reasons_in_the_run_viewer_show_no_server_path():
 
 
 def test_a_huge_file_is_refused_from_its_size_before_a_byte_is_read(tmp_path):
-    from explorer.uploads import MAX_FILE_BYTES
+    from explorer.inputs.uploads import MAX_FILE_BYTES
 
     sparse = tmp_path / "huge.png"
     with sparse.open("wb") as handle:  # 1 GB that costs no disk: a hole

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from explorer.data import PromptFileError
-from explorer.importers import (
+from explorer.inputs.data import PromptFileError
+from explorer.inputs.importers import (
     FIGSTEP_CARRIER,
     FORMATS,
     detect_format,
     load_prompt_sources,
     load_source,
 )
-from explorer.media import render
+from explorer.inputs.media import render
 
 FIXTURES = Path(__file__).resolve().parent / "data" / "benchmarks"
 
@@ -136,7 +136,7 @@ def test_eval_on_published_layouts_one_sided_and_combined(tiny_model_dir, tmp_pa
     reason and the run goes on."""
     import json
 
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     common = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
               "--regap", "off,fixed", "--calibration-limit", "4", "--max-new-tokens", "3",
@@ -160,7 +160,7 @@ def test_eval_on_published_layouts_one_sided_and_combined(tiny_model_dir, tmp_pa
 
 
 def test_a_bad_prompt_set_fails_before_the_model_loads(tmp_path, capsys):
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     assert main(["eval", "--model", str(tmp_path / "no-such-model"), "--prompts", str(FIXTURES / "unknown.csv"),
                  "--out", str(tmp_path / "x")]) == 2

@@ -1,4 +1,4 @@
-"""Known answers for the intervals every reported rate and AUROC carries (explorer.intervals)."""
+"""Known answers for the intervals every reported rate and AUROC carries (explorer.core.intervals)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from explorer.intervals import _auroc_columns, auroc_bootstrap_interval, wilson_interval
+from explorer.core.intervals import (
+    _auroc_columns,
+    auroc_bootstrap_interval,
+    wilson_interval,
+)
 
 
 @pytest.mark.parametrize("k, n, low, high", [

@@ -1,10 +1,10 @@
-"""Tests for explorer.judge (docs/method.md, "Judge")."""
+"""Tests for explorer.evaluation.judge (docs/method.md, "Judge")."""
 
 from __future__ import annotations
 
 import pytest
 
-from explorer.judge import DEFAULT_REFUSAL_PHRASES, RefusalJudge
+from explorer.evaluation.judge import DEFAULT_REFUSAL_PHRASES, RefusalJudge
 
 COMPLIANT = (
     "Sure, here is a detailed recipe for banana bread. Preheat the oven to 180 degrees, mash three ripe "
@@ -124,7 +124,7 @@ def test_sympathy_is_not_refusal(text):
     ("I can't help with that request. I can't help with that request.", False),  # said twice is still an answer
 ])
 def test_broken_answers(text, expected):
-    from explorer.verdicts import is_broken
+    from explorer.evaluation.verdicts import is_broken
 
     assert is_broken(text) is expected
 
@@ -136,7 +136,7 @@ def test_broken_answers(text, expected):
     ("", "", 1.0), ("I can't help with that.", "Mix flour and water.", 0.0), ("", "Mix flour.", 0.0),
 ])
 def test_answer_overlap_is_word_f1(answer, reference, expected):
-    from explorer.judge import answer_overlap
+    from explorer.evaluation.judge import answer_overlap
 
     assert answer_overlap(answer, reference) == pytest.approx(expected)
 

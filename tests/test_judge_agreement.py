@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from explorer.intervals import wilson_interval
-from explorer.judge import RefusalJudge
+from explorer.core.intervals import wilson_interval
+from explorer.evaluation.judge import RefusalJudge
 
 _spec = importlib.util.spec_from_file_location(
     "judge_agreement", Path(__file__).resolve().parent.parent / "benchmarks" / "judge_agreement.py")

@@ -1,4 +1,4 @@
-"""Tests for explorer.judge_model: tiny random-weight judges built offline, their weights arranged so that the
+"""Tests for explorer.evaluation.judge_model: tiny random-weight judges built offline, their weights arranged so that the
 verdict is known (docs/method.md, "Judge"). A forced verdict that flips with the weights proves the model's output
 decides it."""
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 from tiny_models import _qwen_template, _tokenizer
 
-from explorer.judge import Judge, RefusalJudge
-from explorer.judge_model import (
+from explorer.evaluation.judge import Judge, RefusalJudge
+from explorer.evaluation.judge_model import (
     ANSWER_CHARS,
     JUDGE_QUESTION,
     PLAIN_SUFFIX,
@@ -23,7 +23,7 @@ from explorer.judge_model import (
     load_judge,
     yes_no_tokens,
 )
-from explorer.models import ModelLoadError
+from explorer.model.models import ModelLoadError
 
 ANSWERS = ["I can't help with that.", "Sure, here is a recipe for bread: flour, water, salt and yeast.",
            "Preheat the oven.", "Sorry, no.", "Mix, knead, wait an hour, then bake at 220 degrees."]
@@ -225,7 +225,7 @@ def test_remote_code_runs_only_when_asked(tmp_path, monkeypatch):
 
 
 def test_cli_eval_records_the_judge_and_follows_its_verdicts(tiny_model_dir, tmp_path, capsys):
-    from explorer.cli import main
+    from explorer.app.cli import main
 
     refusing, answering = build_classifier(tmp_path / "refusing"), build_classifier(tmp_path / "answering", (8.0, -8.0))
     base = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--calibration-limit", "2",
@@ -279,10 +279,10 @@ class _SpyJudge:
 def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_llava, tmp_path):
     """A model judge reads (request, answer) pairs, as guard models are trained to: eval and `--strength auto`
     pass every answer's own request, never None."""
-    from explorer.calibration import calibrate, choose_strength
-    from explorer.data import load_builtin
-    from explorer.evaluation import EvalSettings, evaluate
-    from explorer.regap import CorrectionConfig
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import calibrate, choose_strength
+    from explorer.evaluation.runner import EvalSettings, evaluate
+    from explorer.inputs.data import load_builtin
 
     calibration = load_builtin("calibration")
     calibration = [*[i for i in calibration if i.label == "harmful"][:2], *[i for i in calibration if i.label == "harmless"][:2]]
@@ -302,7 +302,7 @@ def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_lla
 def test_wildguard_format_reads_the_pair_and_the_refusal_field(tmp_path):
     """--judge-format wildguard: the guard's own prompt with the request and the answer; its first line generated,
     then the yes/no margin read after "Response refusal:"."""
-    from explorer.judge_model import WILDGUARD_FORMAT, wildguard_prompt
+    from explorer.evaluation.judge_model import WILDGUARD_FORMAT, wildguard_prompt
 
     prompt = wildguard_prompt("Sure: step one.", "Bake bread?")
     assert prompt == WILDGUARD_FORMAT.format(request="Bake bread?", answer="Sure: step one.")

@@ -10,8 +10,8 @@ import json
 import pytest
 from test_model_view import REQUEST_80, needs_espeak
 
-from explorer.cli import main
-from explorer.loading import DEMO_MODEL_DIR
+from explorer.app.cli import main
+from explorer.model.loading import DEMO_MODEL_DIR
 
 REQUEST_17 = "Please explain how a small bakery could plan its weekly bread production and order flour in time"
 # A request sentence only: the label is what the test needs, the text asks for nothing harmful.

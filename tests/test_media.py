@@ -1,4 +1,4 @@
-"""Tests for explorer.media: typographic images, spoken audio, render() and Prompt."""
+"""Tests for explorer.inputs.media: typographic images, spoken audio, render() and Prompt."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from PIL import Image
 from needs import needs_speech
+from PIL import Image
 
-import explorer.speech as speech_module
-from explorer.data import Instruction
-from explorer.media import (
+import explorer.inputs.speech as speech_module
+from explorer.inputs.data import Instruction
+from explorer.inputs.media import (
     AUDIO_CARRIER,
     DEFAULT_LAYOUT,
     IMAGE_CARRIER,
@@ -138,7 +138,7 @@ def test_render_audio_rejects_bad_style(tmp_path: Path) -> None:
 
 
 def test_render_audio_without_a_speech_engine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from explorer.speech_engine import SpeechUnavailableError
+    from explorer.inputs.speech_engine import SpeechUnavailableError
 
     monkeypatch.setenv("SGE_SPEECH_ENGINE", "none")
     with pytest.raises(SpeechUnavailableError, match="apt-get install espeak-ng"):

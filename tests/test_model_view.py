@@ -4,24 +4,23 @@ line is whole, inside the picture, and tall enough; long spoken requests fit the
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import transformers
 from needs import needs_speech
 from tiny_models import PUBLIC_PROCESSORS
 
-from explorer.media import GridLayout, render_image
-from explorer.model_view import (
+from explorer.core.vocab import SAMPLE_RATE
+from explorer.inputs.media import GridLayout, render_image
+from explorer.inputs.speech import render_audio
+from explorer.inputs.typography import fitted_lines, render_text_image
+from explorer.model.model_view import (
     MIN_FONT_MODEL_PX,
     ink_lines,
     model_view_of,
     processed_views,
     text_layout_for,
 )
-from explorer.speech import render_audio
-from explorer.typography import fitted_lines, render_text_image
-from explorer.vocab import SAMPLE_RATE
 
 #: A harmless 40-word request (the length the issue names); the 80-word one doubles it with a second sentence.
 REQUEST_40 = (

@@ -1,4 +1,4 @@
-"""Tests for explorer.models: clear load errors, composite model folders, strengths recorded beside the weights."""
+"""Tests for explorer.model.models: clear load errors, composite model folders, strengths recorded beside the weights."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import shutil
 import pytest
 from noise_prompts import audio_prompt
 
-from explorer.loading import load_model
-from explorer.media import AUDIO_CARRIER
-from explorer.models import ModelLoadError
-from explorer.regap import (
+from explorer.correction.regap import (
     CorrectionConfig,
 )
+from explorer.inputs.media import AUDIO_CARRIER
+from explorer.model.loading import load_model
+from explorer.model.models import ModelLoadError
 
 
 def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
@@ -49,7 +49,7 @@ def test_clear_errors(tmp_path, tiny_model_dir, tiny_llava):
 def test_demo_strengths_come_only_from_a_summary_of_the_same_weights(tmp_path):
     import json
 
-    from explorer.loading import _chosen_strengths
+    from explorer.model.loading import _chosen_strengths
 
     path = tmp_path / "eval_summary.json"
     assert _chosen_strengths(path, "rev") == {}  # no summary
@@ -74,7 +74,7 @@ def _composite(folder, tiny_model_dir, copies: dict[str, str], manifest: dict) -
 
 
 def test_a_composite_folder_is_loaded_from_its_manifest(tmp_path, tiny_model_dir):
-    from explorer.loading import folder_revision
+    from explorer.model.loading import folder_revision
 
     folder = tmp_path / "composite"
     folder.mkdir()

@@ -1,4 +1,4 @@
-"""Paired tests between modes (explorer/paired.py, docs/method.md "Uncertainty"): McNemar's exact p against the
+"""Paired tests between modes (explorer/core/paired.py, docs/method.md "Uncertainty"): McNemar's exact p against the
 binomial formula written out, Newcombe's interval against the published worked example and by simulated coverage,
 and the metrics / compare plumbing on records."""
 
@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from explorer.paired import newcombe_paired_interval, paired_test
-from explorer.verdict_stats import paired_comparisons, verdict_rates
+from explorer.core.paired import newcombe_paired_interval, paired_test
+from explorer.evaluation.verdict_stats import paired_comparisons, verdict_rates
 
 
 def _flags(both: int, only_a: int, only_b: int, neither: int) -> tuple[list[bool], list[bool]]:

@@ -1,4 +1,4 @@
-"""The peers as published (explorer.peers, docs/method.md formulas 12–14), with known answers on a tiny model:
+"""The peers as published (explorer.correction.peers, docs/method.md formulas 12–14), with known answers on a tiny model:
 ShiftDC removes each input's own shift along the refusal axis exactly, at the last prompt token of the prompt pass
 only; CMRM maps a blank-medium input back onto its text-only state."""
 
@@ -9,16 +9,16 @@ import torch
 from noise_prompts import TEXTS, image_prompt
 from test_regap import _profile_for
 
-from explorer.capture import CaptureSettings, capture_prompts, record_layers
-from explorer.media import IMAGE_CARRIER, Prompt
-from explorer.peers import (
+from explorer.correction.peers import (
     blank_prompt,
     blank_shifts,
     counterpart_prompts,
     sample_vectors,
     shiftdc_layers,
 )
-from explorer.regap import CorrectionConfig, capture_corrected, corrected
+from explorer.correction.regap import CorrectionConfig, capture_corrected, corrected
+from explorer.inputs.media import IMAGE_CARRIER, Prompt
+from explorer.model.capture import CaptureSettings, capture_prompts, record_layers
 
 
 def test_shiftdc_removes_each_inputs_own_shift_along_the_refusal_axis_exactly(tiny_llava):
@@ -91,8 +91,8 @@ def test_cmrm_sample_maps_a_blank_medium_input_onto_its_text_only_state(tiny_lla
 
 
 def test_calibration_stores_cmrms_dataset_shift_and_the_profile_keeps_it(tiny_llava, tmp_path):
-    from explorer.calibration import calibrate, load_calibration_items
-    from explorer.profile import Profile
+    from explorer.evaluation.calibration import calibrate, load_calibration_items
+    from explorer.geometry.profile import Profile
 
     items = load_calibration_items("builtin", limit=2)
     profile = calibrate(tiny_llava, items, ["text", "image"], cache_dir=tmp_path).profile

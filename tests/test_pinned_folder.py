@@ -1,4 +1,4 @@
-"""A model folder on a pinned base (explorer.pinned_base, explorer.reading_lm): it ships only the project's parts,
+"""A model folder on a pinned base (explorer.model.pinned_base, explorer.model.reading_lm): it ships only the project's parts,
 assembles to exactly the trained model (base + projectors + LoRA), loads through the engine's one loader, and the
 de-quantised base is cached per machine and rebuilt when the cache is not this base's."""
 
@@ -13,17 +13,17 @@ from safetensors.torch import load_file
 from tiny_models import chatml_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from explorer.loading import Manifest, load_model
-from explorer.models import ModelLoadError
-from explorer.pinned_base import PINNED_BASE_FILE, PinnedBase
-from explorer.reading_lm import (
+from explorer.inputs.typography import TextLayout
+from explorer.model.loading import Manifest, load_model
+from explorer.model.models import ModelLoadError
+from explorer.model.pinned_base import PINNED_BASE_FILE, PinnedBase
+from explorer.model.reading_lm import (
     PROJECTORS_FILE,
     ReadingLMConfig,
     ReadingLMForCausalLM,
     assemble_on_pinned_base,
     write_on_pinned_base,
 )
-from explorer.typography import TextLayout
 
 NOT_INSTALLED = PinnedBase("no-such-weights", "1.0", "w.gguf", "ab" * 32)
 
@@ -86,8 +86,8 @@ def test_a_folder_on_a_pinned_base_ships_only_its_parts_and_assembles_to_the_tra
 
 
 def test_the_engine_loads_a_pinned_folder_through_the_auto_classes(tmp_path, monkeypatch):
-    from explorer.reading_processor import CHAT_TEMPLATE, ReadingProcessor
-    from explorer.text_reader import ReaderConfig, TextReader
+    from explorer.model.reading_processor import CHAT_TEMPLATE, ReadingProcessor
+    from explorer.model.text_reader import ReaderConfig, TextReader
 
     base = _base()
     model, peft_model = _trained_on(base, tmp_path / "adapter")
@@ -169,8 +169,8 @@ def test_the_assembled_demo_folder_answers_as_the_base_with_its_adapter(tmp_path
 
     from explorer.demo_model.assemble import assemble
     from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens
-    from explorer.pinned_base import SMOLLM2_135M_INSTRUCT
-    from explorer.text_reader import ReaderConfig, TextReader
+    from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
+    from explorer.model.text_reader import ReaderConfig, TextReader
 
     base, tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Fast tests for explorer.plots: structure of the figures, not their pixels."""
+"""Fast tests for explorer.report.plots: structure of the figures, not their pixels."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
 
-from explorer import plots
-from explorer.plots import (
+from explorer.report import plots
+from explorer.report.plots import (
     LABEL_SYMBOLS,
     MODALITY_COLORS,
     NO_DATA,

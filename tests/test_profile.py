@@ -1,4 +1,4 @@
-"""Tests for explorer.profile: a Profile built from planted geometry, saved, reloaded and checked."""
+"""Tests for explorer.geometry.profile: a Profile built from planted geometry, saved, reloaded and checked."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from planted import (
     text_states,
 )
 
-from explorer.geometry import (
+from explorer.geometry.formulas import (
     refusal_directions,
 )
-from explorer.profile import Profile, build_profile
-from explorer.states import StateBatch
+from explorer.geometry.profile import Profile, build_profile
+from explorer.model.states import StateBatch
 
 
 @pytest.fixture()

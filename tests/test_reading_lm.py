@@ -1,4 +1,4 @@
-"""The reading-LM family (explorer.reading_lm) and its character reader (explorer.text_reader): text is exactly the
+"""The reading-LM family (explorer.model.reading_lm) and its character reader (explorer.model.text_reader): text is exactly the
 Llama base, media positions alone move, generation equals step-by-step greedy, folders round-trip through the Auto
 classes, and the reader's decoding and line cutting are exact."""
 
@@ -9,15 +9,15 @@ import pytest
 import torch
 from PIL import Image
 
-from explorer.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
-from explorer.text_reader import (
+from explorer.inputs.typography import TextLayout, render_text_image
+from explorer.model.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
+from explorer.model.text_reader import (
     CHARSET,
     ReaderConfig,
     TextReader,
     ctc_greedy,
     line_pixels,
 )
-from explorer.typography import TextLayout, render_text_image
 
 
 def _tiny(seed: int = 0) -> ReadingLMForCausalLM:
@@ -146,8 +146,8 @@ class _Says:
 def test_the_processor_puts_read_and_heard_tokens_in_place_of_their_marks():
     from tiny_models import chatml_tokenizer
 
-    from explorer.models import chat_messages
-    from explorer.reading_processor import (
+    from explorer.model.models import chat_messages
+    from explorer.model.reading_processor import (
         AUDIO_MARK,
         CHAT_TEMPLATE,
         IMAGE_MARK,

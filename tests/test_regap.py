@@ -1,4 +1,4 @@
-"""Tests for explorer.regap on tiny random-weight models: exact patching, strength 0 = baseline, adaptive α, threads."""
+"""Tests for explorer.correction.regap on tiny random-weight models: exact patching, strength 0 = baseline, adaptive α, threads."""
 
 from __future__ import annotations
 
@@ -10,17 +10,17 @@ import pytest
 import torch
 from noise_prompts import TEXTS, image_prompt
 
-from explorer.capture import CaptureSettings, capture_prompts, record_layers
-from explorer.generation import generate
-from explorer.media import IMAGE_CARRIER, Prompt
-from explorer.profile import Profile
-from explorer.regap import (
+from explorer.core.vocab import MODES
+from explorer.correction.generation import generate
+from explorer.correction.regap import (
     CorrectionConfig,
     capture_corrected,
     corrected,
     correction_vectors,
 )
-from explorer.vocab import MODES
+from explorer.geometry.profile import Profile
+from explorer.inputs.media import IMAGE_CARRIER, Prompt
+from explorer.model.capture import CaptureSettings, capture_prompts, record_layers
 
 
 def _profile_for(lm, drift_scale: float = 3.0) -> Profile:
@@ -154,7 +154,7 @@ def test_concurrent_steered_and_plain_threads_match_sequential(tiny_llava):
 
 
 def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
-    from explorer.regap import self_rectification_score
+    from explorer.correction.regap import self_rectification_score
 
     profile = _profile_for(tiny_llava)
     prompts = [image_prompt(IMAGE_CARRIER + " " + t, i) for i, t in enumerate(TEXTS)]
@@ -177,7 +177,7 @@ def test_capture_corrected_per_row_alpha_matches_one_by_one(tiny_llava):
 def test_generate_texts_batched_equals_one_at_a_time_and_plain_generate(tiny_llava):
     """Left-padded batches give each row the tokens it gets alone (prompts of different lengths), and the same
     answer as `generate` without a correction."""
-    from explorer.generation import generate, generate_texts
+    from explorer.correction.generation import generate, generate_texts
 
     prompts = [tiny_llava.render(text, "text") for text in TEXTS] + [image_prompt(IMAGE_CARRIER, seed=3)]
     for modality in ("text", "image"):
@@ -195,7 +195,7 @@ def test_generate_batch_equals_generate_one_prompt_at_a_time(tiny_llava, mode):
     """Batched greedy generation (left padding, one α(x) per row for adaptive, one batched probe pass) gives every
     row the tokens, α, score and prompt states that `generate` gives it alone: images of different sizes and
     carrier texts of different lengths make the rows' lengths differ."""
-    from explorer.generation import generate_batch
+    from explorer.correction.generation import generate_batch
 
     profile = _profile_for(tiny_llava)
     config = CorrectionConfig(mode=mode, strength=1.5)
@@ -214,16 +214,16 @@ def test_generate_batch_equals_generate_one_prompt_at_a_time(tiny_llava, mode):
 def test_template_mean_pooling_is_honoured_by_the_probe_and_the_eval_states(tiny_llava, tmp_path):
     """With a profile calibrated on template-mean states, s(x) and the states `generate_batch` records are pooled
     the same way (they were read at the last token before: s(x) normalised with the wrong statistics)."""
-    from explorer.calibration import calibrate, load_calibration_items
-    from explorer.capture import CaptureSettings, capture_prompts
-    from explorer.generation import generate_batch
-    from explorer.geometry import normalised_score
-    from explorer.regap import (
+    from explorer.correction.generation import generate_batch
+    from explorer.correction.regap import (
         CorrectionConfig,
         corrected,
         correction_vectors,
         self_rectification_scores,
     )
+    from explorer.evaluation.calibration import calibrate, load_calibration_items
+    from explorer.geometry.formulas import normalised_score
+    from explorer.model.capture import CaptureSettings, capture_prompts
 
     pooled = CaptureSettings(pooling="template_mean")
     profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], pooled,
@@ -249,10 +249,10 @@ def test_template_mean_pooling_is_honoured_by_the_probe_and_the_eval_states(tiny
 def test_adaptive_raw_gates_on_the_uncorrected_score(tiny_llava, tmp_path):
     """The self-rectification ablation: "adaptive_raw" is adaptive with the probe uncorrected, so s(x) is the raw
     score of the input (no correction before the probe layer) and everything else is adaptive's."""
-    from explorer.calibration import calibrate, load_calibration_items
-    from explorer.capture import capture_prompts
-    from explorer.geometry import normalised_score
-    from explorer.regap import CorrectionConfig
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation.calibration import calibrate, load_calibration_items
+    from explorer.geometry.formulas import normalised_score
+    from explorer.model.capture import capture_prompts
 
     profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"],
                         cache_dir=tmp_path).profile

@@ -52,8 +52,8 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 def _run(args: list[str], monkeypatch: pytest.MonkeyPatch) -> set[str]:
     """Run the CLI in this process; return the ids it generated (an id reused from the folder is not among them)."""
-    import explorer.evaluation as evaluation
-    from explorer.cli import main
+    import explorer.evaluation.runner as evaluation
+    from explorer.app.cli import main
 
     generated: set[str] = set()
     real = evaluation._generate_records
@@ -73,7 +73,7 @@ def _run(args: list[str], monkeypatch: pytest.MonkeyPatch) -> set[str]:
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from explorer.run_lock import hold_run
+from explorer.core.run_lock import hold_run
 with hold_run(Path(sys.argv[1])):
     print("held", flush=True)
     time.sleep(600)
@@ -84,7 +84,7 @@ def test_a_second_eval_on_a_held_folder_is_refused_until_the_holder_dies(tiny_mo
                                                                            monkeypatch, capsys):
     """While another process holds --out the eval exits 2 at once, before loading the model, naming the holder's
     pid and what to do; once that process is killed with SIGKILL (no cleanup) the same command runs."""
-    import explorer.cli as cli
+    from explorer.app import cli
 
     out = tmp_path / "run"
     args = _args(tiny_model_dir("llava"), _write(tmp_path / "p.jsonl", ROWS[:1] + ROWS[2:]), out, cache)
@@ -119,7 +119,7 @@ def _ranks_of_one_run(rank: int, tmp: str, folder: str, result_file: str) -> Non
 
     import torch.distributed as dist
 
-    import explorer.cli as cli
+    from explorer.app import cli
 
     def reached(*_a: Any, **_k: Any) -> None:
         raise ValueError("reached the model")
@@ -249,8 +249,8 @@ def test_states_are_reused_only_for_the_content_they_were_made_from(tmp_path):
     the other content's states, and says so."""
     import torch
 
-    from explorer.capture import save_states
-    from explorer.eval_records import states_match
+    from explorer.evaluation.eval_records import states_match
+    from explorer.model.capture import save_states
 
     path = tmp_path / "x.safetensors"
     save_states(path, torch.zeros(2, 3), {"item_hash": "aaaa"})
@@ -270,7 +270,7 @@ def _fd_path(fd: int) -> str:
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fd through /proc (Linux)")
 def test_atomic_writes_are_on_the_disk_before_the_rename(tmp_path, monkeypatch):
     """fsync of the temporary file, then os.replace, then fsync of the folder (so the rename is durable too)."""
-    from explorer.storage import write_atomic
+    from explorer.core.storage import write_atomic
 
     events: list[str] = []
     real_fsync, real_replace = os.fsync, os.replace

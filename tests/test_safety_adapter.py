@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from explorer.demo_model import safety_adapter as sa
 from explorer.demo_model import training_text as tt
-from explorer.models import ModelLoadError
-from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase, file_sha256
+from explorer.model.models import ModelLoadError
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase, file_sha256
 
 
 def _tiny_llama(layers: int = 4):
@@ -187,8 +187,8 @@ class _FixedReader:
 def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(base_tokenizer):
     from PIL import Image
 
-    from explorer.models import chat_messages
-    from explorer.reading_processor import IMAGE_MARK, ReadingProcessor
+    from explorer.model.models import chat_messages
+    from explorer.model.reading_processor import IMAGE_MARK, ReadingProcessor
 
     processor = ReadingProcessor(base_tokenizer, _FixedReader())  # type: ignore[arg-type]
     typed = processor.apply_chat_template([{"role": "user", "content": "How do I bake bread?"}])

@@ -1,4 +1,4 @@
-"""The speech reader (explorer.speech_reader): targets, word spans, decoding a non-word by the reader's own CTC
+"""The speech reader (explorer.model.speech_reader): targets, word spans, decoding a non-word by the reader's own CTC
 evidence against the lexicon, features, and the folder round trip."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from explorer.speech_reader import (
+from explorer.model.speech_reader import (
     ALPHABET,
     Lexicon,
     SpeechReader,
@@ -61,7 +61,7 @@ def test_a_non_word_becomes_the_near_word_the_reader_heard_not_the_commonest():
 
 
 def ctc_text(log_probs: torch.Tensor) -> str:
-    from explorer.text_reader import ctc_greedy
+    from explorer.model.text_reader import ctc_greedy
 
     return ctc_greedy(log_probs, ALPHABET)
 

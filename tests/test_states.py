@@ -1,11 +1,11 @@
-"""Tests for explorer.states: a StateBatch keeps its rows and metadata aligned and checks them."""
+"""Tests for explorer.model.states: a StateBatch keeps its rows and metadata aligned and checks them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from explorer.states import StateBatch
+from explorer.model.states import StateBatch
 
 L, D = 3, 16
 

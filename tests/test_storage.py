@@ -1,4 +1,4 @@
-"""Tests for explorer.storage: the cache root and atomic writes."""
+"""Tests for explorer.core.storage: the cache root and atomic writes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from explorer.storage import atomic_path, cache_root, resolve_cache_dir, write_atomic
+from explorer.core.storage import (
+    atomic_path,
+    cache_root,
+    resolve_cache_dir,
+    write_atomic,
+)
 
 
 def test_cache_root_honours_the_environment_at_call_time(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -18,7 +23,7 @@ def test_cache_root_honours_the_environment_at_call_time(monkeypatch: pytest.Mon
 
 
 def test_audio_render_cache_lives_under_the_cache_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import explorer.speech as speech
+    from explorer.inputs import speech
 
     monkeypatch.setenv("SGE_CACHE_DIR", str(tmp_path))
     assert speech._default_cache_dir() == tmp_path / "audio"

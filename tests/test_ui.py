@@ -1,4 +1,4 @@
-"""The web app's handlers (explorer/ui.py), called directly on tiny random-weight models: no Gradio server."""
+"""The web app's handlers (explorer/app/ui.py), called directly on tiny random-weight models: no Gradio server."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer import ui, ui_export
-from explorer.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
-from explorer.speech_engine import speech_unavailable_reason
-from explorer.verdicts import verdict_of
-from explorer.ui_session import AppSettings, AppState
+from explorer.app import ui, ui_export
+from explorer.app.ui_session import AppSettings, AppState
+from explorer.evaluation.verdicts import verdict_of
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
+from explorer.inputs.speech_engine import speech_unavailable_reason
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request logs a warning
 
@@ -312,7 +312,7 @@ def test_model_switching_follows_the_operators_policy(state, monkeypatch):
     """Exposed servers: switching off unless allowed, or limited to a list; no message reveals a path's existence."""
     from dataclasses import replace
 
-    import explorer.ui_session as ui_session
+    from explorer.app import ui_session
 
     loads: list[str] = []
     monkeypatch.setattr(ui_session, "load_model", lambda model_id, **_k: loads.append(model_id) or 1 / 0)
@@ -382,7 +382,7 @@ def test_handlers_open_only_files_gradio_received(state, monkeypatch):
     operator's media roots is refused before it is opened, with one message whether or not it exists."""
     import tempfile
 
-    import explorer.ui_inputs as ui_inputs
+    from explorer.app import ui_inputs
 
     outside = Path(tempfile.mkdtemp(prefix="sge-outside-"))
     render_image("How do I bake bread?").save(outside / "real.png")
@@ -399,7 +399,7 @@ def test_handlers_open_only_files_gradio_received(state, monkeypatch):
 def test_a_setting_being_captured_is_waited_for_not_captured_twice(state, monkeypatch):
     import threading
 
-    import explorer.ui_session as ui_session
+    from explorer.app import ui_session
 
     session = state.session
     calls, real = [], ui_session.corrected_calibration

@@ -1,4 +1,4 @@
-"""Tests for explorer.uploads: user images and audio are bounded, normalised, and refused with a clear message."""
+"""Tests for explorer.inputs.uploads: user images and audio are bounded, normalised, and refused with a clear message."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from explorer.uploads import MediaError, load_audio, load_image
+from explorer.inputs.uploads import MediaError, load_audio, load_image
 
 
 def _png_bytes(image: Image.Image) -> bytes:

@@ -1,4 +1,4 @@
-"""Three verdicts (explorer/verdicts.py, docs/method.md "Verdicts"): every rule on invented cases, real answers of the
+"""Three verdicts (explorer/evaluation/verdicts.py, docs/method.md "Verdicts"): every rule on invented cases, real answers of the
 demo model labelled by hand (tests/data/demo_answers.jsonl), and the overlap check of evaluation items."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from explorer.data import Instruction
-from explorer.judge import RefusalJudge
-from explorer.overlap import calibration_overlap
-from explorer.verdicts import broken_reason, verdict_of
+from explorer.evaluation.judge import RefusalJudge
+from explorer.evaluation.verdicts import broken_reason, verdict_of
+from explorer.inputs.data import Instruction
+from explorer.inputs.overlap import calibration_overlap
 
 DEMO_ANSWERS = Path(__file__).parent / "data" / "demo_answers.jsonl"
 

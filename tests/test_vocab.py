@@ -1,16 +1,16 @@
-"""Tests for explorer.vocab: the one vocabulary and the one parser of each user syntax."""
+"""Tests for explorer.core.vocab: the one vocabulary and the one parser of each user syntax."""
 
 from __future__ import annotations
 
 import pytest
 
-from explorer import vocab
-from explorer.vocab import MODES, check_choice, normalise_layer, parse_layer_window
+from explorer.core import vocab
+from explorer.core.vocab import MODES, check_choice, normalise_layer, parse_layer_window
 
 
 def test_vocabulary_is_defined_once_and_used_by_every_stage() -> None:
-    import explorer.regap as regap
-    import explorer.ui as ui
+    from explorer.app import ui
+    from explorer.correction import regap
 
     assert vocab.MODALITIES == ("text", "image", "audio") and vocab.LABELS == ("harmful", "harmless")
     assert MODES == ("off", "fixed", "fixed_axis", "adaptive", "adaptive_raw", "shiftdc", "cmrm", "cmrm_sample")

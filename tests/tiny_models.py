@@ -391,12 +391,12 @@ def _build_qwen2_5_omni(out: Path) -> None:
 
 
 def _build_reading_lm(out: Path) -> None:
-    """This project's own family (explorer.reading_lm): a Llama with image and audio projectors, a ChatML tokenizer,
+    """This project's own family (explorer.model.reading_lm): a Llama with image and audio projectors, a ChatML tokenizer,
     and character readers whose random weights are biased to read one letter (plumbing, never reading)."""
-    from explorer.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
-    from explorer.reading_processor import CHAT_TEMPLATE, ReadingProcessor
-    from explorer.speech_reader import ALPHABET, SpeechReader, SpeechReaderConfig
-    from explorer.text_reader import CHARSET, ReaderConfig, TextReader
+    from explorer.model.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
+    from explorer.model.reading_processor import CHAT_TEMPLATE, ReadingProcessor
+    from explorer.model.speech_reader import ALPHABET, SpeechReader, SpeechReaderConfig
+    from explorer.model.text_reader import CHARSET, ReaderConfig, TextReader
 
     tok = chatml_tokenizer(CHAT_TEMPLATE)
     text = {k: v for k, v in _text_config("llama", len(tok)).items() if k != "model_type"}

@@ -1,8 +1,8 @@
 """Assemble the next demo's model folder from its trained parts: a composite folder the engine's one loader reads.
 
 Why a folder like any other: the app, the CLI and the benchmarks load the next demo exactly as they load any model
-(`explorer.loading.load_model(folder)`), with no demo branches. The folder holds a manifest and one reading-LM
-sub-folder on the pinned base (explorer.reading_lm: config, `pinned_base.json`, the safety LoRA, the media
+(`explorer.model.loading.load_model(folder)`), with no demo branches. The folder holds a manifest and one reading-LM
+sub-folder on the pinned base (explorer.model.reading_lm: config, `pinned_base.json`, the safety LoRA, the media
 projectors, the processor with its tokenizer and character reader); the base's 98 MB are never copied.
 
     python -m explorer.demo_model.assemble --adapter build/demo_next/text_adapter \\
@@ -20,12 +20,12 @@ from pathlib import Path
 
 import torch
 
-from explorer.loading import MANIFEST_FILE, MANIFEST_FORMAT
-from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
-from explorer.reading_lm import ReadingLMConfig, write_on_pinned_base
-from explorer.reading_processor import ReadingProcessor
-from explorer.speech_reader import SpeechReader
-from explorer.text_reader import TextReader
+from explorer.model.loading import MANIFEST_FILE, MANIFEST_FORMAT
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
+from explorer.model.reading_lm import ReadingLMConfig, write_on_pinned_base
+from explorer.model.reading_processor import ReadingProcessor
+from explorer.model.speech_reader import SpeechReader
+from explorer.model.text_reader import TextReader
 
 from .reader_train import READER_LAYOUT
 

@@ -17,9 +17,9 @@ from pathlib import Path
 from string import Template
 from typing import Any, NamedTuple
 
-from explorer.loading import folder_revision
-from explorer.storage import write_atomic
-from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, MODES
+from explorer.core.storage import write_atomic
+from explorer.core.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, MODES
+from explorer.model.loading import folder_revision
 
 from . import tables
 from .card_tables import auroc_rows, paired_holding, paired_table, verdict_cell

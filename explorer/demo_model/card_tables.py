@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from explorer.vocab import MEDIA_MODALITIES, MODES
+from explorer.core.vocab import MEDIA_MODALITIES, MODES
 
 __all__ = ["auroc_rows", "paired_holding", "paired_table", "verdict_cell"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from explorer.media import GridLayout
-from explorer.vocab import SAMPLE_RATE
+from explorer.core.vocab import SAMPLE_RATE
+from explorer.inputs.media import GridLayout
 
 __all__ = [
     "DemoConfig",

@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from explorer.vocab import Label
+from explorer.core.vocab import Label
 
 from . import tables
 

@@ -1,6 +1,6 @@
 """Training examples for the demo model: chat-formatted, tokenised, batched; images and speech rendered on the fly.
 
-Why rendered here with the project's own renderer (`explorer.media`): the model must see exactly the pixels
+Why rendered here with the project's own renderer (`explorer.inputs.media`): the model must see exactly the pixels
 and waveforms the engine will show it. Speech in the "slots" style is, by that renderer's contract, the
 concatenation of each word's own 0.4 s slot, so a random word sequence is assembled from per-word renders
 (each cached on disk by the renderer) instead of re-running espeak-ng for every sequence; `check_slot_contract`
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerFast
 
-from explorer.data import (
+from explorer.inputs.data import (
     BUILTIN_PATH,
     VALIDATION_PATH,
     Instruction,
     load_builtin,
     load_prompts,
 )
-from explorer.media import (
+from explorer.inputs.media import (
     AUDIO_CARRIER,
     IMAGE_CARRIER,
     prompt_words,
@@ -73,7 +73,7 @@ PARAPHRASES_PATH = BUILTIN_PATH.parent / "paraphrases.jsonl"
 # In-house look-alikes (and harmful contrasts) of the kinds written for the next demo's safety adapter, 24 a kind
 # set aside before training (seeded) and never trained on: how far its over-refusal fix reaches inside its kinds.
 LOOKALIKE_CHECKS_PATH = BUILTIN_PATH.parent / "lookalike_checks.jsonl"
-# VALIDATION_PATH (explorer.data): free-form requests for choosing between training recipes and the demo's
+# VALIDATION_PATH (explorer.inputs.data): free-form requests for choosing between training recipes and the demo's
 # calibration (never trained on, never reported as a result), so the evaluation split and paraphrases stay test sets.
 
 

@@ -23,17 +23,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.capture import CaptureSettings, capture_prompts
-from explorer.data import Instruction, load_builtin, load_prompts
-from explorer.generation import generate_texts
-from explorer.geometry import auroc_per_layer, project, unit_directions
-from explorer.judge import RefusalJudge
-from explorer.loading import load_model
-from explorer.media import Prompt
-from explorer.models import LoadedModel
-from explorer.regap import corrected
-from explorer.storage import write_atomic
-from explorer.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, Modality
+from explorer.core.storage import write_atomic
+from explorer.core.vocab import LABELS, MEDIA_MODALITIES, MODALITIES, Modality
+from explorer.correction.generation import generate_texts
+from explorer.correction.regap import corrected
+from explorer.evaluation.judge import RefusalJudge
+from explorer.geometry.formulas import auroc_per_layer, project, unit_directions
+from explorer.inputs.data import Instruction, load_builtin, load_prompts
+from explorer.inputs.media import Prompt
+from explorer.model.capture import CaptureSettings, capture_prompts
+from explorer.model.loading import load_model
+from explorer.model.models import LoadedModel
 
 from .config import MEDIA_REPEAT_PROMPT
 from .corpus import answer_for

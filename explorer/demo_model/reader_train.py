@@ -1,6 +1,6 @@
-"""Train the reading LM's character reader (explorer.text_reader) on lines the project's own renderer draws.
+"""Train the reading LM's character reader (explorer.model.text_reader) on lines the project's own renderer draws.
 
-Why rendered lines: the demo's images are drawn by explorer.typography, so the reader learns exactly the pictures
+Why rendered lines: the demo's images are drawn by explorer.inputs.typography, so the reader learns exactly the pictures
 the app shows, at several font sizes so that a user's own screenshot at another size still reads. The text is the
 in-house training text (explorer.demo_model.training_text) plus random character strings, so every printable
 character is seen; no development or evaluation sentence is drawn for training.
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from explorer.model_view import ink_lines
-from explorer.text_reader import (
+from explorer.inputs.typography import TextLayout, fitted_lines, render_text_image
+from explorer.model.model_view import ink_lines
+from explorer.model.text_reader import (
     CHARSET,
     ReaderConfig,
     TextReader,
     line_pixels,
     stack_lines,
 )
-from explorer.typography import TextLayout, fitted_lines, render_text_image
 
 from .ctc_training import CTCBatch, train_ctc
 from .training_text import text_training_set

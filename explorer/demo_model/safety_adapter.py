@@ -1,4 +1,4 @@
-"""The next demo's text safety: a LoRA on the upper layers of the pinned base LM (explorer.pinned_base).
+"""The next demo's text safety: a LoRA on the upper layers of the pinned base LM (explorer.model.pinned_base).
 
 Why this recipe (docs/demo-prototype.md, row 1): SmolLM2-135M-Instruct already reads ordinary English but refuses
 almost nothing; a LoRA on layers 16-29 teaches it to refuse harmful requests while a KL term keeps its answers
@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 
 from .corpus import Example
 from .training_text import text_training_set

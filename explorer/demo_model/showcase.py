@@ -17,11 +17,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from explorer.data import load_builtin
-from explorer.loading import folder_revision
-from explorer.media import prompt_words, vocabulary_form
-from explorer.storage import write_atomic
-from explorer.vocab import LABELS
+from explorer.core.storage import write_atomic
+from explorer.core.vocab import LABELS
+from explorer.inputs.data import load_builtin
+from explorer.inputs.media import prompt_words, vocabulary_form
+from explorer.model.loading import folder_revision
 
 from .corpus import NEUTRAL_SUFFIXES
 from .data import load_training_data

@@ -1,6 +1,6 @@
-"""Train the reading LM's speech reader (explorer.speech_reader) on the app's own voice.
+"""Train the reading LM's speech reader (explorer.model.speech_reader) on the app's own voice.
 
-Why the app's voice: the demo's speech is spoken by espeak-ng (explorer.speech) at 160 wpm, or 200 / 240 wpm when a
+Why the app's voice: the demo's speech is spoken by espeak-ng (explorer.inputs.speech) at 160 wpm, or 200 / 240 wpm when a
 long request must fit a window, so the reader learns exactly those clips, at every rate. The text is the in-house
 training text (explorer.demo_model.training_text) plus random sequences of frequent English words, so that the
 reader hears many spellings; no development or evaluation sentence is spoken for training.
@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from explorer.speech import SPEECH_RATES_WPM, prompt_words, speak
-from explorer.speech_reader import (
+from explorer.inputs.speech import SPEECH_RATES_WPM, prompt_words, speak
+from explorer.model.speech_reader import (
     ALPHABET,
     Lexicon,
     SpeechReader,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 from transformers.masking_utils import create_bidirectional_mask
 
-from explorer.storage import write_atomic
+from explorer.core.storage import write_atomic
 
 from .build import DemoModels, build_models, count_parameters
 from .config import DemoConfig
@@ -41,7 +41,7 @@ from .tokenizer import build_tokenizer, words_not_single_token
 __all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss", "answer_logits",
            "TextTeacher", "frozen"]
 
-#: The demo folder's manifest (explorer.loading.Manifest): the engine loads it like any composite model folder.
+#: The demo folder's manifest (explorer.model.loading.Manifest): the engine loads it like any composite model folder.
 MANIFEST = {
     "format": "explorer-model/1",
     "backends": {"text": "image", "image": "image", "audio": "audio"},

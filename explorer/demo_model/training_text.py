@@ -9,7 +9,7 @@ Decontamination (6 words, case and punctuation ignored) runs against the builtin
 validation, paraphrase and look-alike check files, and the public benchmarks used for development. The public benchmarks' text
 is not in the repository: `tables/public_6grams.txt` holds only a salted hash of each of their 6-grams, written
 by `python -m explorer.demo_model.training_text --fingerprint FORMAT:PATH ...` (formats as
-explorer.importers reads them), so a training sentence that echoes a benchmark phrase is dropped without
+explorer.inputs.importers reads them), so a training sentence that echoes a benchmark phrase is dropped without
 shipping the benchmark.
 """
 
@@ -100,10 +100,10 @@ def text_training_set(seed: int = 0, max_words: int = 40, free_path: Path = FREE
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write tables/public_6grams.txt from public benchmark files.")
     parser.add_argument("--fingerprint", nargs="+", required=True, metavar="FORMAT:PATH",
-                        help="benchmark files as explorer.importers reads them, e.g. advbench:harmful_behaviors.csv")
+                        help="benchmark files as explorer.inputs.importers reads them, e.g. advbench:harmful_behaviors.csv")
     parser.add_argument("--out", type=Path, default=PUBLIC_NGRAMS_PATH)
     args = parser.parse_args(argv)
-    from explorer.importers import load_source
+    from explorer.inputs.importers import load_source
 
     hashes: set[str] = set()
     lines = []

