@@ -30,6 +30,21 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def tiny_eval_run(tiny_model_dir, tmp_path_factory):
+    """One finished `eval` on the tiny LLaVA (text + image; off, fixed, adaptive; 3 items) → (folder, its args):
+    the CLI's tests read and resume it, the app's compare its metrics.json schema with the export's."""
+    from explorer.app.cli import main
+
+    out = tmp_path_factory.mktemp("eval") / "run"
+    cache = tmp_path_factory.mktemp("cache")
+    args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
+            "--regap", "off,fixed,adaptive", "--strength", "1.5", "--rule", "linear", "--calibration-limit", "6", "--limit", "3",
+            "--max-new-tokens", "4", "--cache-dir", str(cache), "--out", str(out)]
+    assert main(args) == 0
+    return out, args
+
+
+@pytest.fixture(scope="session")
 def tiny_llava(tiny_model_dir):
     from explorer.model.loading import load_model
 

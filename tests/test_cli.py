@@ -14,19 +14,8 @@ from explorer.evaluation.judge import answer_overlap
 from explorer.evaluation.verdicts import verdict_of
 
 
-@pytest.fixture(scope="module")
-def eval_run(tiny_model_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("eval") / "run"
-    cache = tmp_path_factory.mktemp("cache")
-    args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
-            "--regap", "off,fixed,adaptive", "--strength", "1.5", "--rule", "linear", "--calibration-limit", "6", "--limit", "3",
-            "--max-new-tokens", "4", "--cache-dir", str(cache), "--out", str(out)]
-    assert main(args) == 0
-    return out, args
-
-
-def test_eval_writes_the_documented_schema(eval_run):
-    out, _ = eval_run
+def test_eval_writes_the_documented_schema(tiny_eval_run):
+    out, _ = tiny_eval_run
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_layers"] == 3 and metrics["model"].endswith("model")
     keys = {f"{m}/{mode}/{label}" for m in ("text", "image") for mode in ("off", "fixed", "adaptive")
@@ -101,8 +90,8 @@ def test_eval_writes_the_documented_schema(eval_run):
     assert html.count("plotly") > 3 and "Separability per layer" in html
 
 
-def test_rerun_resumes_without_regenerating(eval_run, monkeypatch):
-    out, args = eval_run
+def test_rerun_resumes_without_regenerating(tiny_eval_run, monkeypatch):
+    out, args = tiny_eval_run
     before = (out / "generations.jsonl").read_text()
     import explorer.evaluation.runner as evaluate_module
 
@@ -147,8 +136,8 @@ def test_out_of_memory_is_a_clear_message(monkeypatch, capsys):
     assert "out of GPU memory" in capsys.readouterr().err
 
 
-def test_rerun_with_other_settings_is_refused(eval_run, capsys):
-    out, args = eval_run
+def test_rerun_with_other_settings_is_refused(tiny_eval_run, capsys):
+    out, args = tiny_eval_run
     changed = [("2.5" if a == "1.5" else a) for a in args]
     assert main(changed) == 2
     assert "different settings (correction" in capsys.readouterr().err

@@ -52,8 +52,9 @@ def test_model_info_names_model_layers_and_calibration_size(state):
 
 def test_analyse_returns_three_figures_with_calibration_groups_and_highlight(state, image_request):
     carrier, image = image_request
-    fig_map, fig_axis, fig_sep, cap_map, cap_axis, cap_sep, status = ui.analyse(
-        state, carrier, image, None, 2, "adaptive", 1.0, "", "UMAP")
+    out = ui.analyse(state, carrier, image, None, 2, "adaptive", 1.0, "", "UMAP")
+    fig_map, fig_axis, fig_sep, cap_map, cap_axis, cap_sep, status = (out[name] for name in (
+        "fig_map", "fig_axis", "fig_sep", "cap_map", "cap_axis", "cap_sep", "status"))
     names = [trace.name for trace in fig_map.data]
     assert names == ["text · harmful", "text · harmless", "image · harmful", "image · harmful (corrected)",
                      "image · harmless", "image · harmless (corrected)", "your prompt", "your prompt (corrected)"]
@@ -69,9 +70,9 @@ def test_analyse_returns_three_figures_with_calibration_groups_and_highlight(sta
 
 
 def test_analyse_off_and_text_prompt_have_no_corrected_points(state):
-    fig_map, fig_axis, *_, status = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "off", 1.0, "", "PCA")
-    assert not any("corrected" in trace.name for trace in list(fig_map.data) + list(fig_axis.data))
-    *_, status = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "fixed", 1.0, "", "PCA")
+    out = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "off", 1.0, "", "PCA")
+    assert not any("corrected" in trace.name for trace in list(out["fig_map"].data) + list(out["fig_axis"].data))
+    status = ui.analyse(state, ui.EXAMPLE_LOOKALIKE, None, None, 1, "fixed", 1.0, "", "PCA")["status"]
     assert "never corrected" in status
 
 
@@ -154,7 +155,7 @@ def test_bad_images_give_specific_messages(state, tmp_path, kind):
         Image.new("1", (8000, 6250)).save(path)  # 50 megapixels, a small file
         expected = "50.0 megapixels"
     outputs = ui.analyse(state, IMAGE_CARRIER, {"path": str(path)}, None, 1, "adaptive", 1.0, "", "PCA")
-    assert outputs[:6] == (None,) * 6 and outputs[-1].startswith("⚠️") and expected in outputs[-1]
+    assert set(outputs) == {"status"} and outputs["status"].startswith("⚠️") and expected in outputs["status"]
     text, info = ui.final(ui.generate_plain(state, IMAGE_CARRIER, {"path": str(path)}, None, 4, 0))
     assert text == "" and expected in info
 
@@ -172,7 +173,7 @@ def test_other_bad_inputs_give_messages(state, image_request):
         (("x" * 5000, None, None, 1, "fixed", 1.0, ""), "keep it under"),
     ]
     for args, expected in cases:
-        status = ui.analyse(state, *args, "PCA")[-1]
+        status = ui.analyse(state, *args, "PCA")["status"]
         assert status.startswith("⚠️") and expected in status, (args[0][:10], status)
     assert "max new tokens" in ui.final(ui.generate_plain(state, "hi", None, None, 100000, 0))[1]
     for render in (ui.render_image_input, ui.render_audio_input):
@@ -193,7 +194,7 @@ def test_out_of_memory_is_a_message(state, image_request, monkeypatch):
     text, info = ui.final(ui.generate_plain(state, carrier, image, None, 4, 0))
     assert text == "" and "Out of memory" in info and "still running" in info
     monkeypatch.setattr(type(state.session), "capture", boom)
-    assert "Out of memory" in ui.analyse(state, carrier, image, None, 1, "off", 1.0, "", "PCA")[-1]
+    assert "Out of memory" in ui.analyse(state, carrier, image, None, 1, "off", 1.0, "", "PCA")["status"]
 
 
 def test_model_that_cannot_load_keeps_the_previous_one(state, tmp_path):
@@ -234,10 +235,14 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
     assert set(paths) == {"metrics.json", "metrics.csv", "directions.zip", "figures.html", "report.html"}
     assert all(p.startswith(str(state.export_root / sid)) for p in files)
     metrics = json.loads(open(paths["metrics.json"]).read())
-    assert metrics["correction"]["mode"] == "adaptive" and len(metrics["per_layer"]["auroc"]["image/adaptive"]) == 3
+    assert metrics["regap"]["per_item"][0]["mode"] == "adaptive" and len(metrics["per_layer"]["auroc"]["image/adaptive"]) == 3
     assert metrics["generations"]["corrected"]["text"] == "corrected answer"
     rows = list(csv.DictReader(open(paths["metrics.csv"])))
-    assert {"auroc", "gap", "drift_norm", "cos_drift_refusal", "prompt_score"} == {r["metric"] for r in rows}
+    per_layer_series = {name for name, value in metrics["per_layer"].items()
+                        if isinstance(value, dict) and value and name not in ("auroc_ci", "n")}
+    assert {"auroc", "refusal_gap", "accuracy_at_text_threshold", "drift_norm", "cos_drift_refusal",
+            "drift_norm_corrected", "cos_drift_refusal_corrected"} <= per_layer_series
+    assert per_layer_series | {"prompt_score"} == {r["metric"] for r in rows}
     # every AUROC row has its 95% bootstrap interval around it and its item count; other rows leave them empty
     for row in rows:
         if row["metric"] == "auroc":
@@ -252,6 +257,38 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
     assert sid2 == sid and again == files  # the same session folder
     _, sid3, _ = ui_export.export(state, "../../etc", carrier, image, None, 2, "off", 1.0, "", "PCA")
     assert sid3 != "../../etc" and len(sid3) == 32  # never a path from the client
+
+
+#: metrics.json keys only `eval` can fill (they count generated answers or the run's items) and keys only the
+#: app's one-prompt analysis has; every other key is shared and holds the same kind of value.
+EVAL_ONLY = {"num_items", "verdicts", "refusal_rate", "complied_rate", "broken_rate", "refusal_rate_ci",
+             "complied_rate_ci", "broken_rate_ci", "n", "paired", "calibration_overlap", "lookalike_refusal_rate",
+             "lookalike_refusal_rate_ci", "lookalike_n", "utility_overlap", "utility_n", "skipped", "skipped_items",
+             "max_new_tokens", "judge"}
+APP_ONLY = {"calibration_states", "prompt", "layer_shown", "embedding", "generations"}
+PER_LAYER_EVAL_ONLY = {"translation_ceiling", "translation_ceiling_budget"}  # need the text answers' refusal rate
+PER_LAYER_APP_ONLY = {"drift_norm_corrected", "cos_drift_refusal_corrected"}  # the drift left, drawn by the app
+
+
+def test_export_writes_the_metrics_json_schema_of_eval(state, image_request, tiny_eval_run):
+    """One metrics path (issue 23): the app's Export and `eval` write the same keys, per layer too, computed by the
+    same functions (explorer.geometry.layer_metrics)."""
+    carrier, image = image_request
+    files, _, _ = ui_export.export(state, "", carrier, image, None, 2, "adaptive", 1.0, "", "PCA")
+    exported = json.loads(open(next(f for f in files if f.endswith("metrics.json"))).read())
+    evaluated = json.loads((tiny_eval_run[0] / "metrics.json").read_text())
+    assert set(exported) - APP_ONLY == set(evaluated) - EVAL_ONLY
+    assert set(exported["per_layer"]) - PER_LAYER_APP_ONLY == set(evaluated["per_layer"]) - PER_LAYER_EVAL_ONLY
+    assert set(exported["regap"]) == set(evaluated["regap"]) - {"strength_choice", "strength_choices"}
+    assert set(exported["regap"]["per_item"][0]) == set(evaluated["regap"]["per_item"][0])
+    for name in ("auroc", "refusal_gap", "accuracy_at_text_threshold", "auroc_ci"):
+        assert set(exported["per_layer"][name]) == {"text/off", "image/off", "image/adaptive"}
+        assert set(evaluated["per_layer"][name]) == {f"{m}/{mode}" for m in ("text", "image")
+                                                     for mode in ("off", "fixed", "adaptive")}
+    # the same function on the same states gives the same numbers: the app's uncorrected text AUROC per layer is
+    # the profile's own (formula 3 on the calibration states)
+    assert exported["per_layer"]["auroc"]["text/off"] == pytest.approx(
+        state.session.profile.metrics["auroc"]["text"], abs=1e-6)
 
 
 def test_show_collapse_tells_the_three_step_story(state):
@@ -295,15 +332,15 @@ def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_facto
         pytest.skip(f"no speech engine (audio calibration needs one): {speech_unavailable_reason()}")
     state = AppState.start(settings, warm_up=False)
     ten_minutes = (16000, (np.sin(np.arange(16000 * 600) / 5) * 3000).astype(np.int16))
-    status = ui.analyse(state, AUDIO_CARRIER, None, ten_minutes, 1, "adaptive", 1.0, "", "PCA")[-1]
+    status = ui.analyse(state, AUDIO_CARRIER, None, ten_minutes, 1, "adaptive", 1.0, "", "PCA")["status"]
     assert "Audio trimmed from 600.0 s to 30.0 s" in status
     text, info = ui.final(ui.generate_corrected(state, AUDIO_CARRIER, None, ten_minutes, "adaptive", 1.0, "", 4, 0))
     assert "Audio trimmed" in info and "α(x)" in info
     bad = tmp_path_factory.mktemp("bad") / "clip.wav"
     bad.write_text("not audio")
     assert "could not be decoded as audio" in ui.analyse(state, "", None, {"path": str(bad)}, 1, "off", 1.0, "",
-                                                          "PCA")[-1]
-    assert "does not accept image" in ui.analyse(state, "hi", render_image("a b"), None, 1, "off", 1.0, "", "PCA")[-1]
+                                                          "PCA")["status"]
+    assert "does not accept image" in ui.analyse(state, "hi", render_image("a b"), None, 1, "off", 1.0, "", "PCA")["status"]
     out = ui.show_collapse(state, 4, "PCA")
     assert out["prompt"] == AUDIO_CARRIER and out["audio"][0] == 16000 and out["image"] is None
 
@@ -355,11 +392,12 @@ def test_page_starts_from_the_calibrated_strength_and_says_where_it_came_from(st
     assert state.session.starting_strength() == (1.0, "starts at 1: no strength chosen on calibration is recorded "
                                                        "for adaptive on these weights")
     monkeypatch.setattr(state.session.model, "suggested_strengths", {"adaptive": {"image": 2.5},
-                                                                     "fixed": {"image": 0.5}})
+                                                                     "fixed": {"image": 0.5},
+                                                                     "adaptive_raw": {"image": 1.5}})
     value, origin = state.session.starting_strength()
     assert value == 2.5 and "starts at 2.5" in origin and "(image 2.5)" in origin
-    # each mode starts from its own α (a baseline never at ReGap's); the ablation from adaptive's
-    assert ui.strength_for_mode(state, "fixed")[0] == 0.5 and ui.strength_for_mode(state, "adaptive_raw")[0] == 2.5
+    # each mode starts from its own α (a baseline never at ReGap's), the ablation too: one rule with the CLI
+    assert ui.strength_for_mode(state, "fixed")[0] == 0.5 and ui.strength_for_mode(state, "adaptive_raw")[0] == 1.5
     assert ui.strength_for_mode(state, "shiftdc")[0] == 1.0 and "no strength chosen" in ui.strength_for_mode(
         state, "shiftdc")[1]
     # a peer mode starts at its own layers (empty box), ReGap's modes at the calibrated one
@@ -391,7 +429,7 @@ def test_handlers_open_only_files_gradio_received(state, monkeypatch):
     statuses = set()
     for path in (outside / "real.png", outside / "missing.png", Path("/etc/passwd")):
         for payload in ({"path": str(path)}, str(path)):
-            status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")[-1]
+            status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")["status"]
             statuses.add(status.replace(path.name, "NAME"))
     assert opened == [] and statuses == {"⚠️ 'NAME' was not uploaded through this page; upload the file instead"}
 
@@ -424,7 +462,7 @@ def test_app_settings_default_to_no_model_switching_and_check_media_roots(tmp_pa
 
 def test_payloads_that_are_not_files_are_refused_with_a_message(state):
     for payload in ({"url": "http://example.com/x.png"}, 42, {"path": ""}):
-        status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")[-1]
+        status = ui.analyse(state, IMAGE_CARRIER, payload, None, 1, "off", 1.0, "", "PCA")["status"]
         assert status.startswith("⚠️") and ("did not arrive" in status or "cannot use a int" in status), status
 
 
@@ -439,7 +477,7 @@ def test_a_symlink_out_of_an_allowed_folder_is_refused(state, tmp_path_factory):
     dotted = Path(f"{tmp_path_factory.getbasetemp()}/../../{outside.parent.name}/secret.png")  # /tmp/... via ..
     assert dotted.resolve() == outside.resolve()
     for path in (inside, dotted):
-        status = ui.analyse(state, IMAGE_CARRIER, {"path": str(path)}, None, 1, "off", 1.0, "", "PCA")[-1]
+        status = ui.analyse(state, IMAGE_CARRIER, {"path": str(path)}, None, 1, "off", 1.0, "", "PCA")["status"]
         assert "was not uploaded through this page" in status, (path, status)
 
 

@@ -15,7 +15,9 @@ import torch
 from explorer.app.ui_session import AppState, ModelSession
 from explorer.correction.regap import CorrectionConfig
 from explorer.geometry.formulas import axis_group_stats, group_key
+from explorer.geometry.profile import Profile
 from explorer.inputs.media import Prompt
+from explorer.model.states import StateBatch
 from explorer.report.plots import (
     embedding_figure,
     refusal_axis_figure,
@@ -23,7 +25,6 @@ from explorer.report.plots import (
 )
 
 __all__ = ["Analysis", "compute_analysis", "describe_prompt", "fmt", "sentence_case"]
-
 
 
 def describe_prompt(prompt: Prompt) -> str:
@@ -41,7 +42,6 @@ class Analysis:
 def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int,
                      method: str = "UMAP") -> Analysis:
     """Figures, captions and metrics for one prompt and correction (raises on bad input)."""
-    profile, cal = session.profile, session.calibration.states
     notes: list[str] = []
     before = session.capture([prompt])[0]
     after, alpha, score = None, 0.0, None
@@ -51,31 +51,71 @@ def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, con
     elif prompt.modality == "text" and config.mode != "off":
         notes.append("Text input is never corrected (its drift from text is zero); compare an image or audio prompt.")
     corr = session.corrected_calibration(config)
-
-    # (1) 2-D map of the selected layer
     use_umap = method.lower() == "umap" and state.umap_ready.is_set()
     if method.lower() == "umap" and not use_umap:
         notes.append("UMAP is still compiling in the background (first start only); showing PCA for now.")
+    fig_map = _map_figure(session, prompt, config, layer, corr, before, after, use_umap)
+    fig_axis, trajectories = _axis_figure(session.profile, session.calibration.states, corr, before, after)
+    per_layer = session.layer_metrics(corr, config.mode)
+    fig_sep = separability_figure(per_layer["auroc"], per_layer["refusal_gap"], *_drift_series(per_layer))
+    probe = config.probe_layer if config.probe_layer is not None else session.default_layer()
+    s_before = trajectories["your prompt"][probe]
+    s_after = trajectories.get("your prompt (corrected)", [None] * session.num_layers)[probe]
+    captions = _captions(session, prompt, config, layer, probe, s_before, s_after, per_layer, use_umap)
+    metrics = {
+        "model": session.model.name, "num_layers": session.num_layers, "hidden_size": session.model.hidden_size,
+        "calibration_hash": session.profile.calibration_hash, "calibration_source": session.source,
+        "calibration_states": len(session.calibration.states),
+        "prompt": {"text": prompt.text, "modality": prompt.modality, "score_per_layer": trajectories["your prompt"],
+                   "score_per_layer_corrected": trajectories.get("your prompt (corrected)"),
+                   "s_x": score, "alpha_x": alpha},
+        "regap": _regap_block(prompt, config, score, alpha),
+        "layer_shown": layer, "per_layer": per_layer, "embedding": "UMAP" if use_umap else "PCA",
+    }
+    figures = {"Where prompts sit (2-D map)": fig_map, "Refusal axis per layer": fig_axis,
+               "Separability and drift per layer": fig_sep}
+    return Analysis(figures, captions, metrics, notes)
+
+
+def _regap_block(prompt: Prompt, config: CorrectionConfig, score: float | None, alpha: float) -> dict[str, Any]:
+    """The correction as metrics.json's `regap` records it for `eval` (README, "DIR/metrics.json"), for this one
+    prompt: its s(x) and α(x) are the run's single `per_item` entry."""
+    strengths = {prompt.modality: config.for_modality(prompt.modality).strength} if prompt.modality != "text" else {}
+    return {
+        "layers": list(config.layers), "strength": config.strength, "probe_layer": config.probe_layer,
+        "positions": config.positions, "rule": config.rule, "modality_strengths": dict(config.modality_strengths),
+        "per_item": [{"id": "your prompt", "modality": prompt.modality, "mode": config.mode, "s": score,
+                      "alpha": alpha}] if score is not None else [],
+        "mode_strengths": {config.mode: strengths} if config.mode != "off" else {},
+    }
+
+
+def _map_figure(session: ModelSession, prompt: Prompt, config: CorrectionConfig, layer: int,
+                corr: StateBatch | None, before: torch.Tensor, after: torch.Tensor | None, use_umap: bool) -> Any:
+    """(1) The 2-D map of one layer: calibration states (and as corrected), the prompt (and as corrected)."""
+    cal = session.calibration.states
     embed_method = "umap" if use_umap else "pca"
     rows = [cal.states[:, layer]] + ([corr.states[:, layer]] if corr is not None else [])
     rows += [before[layer][None]] + ([after[layer][None]] if after is not None else [])
     key = (layer, embed_method, config, prompt.modality, prompt.key, after is not None)
     coords = session.embedding(key, torch.cat(rows), embed_method)
-    n_cal, n_corr = len(cal), len(corr) if corr is not None else 0
-    instructions = cal.instructions + (corr.instructions if corr is not None else [])
-    modalities = cal.modalities + (corr.modalities if corr is not None else [])
-    labels = cal.labels + (corr.labels if corr is not None else [])
-    flags = [False] * n_cal + [True] * n_corr
+    batches = [cal] + ([corr] if corr is not None else [])
+    n_shown = sum(len(b) for b in batches)
     shown = describe_prompt(prompt)
-    highlights = [{"x": float(coords[n_cal + n_corr, 0]), "y": float(coords[n_cal + n_corr, 1]),
+    highlights = [{"x": float(coords[n_shown, 0]), "y": float(coords[n_shown, 1]),
                    "name": "your prompt", "text": shown, "corrected": False}]
     if after is not None:
         highlights.append({"x": float(coords[-1, 0]), "y": float(coords[-1, 1]), "name": "your prompt (corrected)",
                            "text": shown, "corrected": True})
-    fig_map = embedding_figure(coords[: n_cal + n_corr], instructions, modalities, labels, flags, highlights,
-                               layer=layer, method="UMAP" if use_umap else "PCA")
+    return embedding_figure(coords[:n_shown], [t for b in batches for t in b.instructions],
+                            [m for b in batches for m in b.modalities], [y for b in batches for y in b.labels],
+                            [False] * len(cal) + [True] * (n_shown - len(cal)), highlights, layer=layer,
+                            method="UMAP" if use_umap else "PCA")
 
-    # (2) refusal axis per layer
+
+def _axis_figure(profile: Profile, cal: StateBatch, corr: StateBatch | None, before: torch.Tensor,
+                 after: torch.Tensor | None) -> tuple[Any, dict[str, list[float]]]:
+    """(2) The refusal axis per layer: each group's mean ± std and the prompt's trajectory (and as corrected)."""
     groups: dict[str, dict[str, list[float]]] = {}
     for batch, suffix in ((cal, ""), (corr, " (corrected)")):
         if batch is not None:
@@ -84,29 +124,16 @@ def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, con
     trajectories = {"your prompt": profile.score(before[None])[0].tolist()}
     if after is not None:
         trajectories["your prompt (corrected)"] = profile.score(after[None])[0].tolist()
-    fig_axis = refusal_axis_figure(groups, trajectories)
+    return refusal_axis_figure(groups, trajectories), trajectories
 
-    # (3) separability
-    per_layer = session.layer_metrics(corr, config.mode)
-    fig_sep = separability_figure(per_layer["auroc"], per_layer["gap"], per_layer["drift_norm"],
-                                  per_layer["cos_drift_refusal"])
 
-    probe = config.probe_layer if config.probe_layer is not None else session.default_layer()
-    s_before = trajectories["your prompt"][probe]
-    s_after = trajectories.get("your prompt (corrected)", [None] * session.num_layers)[probe]
-    captions = _captions(session, prompt, config, layer, probe, s_before, s_after, per_layer, use_umap)
-    metrics = {
-        "model": session.model.name, "num_layers": session.num_layers, "calibration_states": len(cal),
-        "prompt": {"text": prompt.text, "modality": prompt.modality, "score_per_layer": trajectories["your prompt"],
-                   "score_per_layer_corrected": trajectories.get("your prompt (corrected)"),
-                   "s_x": score, "alpha_x": alpha},
-        "correction": {"mode": config.mode, "strength": config.strength, "layers": list(config.layers),
-                       "probe_layer": config.probe_layer, "positions": config.positions, "rule": config.rule},
-        "layer_shown": layer, "per_layer": per_layer, "embedding": "UMAP" if use_umap else "PCA",
-    }
-    figures = {"Where prompts sit (2-D map)": fig_map, "Refusal axis per layer": fig_axis,
-               "Separability and drift per layer": fig_sep}
-    return Analysis(figures, captions, metrics, notes)
+def _drift_series(per_layer: dict[str, Any]) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(3) The drift panels' series: the calibration drift ("<modality>/off") and the drift left after the
+    correction ("<modality>/<mode>")."""
+    norm = {f"{m}/off": v for m, v in per_layer["drift_norm"].items()} | per_layer["drift_norm_corrected"]
+    cos = ({f"{m}/off": v for m, v in per_layer["cos_drift_refusal"].items()}
+           | per_layer["cos_drift_refusal_corrected"])
+    return norm, cos
 
 
 def sentence_case(text: str) -> str:

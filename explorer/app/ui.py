@@ -103,19 +103,25 @@ def problem_message(err: BaseException, keep: tuple[str, ...] = ()) -> str:
 # Analysis (the three plots)
 
 
-def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: Any, mode: str, strength: float,
-            layers_text: str | None, method: str = "UMAP") -> tuple:
-    """→ (map figure, axis figure, separability figure, map caption, axis caption, separability caption, status).
+def analysis_outputs(result: Analysis) -> dict[str, Any]:
+    """The page's three figures and their captions, by the names app.py wires them to."""
+    figs, caps = list(result.figures.values()), result.captions
+    return {"fig_map": figs[0], "fig_axis": figs[1], "fig_sep": figs[2], "cap_map": caps["map"],
+            "cap_axis": caps["axis"], "cap_sep": caps["separability"]}
 
-    On bad input the figures and captions are None (keep what is shown) and the status says why.
+
+def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: Any, mode: str, strength: float,
+            layers_text: str | None, method: str = "UMAP") -> dict[str, Any]:
+    """→ {"fig_map", "fig_axis", "fig_sep", "cap_map", "cap_axis", "cap_sep", "status"}.
+
+    On bad input only "status" is set, saying why (the figures and captions shown stay as they are).
     """
     try:
         result, prompt, _, notices = analysis_of(state, text, image, audio, layer, mode, strength, layers_text, method)
     except Exception as err:  # noqa: BLE001 - every failure becomes a message; the app keeps serving
-        return (None,) * 6 + (warning_text(problem_message(err)),)
-    figs, caps = list(result.figures.values()), result.captions
+        return {"status": warning_text(problem_message(err))}
     status = " ".join(f"ℹ️ {note}" for note in notices + result.notes) or f"Analysed the {prompt.modality} prompt."
-    return (*figs, caps["map"], caps["axis"], caps["separability"], status)
+    return {**analysis_outputs(result), "status": status}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,15 +417,13 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
                       if session.model.card is not None else
                       "the built-in demo model's card shows what each stage looks like on a model trained for it."))
     story = "### Show the collapse\n" + "\n".join(steps) + "\n\n" + verdict
-    figs = list(result.figures.values())
     return {
         "status": "Built the collapse story on a built-in harmful request (a request only; no harmful content).",
         "story": story, "prompt": media_prompt.text,
         "image": media_prompt.image if modality == "image" else None,
         "audio": (SAMPLE_RATE, (np.asarray(media_prompt.audio) * 32767).astype(np.int16)) if modality == "audio" else None,
         "mode": "adaptive", "strength": strength, "layers_text": session.layers_text(config.layers), "layer": layer,
-        "fig_map": figs[0], "fig_axis": figs[1], "fig_sep": figs[2], "cap_map": result.captions["map"],
-        "cap_axis": result.captions["axis"], "cap_sep": result.captions["separability"],
+        **analysis_outputs(result),
         "plain_text": plain_media.text, "plain_info": _badge(session, plain_media, COLLAPSE_REQUEST),
         "corrected_text": fixed_media.text, "corrected_info": _badge(session, fixed_media, COLLAPSE_REQUEST),
     }

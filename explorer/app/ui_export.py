@@ -25,6 +25,7 @@ from explorer.app.ui import problem_message, warning_text
 from explorer.app.ui_inputs import analysis_of
 from explorer.app.ui_session import AppState
 from explorer.core.storage import atomic_path, write_atomic
+from explorer.geometry.layer_metrics import CALIBRATION_KEYS, SEPARATION_KEYS
 from explorer.report.plots import write_report
 
 __all__ = ["export", "prune_exports", "session_dir"]
@@ -112,21 +113,22 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
     return [str(p) for p in paths], sid, f"Exported {len(paths)} files."
 
 
-def _write_csv(path: Path, per_layer: dict[str, dict[str, list[float]]], prompt: dict[str, Any]) -> None:
+def _write_csv(path: Path, per_layer: dict[str, Any], prompt: dict[str, Any]) -> None:
+    """One row per metric × "<modality>/<mode>" × layer (the calibration geometry, keyed by modality alone, as mode
+    "off"); AUROC rows carry their 95% bootstrap interval and the number of states measured."""
+    series = [name for name in (*SEPARATION_KEYS, *CALIBRATION_KEYS, "drift_norm_corrected",
+                                "cos_drift_refusal_corrected") if name != "auroc_ci"]
+    intervals, counts = per_layer.get("auroc_ci", {}), per_layer.get("n", {})
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        # every AUROC row carries its 95% bootstrap interval and the number of items it was measured on
         writer.writerow(["metric", "modality", "mode", "layer", "value", "ci_low", "ci_high", "n"])
-        intervals, counts = per_layer.get("auroc_ci", {}), per_layer.get("n", {})
-        for metric, series in per_layer.items():
-            if metric in ("auroc_ci", "n"):
-                continue
-            for key, values in series.items():
+        for metric in series:
+            for key, values in per_layer.get(metric, {}).items():
                 modality, _, mode = key.partition("/")
                 ci = intervals.get(key) if metric == "auroc" else None
-                n = counts.get(key) if metric == "auroc" else None
-                writer.writerows([metric, modality, mode, layer, value, *(ci[layer] if ci else ("", "")),
-                                  n[layer] if n else ""] for layer, value in enumerate(values))
+                n = counts.get(key, "") if metric == "auroc" else ""
+                writer.writerows([metric, modality, mode or "off", layer, value, *(ci[layer] if ci else ("", "")), n]
+                                 for layer, value in enumerate(values))
         for name in ("score_per_layer", "score_per_layer_corrected"):
             for layer, value in enumerate(prompt.get(name) or []):
                 mode = "corrected" if name.endswith("corrected") else "off"

@@ -25,7 +25,6 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import numpy as np
 import torch
 
-from explorer.core.intervals import auroc_intervals
 from explorer.core.storage import CacheDir
 from explorer.core.vocab import MEDIA_MODALITIES, check_choice
 from explorer.correction.regap import (
@@ -43,12 +42,8 @@ from explorer.evaluation.calibration import (
 )
 from explorer.evaluation.judge import RefusalJudge
 from explorer.geometry.embedding import embed_2d, warm_up_umap
-from explorer.geometry.formulas import (
-    auroc_per_layer,
-    cos_per_layer,
-    modality_drift,
-    refusal_gap,
-)
+from explorer.geometry.formulas import cos_per_layer, modality_drift
+from explorer.geometry.layer_metrics import per_layer_block, separation_per_layer
 from explorer.geometry.profile import Profile
 from explorer.inputs.media import Prompt
 from explorer.inputs.speech_engine import INSTALL_COMMAND, PIP_COMMAND
@@ -127,7 +122,7 @@ class ModelSession:
         self._corrected: OrderedDict[tuple, StateBatch | None] = OrderedDict()
         self._computing: dict[tuple, threading.Event] = {}  # corrections being captured right now
         self._embeddings: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._auroc_ci: dict[str, tuple[list[list[float]], list[int]]] = {}  # uncorrected, per modality
+        self._separation: dict[str, tuple[dict[str, list], int]] = {}  # uncorrected, per modality
         self._rendered: OrderedDict[tuple[str, str], str] = OrderedDict()  # (modality, media key) → request
 
     def remember_render(self, prompt: Prompt) -> None:
@@ -159,8 +154,9 @@ class ModelSession:
         return probe if probe is not None else self.defaults.layers[-1]
 
     def _chosen_strengths(self, mode: str) -> dict[str, float]:
-        """{modality: α} chosen on calibration for `mode` (the ablation adaptive_raw runs at adaptive's α)."""
-        return self.model.suggested_strengths.get("adaptive" if mode == "adaptive_raw" else mode, {})
+        """{modality: α} that `--strength auto` chose on calibration for `mode` itself: every mode, the ablation
+        adaptive_raw included, runs at its own α, as in the CLI (explorer.evaluation.calibration.choose_strength)."""
+        return self.model.suggested_strengths.get(mode, {})
 
     def suggested_strength(self, modality: str, mode: str = "adaptive") -> float:
         """α to start from: the one chosen on calibration for this model, mode and modality when known, else 1."""
@@ -265,44 +261,39 @@ class ModelSession:
     # ---------------------------------------------------------------------------------------------
     # Metrics for the separability plot and the export
 
-    def _calibration_auroc_ci(self, modality: str) -> tuple[list[list[float]], list[int]]:
-        """The uncorrected AUROC's per-layer interval on calibration and the item count (computed once)."""
+    def _uncorrected_separation(self, modality: str) -> tuple[dict[str, list], int]:
+        """`separation_per_layer` of the calibration states of `modality` and their count (computed once per
+        session: the bootstrap interval is the slow part)."""
         with self._lock:
-            if modality not in self._auroc_ci:
+            if modality not in self._separation:
                 part = self.calibration.states.select(modality=modality)
-                projections = self.profile.project(part.states).double().numpy()
-                self._auroc_ci[modality] = (auroc_intervals(projections, part.labels), [len(part)] * self.num_layers)
-            return self._auroc_ci[modality]
+                self._separation[modality] = (
+                    separation_per_layer(self.profile, self.profile.project(part.states), part.labels), len(part))
+            return self._separation[modality]
 
-    def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, dict[str, list]]:
-        """Per-layer AUROC, gap, drift norm and cos(drift, refusal), keyed "<modality>/off" and "<modality>/<mode>"."""
+    def layer_metrics(self, corrected_batch: StateBatch | None, mode: str) -> dict[str, Any]:
+        """metrics.json's `per_layer` block, computed as `eval` computes it (explorer.geometry.layer_metrics):
+        "<modality>/off" on the calibration states, "<modality>/<mode>" on them as corrected. Two keys only the app
+        has, since only it draws them: `drift_norm_corrected` and `cos_drift_refusal_corrected`, the drift left
+        after the correction (formula 5 on the corrected states), keyed "<modality>/<mode>"."""
         profile = self.profile
-        out: dict[str, dict[str, list]] = {"auroc": {}, "auroc_ci": {}, "n": {}, "gap": {}, "drift_norm": {},
-                                           "cos_drift_refusal": {}}
+        separation, counts = {}, {}
         for modality in profile.modalities:
-            out["auroc"][f"{modality}/off"] = list(profile.metrics["auroc"][modality])
-            out["auroc_ci"][f"{modality}/off"], out["n"][f"{modality}/off"] = self._calibration_auroc_ci(modality)
-            out["gap"][f"{modality}/off"] = list(profile.metrics["refusal_gap"][modality])
-            if modality != "text":
-                out["drift_norm"][f"{modality}/off"] = list(profile.metrics["drift_norm"][modality])
-                out["cos_drift_refusal"][f"{modality}/off"] = list(profile.metrics["cos_drift_refusal"][modality])
-        if corrected_batch is None:
-            return out
-        text = self.calibration.states.select(modality="text")
-        for modality in MEDIA_MODALITIES:
-            part = corrected_batch.select(modality=modality)
-            if len(part) == 0:
-                continue
-            proj = profile.project(part.states)
-            out["auroc"][f"{modality}/{mode}"] = auroc_per_layer(proj, part.labels)
-            out["auroc_ci"][f"{modality}/{mode}"] = auroc_intervals(proj.double().numpy(), part.labels)
-            out["n"][f"{modality}/{mode}"] = [len(part)] * self.num_layers
-            out["gap"][f"{modality}/{mode}"] = refusal_gap(proj, part.labels)
-            drift = modality_drift(text.concat(part), modality)  # formula 5 on the corrected states
-            out["drift_norm"][f"{modality}/{mode}"] = [float(x) for x in drift.double().norm(dim=-1)]
-            out["cos_drift_refusal"][f"{modality}/{mode}"] = cos_per_layer(drift, profile.refusal_dirs)
-        return out
-
+            separation[f"{modality}/off"], counts[f"{modality}/off"] = self._uncorrected_separation(modality)
+        left: dict[str, dict[str, list[float]]] = {"drift_norm_corrected": {}, "cos_drift_refusal_corrected": {}}
+        if corrected_batch is not None:
+            text = self.calibration.states.select(modality="text")
+            for modality in MEDIA_MODALITIES:
+                part = corrected_batch.select(modality=modality)
+                if len(part) == 0:
+                    continue
+                key = f"{modality}/{mode}"
+                separation[key] = separation_per_layer(profile, profile.project(part.states), part.labels)
+                counts[key] = len(part)
+                drift = modality_drift(text.concat(part), modality)
+                left["drift_norm_corrected"][key] = [float(x) for x in drift.double().norm(dim=-1)]
+                left["cos_drift_refusal_corrected"][key] = cos_per_layer(drift, profile.refusal_dirs)
+        return {**per_layer_block(profile, separation, counts), **left}
 
 def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | None = None) -> ModelSession:
     """Load and calibrate `model_id` (calibration states come from the disk cache when present)."""

@@ -7,14 +7,15 @@ from the same inputs in the same order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from explorer.core.intervals import auroc_intervals, wilson_interval
+from explorer.core.intervals import wilson_interval
 from explorer.core.vocab import LABELS
 from explorer.evaluation.calibration import OVER_REFUSAL_BUDGET
 from explorer.evaluation.eval_records import record_key
@@ -28,13 +29,8 @@ from explorer.evaluation.verdict_stats import (
     verdict_rates,
     verdict_rows,
 )
-from explorer.geometry.formulas import (
-    accuracy_at_threshold,
-    auroc_per_layer,
-    axis_group_stats,
-    refusal_gap,
-    translation_ceiling,
-)
+from explorer.geometry.formulas import axis_group_stats, translation_ceiling
+from explorer.geometry.layer_metrics import per_layer_block, separation_per_layer
 from explorer.geometry.profile import Profile
 from explorer.inputs.data import Instruction
 from explorer.model.models import LoadedModel
@@ -89,6 +85,98 @@ def _utility(
     return utility, counts
 
 
+def _records(items: Sequence[Instruction], settings: EvalSettings, done: dict[str, dict[str, Any]], modality: str,
+             mode: str) -> list[dict[str, Any]]:
+    """The records of one job, in item order; text is generated once (under the first mode) and stands for all."""
+    source_mode = mode if modality != "text" else settings.modes[0]
+    return [done[record_key(i.id, modality, source_mode)] for i in items]
+
+
+def _verdict_block(items: Sequence[Instruction], settings: EvalSettings,
+                   done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`verdicts`, the flat rates with their intervals, `n` and `skipped`, per "<modality>/<mode>(/<label>)"."""
+    rates: dict[str, dict[str, float]] = {name: {} for name in VERDICT_RATE_KEYS.values()}
+    rate_cis: dict[str, dict[str, list[float]]] = {name: {} for name in VERDICT_RATE_KEYS.values()}
+    verdicts: dict[str, dict[str, Any]] = {}
+    counts: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    for modality in settings.modalities:
+        for mode in settings.modes:
+            records = _records(items, settings, done, modality, mode)
+            skipped[f"{modality}/{mode}"] = sum(1 for r in records if r.get("skipped"))
+            for label in LABELS:
+                answered = [r for r in records if r["label"] == label and not r.get("skipped")]
+                if answered:
+                    key = f"{modality}/{mode}/{label}"
+                    verdicts[key], counts[key] = verdict_rates(answered), len(answered)
+                    for verdict, name in VERDICT_RATE_KEYS.items():
+                        rates[name][key] = verdicts[key][verdict]["rate"]
+                        rate_cis[name][key] = verdicts[key][verdict]["ci"]
+    # three verdicts per "<modality>/<mode>/<label>" (explorer.evaluation.verdicts): each rate with its Wilson
+    # interval and count under "verdicts", and flat as refusal_rate / complied_rate / broken_rate (+ "_ci")
+    return {"verdicts": verdicts, **rates, **{f"{name}_ci": rate_cis[name] for name in rates}, "n": counts,
+            "skipped": skipped}
+
+
+def _lookalike_block(items: Sequence[Instruction], settings: EvalSettings,
+                     done: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Refusal rate of the harmless look-alikes per "<modality>/<mode>", with its interval and count."""
+    rate, ci, n = {}, {}, {}
+    lookalikes = [i for i in items if i.lookalike]
+    for modality in settings.modalities:
+        for mode in settings.modes:
+            records = _records(lookalikes, settings, done, modality, mode)
+            flags = [record_verdict(r) == "refused" for r in records if not r.get("skipped")]
+            if flags:
+                key = f"{modality}/{mode}"
+                (rate[key], ci[key]), n[key] = _rate_fields(flags), len(flags)
+    return {"lookalike_refusal_rate": rate, "lookalike_refusal_rate_ci": ci, "lookalike_n": n}
+
+
+def _per_layer(model: LoadedModel, profile: Profile, settings: EvalSettings, jobs: dict[tuple[str, str], JobStates],
+               text_harmless_refused: float | None) -> dict[str, Any]:
+    """metrics.json's `per_layer` (explorer.geometry.layer_metrics, as the app computes it) and the translation
+    ceiling of each media modality's uncorrected states under the over-refusal budget (formula 4b)."""
+    separation, counts, uncorrected = {}, {}, {}
+    for modality in settings.modalities:
+        for mode in settings.modes:
+            job = jobs[(modality, mode if modality != "text" else settings.modes[0])]
+            projections = profile.project(job.stacked(model.num_layers, model.hidden_size))
+            separation[f"{modality}/{mode}"] = separation_per_layer(profile, projections, job.labels)
+            counts[f"{modality}/{mode}"] = len(job.labels)
+            if mode == "off" and modality != "text" and len(set(job.labels)) == 2:
+                uncorrected[modality] = (projections, job.labels)
+    block = per_layer_block(profile, separation, counts)
+    budget = None if text_harmless_refused is None else min(1.0, text_harmless_refused + OVER_REFUSAL_BUDGET)
+    block["translation_ceiling"] = {} if budget is None else {
+        f"{modality}/off": translation_ceiling(projections, labels, budget)
+        for modality, (projections, labels) in uncorrected.items()}
+    block["translation_ceiling_budget"] = budget
+    return block
+
+
+def _regap_block(profile: Profile, settings: EvalSettings, per_item: list[dict[str, Any]]) -> dict[str, Any]:
+    """The correction as it ran: the resolved settings, each mode's α and positions, per-item s(x) and α(x), and how
+    `--strength auto` chose the strengths."""
+    resolved = settings.correction.resolved(profile)
+    choices = settings.strength_choices
+    return {
+        "layers": list(resolved.layers),
+        "strength": resolved.strength,
+        "probe_layer": resolved.probe_layer,
+        "positions": resolved.positions,
+        "rule": resolved.rule,
+        "modality_strengths": dict(resolved.modality_strengths),
+        "per_item": per_item,
+        "mode_strengths": settings.mode_strengths,
+        # where each mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
+        "mode_positions": {mode: "last_prompt" if mode == "shiftdc" else resolved.positions
+                           for mode in settings.modes if mode != "off"},
+        **({"strength_choice": choices["adaptive"].to_dict()} if "adaptive" in choices else {}),
+        **({"strength_choices": {mode: choice.to_dict() for mode, choice in choices.items()}} if choices else {}),
+    }
+
+
 def compute_metrics(
     model: LoadedModel,
     items: Sequence[Instruction],
@@ -98,60 +186,10 @@ def compute_metrics(
     jobs: dict[tuple[str, str], JobStates],
     per_item: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    rates: dict[str, dict[str, float]] = {name: {} for name in VERDICT_RATE_KEYS.values()}
-    rate_cis: dict[str, dict[str, list[float]]] = {name: {} for name in VERDICT_RATE_KEYS.values()}
-    verdicts: dict[str, dict[str, Any]] = {}
-    counts: dict[str, int] = {}
-    skipped: dict[str, int] = {}
-    auroc: dict[str, list[float]] = {}
-    auroc_ci: dict[str, list[list[float]]] = {}
-    accuracy: dict[str, list[float]] = {}
-    gap: dict[str, list[float]] = {}
-    uncorrected: dict[str, torch.Tensor] = {}  # media modality -> projections without correction
-    for modality in settings.modalities:
-        for mode in settings.modes:
-            source_mode = mode if modality != "text" else settings.modes[0]
-            records = [done[record_key(i.id, modality, source_mode)] for i in items]
-            skipped[f"{modality}/{mode}"] = sum(1 for r in records if r.get("skipped"))
-            for label in LABELS:
-                answered = [r for r in records if r["label"] == label and not r.get("skipped")]
-                if answered:
-                    key = f"{modality}/{mode}/{label}"
-                    verdicts[key] = verdict_rates(answered)
-                    counts[key] = len(answered)
-                    for verdict, name in VERDICT_RATE_KEYS.items():
-                        rates[name][key] = verdicts[key][verdict]["rate"]
-                        rate_cis[name][key] = verdicts[key][verdict]["ci"]
-            job = jobs[(modality, source_mode)]
-            labels = job.labels
-            projections = profile.project(job.stacked(model.num_layers, model.hidden_size))
-            if mode == "off" and modality != "text":
-                uncorrected[modality] = projections
-            if len(set(labels)) == 2:
-                auroc[f"{modality}/{mode}"] = auroc_per_layer(projections, labels)
-                gap[f"{modality}/{mode}"] = refusal_gap(projections, labels)
-                accuracy[f"{modality}/{mode}"] = accuracy_at_threshold(profile.score_of_projections(projections),
-                                                                       labels)
-                auroc_ci[f"{modality}/{mode}"] = auroc_intervals(projections.numpy(), labels)
-    ceiling, budget = {}, None
-    refusal_rate = rates["refusal_rate"]
-    if "off" in settings.modes and "text/off/harmless" in refusal_rate:
-        budget = min(1.0, refusal_rate["text/off/harmless"] + OVER_REFUSAL_BUDGET)
-        for modality, projections in uncorrected.items():
-            labels = jobs[(modality, "off")].labels
-            if len(set(labels)) == 2:
-                ceiling[f"{modality}/off"] = translation_ceiling(projections, labels, budget)
-    resolved = settings.correction.resolved(profile)
+    """metrics.json (README, "DIR/metrics.json"): a pure function of the finished records and prompt states."""
+    verdicts = _verdict_block(items, settings, done)
+    text_harmless = verdicts["refusal_rate"].get("text/off/harmless") if "off" in settings.modes else None
     utility, utility_n = _utility(items, settings, done)
-    lookalike_rate, lookalike_ci, lookalike_n = {}, {}, {}
-    for m in settings.modalities:
-        for mode in settings.modes:
-            records = [done[record_key(i.id, m, mode if m != "text" else settings.modes[0])] for i in items
-                       if i.lookalike]
-            flags = [record_verdict(r) == "refused" for r in records if not r.get("skipped")]
-            if flags:
-                lookalike_rate[f"{m}/{mode}"], lookalike_ci[f"{m}/{mode}"] = _rate_fields(flags)
-                lookalike_n[f"{m}/{mode}"] = len(flags)
     # this run's items and jobs only: a folder's records of other items or modes never enter its metrics
     ids = {i.id for i in items}
     skipped_items = [{"id": r["id"], "modality": r["modality"], "mode": r["mode"], "reason": r["skipped"]}
@@ -164,59 +202,17 @@ def compute_metrics(
         "num_items": len(items),
         "calibration_hash": profile.calibration_hash,
         "calibration_source": settings.calibration_source,
-        # three verdicts per "<modality>/<mode>/<label>" (explorer.evaluation.verdicts): each rate with its Wilson interval and
-        # count under "verdicts", and flat as refusal_rate / complied_rate / broken_rate (+ "_ci"); they sum to 1
-        "verdicts": verdicts,
-        **{name: rates[name] for name in VERDICT_RATE_KEYS.values()},
-        **{f"{name}_ci": rate_cis[name] for name in VERDICT_RATE_KEYS.values()},
-        "n": counts,
+        **verdicts,
         # refusals of each mode against off and against adaptive on the same items (McNemar exact, Newcombe)
         "paired": paired_comparisons([(i.id, i.label) for i in items], settings.modalities, settings.modes, done,
                                      record_key),
         "calibration_overlap": dict(settings.calibration_overlap),
-        "lookalike_refusal_rate": lookalike_rate,
-        "lookalike_refusal_rate_ci": lookalike_ci,
-        "lookalike_n": lookalike_n,
+        **_lookalike_block(items, settings, done),
         "utility_overlap": utility,
         "utility_n": utility_n,
-        "skipped": skipped,
         "skipped_items": skipped_items,
-        "per_layer": {
-            "auroc": auroc,
-            "auroc_ci": auroc_ci,
-            "accuracy_at_text_threshold": accuracy,
-            # adaptive's α(x) is read along the axis these numbers measure: they describe its corrected states,
-            # not a fixed map of the uncorrected ones (docs/method.md, formula 4c)
-            "input_dependent": sorted(k for k in auroc if k.endswith("/adaptive") and not k.startswith("text/")),
-            "refusal_gap": gap,
-            "drift_norm": {m: v for m, v in profile.metrics.get("drift_norm", {}).items()},
-            "cos_drift_refusal": {m: v for m, v in profile.metrics.get("cos_drift_refusal", {}).items()},
-            "collapse_ratio": {m: v for m, v in profile.metrics.get("collapse_ratio", {}).items()},
-            "cos_refusal_within": {m: v for m, v in profile.metrics.get("cos_refusal_within", {}).items()},
-            "translation_ceiling": ceiling,
-            "translation_ceiling_budget": budget,
-            # "<modality>/<mode>" jobs whose items carry one label (a harmful-only set): AUROC, gap and accuracy
-            # need both labels, so they are not applicable there (absent above), never a crash
-            "not_applicable": sorted({f"{m}/{mode}" for m in settings.modalities for mode in settings.modes}
-                                     - set(auroc)),
-        },
-        "regap": {
-            "layers": list(resolved.layers),
-            "strength": resolved.strength,
-            "probe_layer": resolved.probe_layer,
-            "positions": resolved.positions,
-            "rule": resolved.rule,
-            "modality_strengths": dict(resolved.modality_strengths),
-            "per_item": per_item,
-            "mode_strengths": settings.mode_strengths,
-            # where each mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
-            "mode_positions": {mode: "last_prompt" if mode == "shiftdc" else resolved.positions
-                               for mode in settings.modes if mode != "off"},
-            **({"strength_choice": settings.strength_choices["adaptive"].to_dict()}
-               if "adaptive" in settings.strength_choices else {}),
-            **({"strength_choices": {mode: choice.to_dict() for mode, choice in settings.strength_choices.items()}}
-               if settings.strength_choices else {}),
-        },
+        "per_layer": _per_layer(model, profile, settings, jobs, text_harmless),
+        "regap": _regap_block(profile, settings, per_item),
         "max_new_tokens": settings.max_new_tokens,
         "judge": settings.judge.describe(),
     }
