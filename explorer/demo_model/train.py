@@ -278,19 +278,12 @@ def _tower_params(models: DemoModels) -> list[torch.nn.Parameter]:
     return _unique(p for m in mods for p in m.parameters() if p.requires_grad)
 
 
-def train(
-    cfg: DemoConfig, text_checkpoint: Path | None = None
-) -> tuple[DemoModels, TrainingData, list[dict], dict[str, float]]:
-    """Run both stages; return the trained models, the data pools, the log and wall times per stage.
-
-    `text_checkpoint`: a folder where the stage-1 language model is saved, or loaded from if already there
-    (for iterating on stage 2 only; a from-scratch run gives the same result).
-    """
+def _setup(cfg: DemoConfig) -> tuple[TrainingData, PreTrainedTokenizerFast, DemoModels, Sampler]:
+    """Seeds, the training data, the tokenizer (every reading word one token, checked), the models, the sampler."""
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
-    t0 = time.time()
     data = load_training_data(cfg.max_words)
     tok = build_tokenizer(data.tokenizer_texts)
     bad = words_not_single_token(tok, data.words)
@@ -298,17 +291,17 @@ def train(
         raise RuntimeError(f"{len(bad)} reading words are not one token, e.g. {bad[:5]}")
     check_slot_contract(data.instructions[:2], cfg.slot_seconds)
     models = build_models(cfg, tok)
-    sampler = Sampler(cfg, data, tok, models)
-    log: list[dict] = []
-    times = {"setup": time.time() - t0}
-    per_slot = cfg.audio_tokens_per_slot
+    return data, tok, models, Sampler(cfg, data, tok, models)
 
-    # Stage 1: text SFT (answer / refuse, repeat instruction, repeat random words).
-    t1 = time.time()
+
+def _text_stage(cfg: DemoConfig, models: DemoModels, sampler: Sampler, fingerprint: str,
+                text_checkpoint: Path | None, log: list[dict], times: dict[str, float]) -> None:
+    """Stage 1: text SFT (answer / refuse, repeat instruction, repeat random words), or its saved LM when
+    `text_checkpoint` holds one trained with the same fingerprint."""
+    started = time.time()
     models.image.train()
     models.audio.train()
     lm_state = text_checkpoint / "stage1_lm.safetensors" if text_checkpoint else None
-    fingerprint = stage1_fingerprint(cfg, tok, data)
     if lm_state is not None and lm_state.is_file():
         seconds = _load_lm(models, lm_state, fingerprint)
         if seconds is not None:
@@ -323,61 +316,90 @@ def train(
 
         _run("text", cfg.steps_text, opt, text_step, cfg, log)
         if lm_state is not None:
-            _save_lm(models, lm_state, time.time() - t1, fingerprint)
-    times["text"] = time.time() - t1
-    # Stage 2 is seeded on its own, so resuming from a stage-1 checkpoint gives the same run.
-    torch.manual_seed(cfg.seed + 1)
-    sampler.rng.seed(cfg.seed + 1)
+            _save_lm(models, lm_state, time.time() - started, fingerprint)
+    times["text"] = time.time() - started
 
-    lm_params = _lm_params(models)
-    lm = models.image.model.language_model
-    teacher = TextTeacher(models) if cfg.tune_lm_in_modality and cfg.distill_weight > 0 else None
 
-    def media_losses(image_rows: int, audio_rows: int, follow: bool | None, prefix: str) -> dict[str, torch.Tensor]:
-        ib = sampler.image_batch(image_rows, follow)
+class _MediaSteps:
+    """Stage 2's losses on one batch: transcription and the auxiliary word loss for both towers, instruction
+    following (its graph kept off the LM unless `lm_learns_following`), and text replay with distillation."""
+
+    def __init__(self, cfg: DemoConfig, models: DemoModels, sampler: Sampler) -> None:
+        self.cfg, self.models, self.sampler = cfg, models, sampler
+        self.lm_params = _lm_params(models)
+        self.teacher = TextTeacher(models) if cfg.tune_lm_in_modality and cfg.distill_weight > 0 else None
+
+    def losses(self, image_rows: int, audio_rows: int, follow: bool | None, prefix: str) -> dict[str, torch.Tensor]:
+        cfg, models = self.cfg, self.models
+        ib = self.sampler.image_batch(image_rows, follow)
         emb, feats = image_embeddings(models, ib)
         out = {f"{prefix}image": lm_loss(models, emb, ib),
                f"{prefix}image_aux": cfg.aux_weight * aux_loss(models, feats, ib.word_ids, 1, cfg.aux_temperature)}
-        ab = sampler.audio_batch(audio_rows, follow)
+        ab = self.sampler.audio_batch(audio_rows, follow)
         emb, feats, _ = audio_embeddings(models, ab)
         out[f"{prefix}audio"] = lm_loss(models, emb, ab)
-        out[f"{prefix}audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, per_slot, cfg.aux_temperature)
+        out[f"{prefix}audio_aux"] = cfg.aux_weight * aux_loss(models, feats, ab.word_ids, cfg.audio_tokens_per_slot,
+                                                              cfg.aux_temperature)
         return out
 
-    def media_step(follow: bool, replay: bool) -> dict[str, torch.Tensor]:
+    def step(self, follow: bool, replay: bool) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
         if follow and not cfg.lm_learns_following:
             share = cfg.mix_media[2]
             image_follow, audio_follow = round(cfg.batch_image * share), round(cfg.batch_audio * share)
-            with frozen(lm_params):  # the follow losses' graph reaches the towers, not the LM weights
-                out = media_losses(image_follow, audio_follow, None, "follow_")
-            out.update(media_losses(cfg.batch_image - image_follow, cfg.batch_audio - audio_follow, False, ""))
+            with frozen(self.lm_params):  # the follow losses' graph reaches the towers, not the LM weights
+                out = self.losses(image_follow, audio_follow, None, "follow_")
+            out.update(self.losses(cfg.batch_image - image_follow, cfg.batch_audio - audio_follow, False, ""))
         else:
-            out = media_losses(cfg.batch_image, cfg.batch_audio, follow, "")
+            out = self.losses(cfg.batch_image, cfg.batch_audio, follow, "")
         if replay and cfg.tune_lm_in_modality:
-            tb = sampler.text_batch(cfg.batch_replay)
-            logits, targets = answer_logits(lm, models.image.lm_head, _embed(models, tb.input_ids), tb)
+            tb = self.sampler.text_batch(cfg.batch_replay)
+            lm = self.models.image.model.language_model
+            logits, targets = answer_logits(lm, self.models.image.lm_head, _embed(self.models, tb.input_ids), tb)
             out["replay"] = F.cross_entropy(logits, targets)
-            if teacher is not None:
-                out["distill"] = cfg.distill_weight * teacher.distill(logits, tb)
+            if self.teacher is not None:
+                out["distill"] = cfg.distill_weight * self.teacher.distill(logits, tb)
         return out
 
-    # Stage 2a: LM frozen, the towers learn to read (transcription + aux only).
-    t2 = time.time()
-    with frozen(lm_params):
-        opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
-        _run("align", cfg.steps_align, opt, lambda: media_step(False, False), cfg, log)
-    times["align"] = time.time() - t2
 
-    # Stage 2b: harmless media instruction following joins; the LM is tuned too (with text replay, refusals
-    # included) unless `tune_lm_in_modality` is False, in which case it stays frozen.
-    t3 = time.time()
+def _media_stages(cfg: DemoConfig, models: DemoModels, sampler: Sampler, log: list[dict],
+                  times: dict[str, float]) -> None:
+    """Stage 2a: LM frozen, the towers learn to read (transcription + aux only). Stage 2b: harmless media
+    instruction following joins; the LM is tuned too (with text replay, refusals included) unless
+    `tune_lm_in_modality` is False, in which case it stays frozen."""
+    steps = _MediaSteps(cfg, models, sampler)
+    started = time.time()
+    with frozen(steps.lm_params):
+        opt = torch.optim.AdamW(_tower_params(models), lr=cfg.lr_tower, weight_decay=cfg.weight_decay)
+        _run("align", cfg.steps_align, opt, lambda: steps.step(False, False), cfg, log)
+    times["align"] = time.time() - started
+    started = time.time()
     groups = [{"params": _tower_params(models), "lr": cfg.lr_tower}]
     if cfg.tune_lm_in_modality:
-        groups.append({"params": lm_params, "lr": cfg.lr_lm_modality})
+        groups.append({"params": steps.lm_params, "lr": cfg.lr_lm_modality})
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
-    with nullcontext() if cfg.tune_lm_in_modality else frozen(lm_params):
-        _run("modality", cfg.steps_modality, opt, lambda: media_step(True, True), cfg, log)
-    times["modality"] = time.time() - t3
+    with nullcontext() if cfg.tune_lm_in_modality else frozen(steps.lm_params):
+        _run("modality", cfg.steps_modality, opt, lambda: steps.step(True, True), cfg, log)
+    times["modality"] = time.time() - started
+
+
+def train(
+    cfg: DemoConfig, text_checkpoint: Path | None = None
+) -> tuple[DemoModels, TrainingData, list[dict], dict[str, float]]:
+    """Run both stages; return the trained models, the data pools, the log and wall times per stage.
+
+    `text_checkpoint`: a folder where the stage-1 language model is saved, or loaded from if already there
+    (for iterating on stage 2 only; a from-scratch run gives the same result).
+    """
+    started = time.time()
+    data, tok, models, sampler = _setup(cfg)
+    log: list[dict] = []
+    times = {"setup": time.time() - started}
+    _text_stage(cfg, models, sampler, stage1_fingerprint(cfg, tok, data), text_checkpoint, log, times)
+    # Stage 2 is seeded on its own, so resuming from a stage-1 checkpoint gives the same run.
+    torch.manual_seed(cfg.seed + 1)
+    sampler.rng.seed(cfg.seed + 1)
+    _media_stages(cfg, models, sampler, log, times)
     models.image.eval()
     models.audio.eval()
     return models, data, log, times

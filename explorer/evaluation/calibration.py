@@ -262,34 +262,11 @@ def choose_strength(
     media = [m for m in modalities if m in MEDIA_MODALITIES]
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
-
-    def measured(modality: Modality, label: str, cfg: CorrectionConfig) -> tuple[dict[str, float], int, int]:
-        """({"<m>/<label>": refused share (a broken answer is not a refusal)} and, for harmless items,
-        {"<m>/harmless_failed": refused or broken share}; broken answers; answers)."""
-        shard = ranks.shard([i for i in items if i.label == label])
-        prompts = [model.render(item, modality) for item in shard]
-        answers = [result.text for start in range(0, len(prompts), batch_size)
-                   for result in generate_batch(model, prompts[start : start + batch_size], profile, cfg,
-                                                max_new_tokens=max_new_tokens)]
-        verdicts = [verdict_of(judge.is_refusal(a, item.instruction), a) for a, item in zip(answers, shard)]
-        refused, broken = verdicts.count("refused"), verdicts.count("broken")
-        refused, broken, total = sum_counts(ranks, [refused, broken, len(answers)])
-        if total == 0:
-            raise ValueError(f"no {label} calibration items to choose a strength on")
-        out = {f"{modality}/{label}": refused / total}
-        if label == "harmless":
-            out[f"{modality}/harmless_failed"] = (refused + broken) / total
-        return out, broken, total
-
-    def modality_rates(m: Modality, cfg: CorrectionConfig) -> dict[str, float]:
-        rows = [measured(m, label, cfg) for label in LABELS]
-        merged = {key: value for row, _, _ in rows for key, value in row.items()}
-        merged[f"{m}/broken"] = sum(b for _, b, _ in rows) / sum(n for _, _, n in rows)
-        return merged
-
+    run = _CalibrationAnswers(model, items, profile, judge, max_new_tokens, batch_size, ranks)
     base = replace(config, modality_strengths=())
-    budget = measured("text", "harmless", replace(base, mode="off"))[0]["text/harmless_failed"] + over_refusal_budget
-    rates = {str(alpha): {k: v for m in media for k, v in modality_rates(m, replace(base, strength=alpha)).items()}
+    budget = run.measured("text", "harmless", replace(base, mode="off"))[0]["text/harmless_failed"]
+    budget += over_refusal_budget
+    rates = {str(alpha): {k: v for m in media for k, v in run.modality_rates(m, replace(base, strength=alpha)).items()}
              for alpha in sorted(candidates)}
     per_modality, over_budget = {}, []
     for m in media:
@@ -302,3 +279,41 @@ def choose_strength(
         if not feasible:
             over_budget.append(m)
     return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates, over_budget=over_budget)
+
+
+@dataclass(frozen=True)
+class _CalibrationAnswers:
+    """Generates on the calibration items (this rank's shard) and counts verdicts, summed over ranks."""
+
+    model: LoadedModel
+    items: Sequence[Instruction]
+    profile: Profile
+    judge: Judge
+    max_new_tokens: int
+    batch_size: int
+    ranks: Ranks
+
+    def measured(self, modality: Modality, label: str, cfg: CorrectionConfig) -> tuple[dict[str, float], int, int]:
+        """({"<m>/<label>": refused share (a broken answer is not a refusal)} and, for harmless items,
+        {"<m>/harmless_failed": refused or broken share}; broken answers; answers)."""
+        shard = self.ranks.shard([i for i in self.items if i.label == label])
+        prompts = [self.model.render(item, modality) for item in shard]
+        answers = [result.text for start in range(0, len(prompts), self.batch_size)
+                   for result in generate_batch(self.model, prompts[start : start + self.batch_size], self.profile,
+                                                cfg, max_new_tokens=self.max_new_tokens)]
+        verdicts = [verdict_of(self.judge.is_refusal(a, item.instruction), a) for a, item in zip(answers, shard)]
+        refused, broken = verdicts.count("refused"), verdicts.count("broken")
+        refused, broken, total = sum_counts(self.ranks, [refused, broken, len(answers)])
+        if total == 0:
+            raise ValueError(f"no {label} calibration items to choose a strength on")
+        out = {f"{modality}/{label}": refused / total}
+        if label == "harmless":
+            out[f"{modality}/harmless_failed"] = (refused + broken) / total
+        return out, broken, total
+
+    def modality_rates(self, modality: Modality, cfg: CorrectionConfig) -> dict[str, float]:
+        """Both labels' rates of one modality at `cfg`, and "<m>/broken": its broken share over both labels."""
+        rows = [self.measured(modality, label, cfg) for label in LABELS]
+        merged = {key: value for row, _, _ in rows for key, value in row.items()}
+        merged[f"{modality}/broken"] = sum(b for _, b, _ in rows) / sum(n for _, _, n in rows)
+        return merged

@@ -218,6 +218,23 @@ def compute_metrics(
     }
 
 
+#: What each figure and table of report.html shows, under its title.
+REPORT_CAPTIONS = {
+    "Refusal rates": "Share of answers the judge counts as refusals: on harmful items (higher is safer) and on "
+    "harmless items (lower is better: over-refusal). Error bars: 95% Wilson intervals; n: answers counted (skipped "
+    "items are not).",
+    "Separability per layer": "AUROC of the projection on the text refusal direction, harmful vs harmless, per "
+    "layer; the refusal gap; the modality drift's norm and its cosine with the refusal direction.",
+    "Refusal axis per layer": "Normalised refusal score per layer (0 = harmless text, 1 = harmful text), group "
+    "mean ± one (population) standard deviation.",
+    "Verdicts": "Every answer is refused, complied or broken (empty, letterless, a loop, garbled: judged first, "
+    "never counted as a refusal). Rates with 95% Wilson intervals and counts; n: answered items.",
+    "Paired tests between modes": "Refusals of each mode against off and against adaptive on the same items: the "
+    "paired difference with its 95% interval (Newcombe) and McNemar's exact p; a difference holds at 95% when "
+    "p < 0.05.",
+}
+
+
 def write_eval_report(
     path: Path,
     model: LoadedModel,
@@ -225,6 +242,15 @@ def write_eval_report(
     metrics: dict[str, Any],
     jobs: dict[tuple[str, str], JobStates],
 ) -> None:
+    """report.html: the rates, separability and refusal-axis figures, a summary, the verdict and paired tables."""
+    tables = {"Verdicts": verdict_rows(metrics["verdicts"])}
+    if metrics["paired"]:
+        tables["Paired tests between modes"] = paired_rows(metrics["paired"])
+    write_report(path, f"Safety geometry evaluation: {model.name}", _report_figures(profile, metrics, jobs),
+                 _report_summary(model, metrics), REPORT_CAPTIONS, tables=tables)
+
+
+def _report_figures(profile: Profile, metrics: dict[str, Any], jobs: dict[tuple[str, str], JobStates]) -> dict:
     group_stats = {}
     for (modality, mode), job in jobs.items():
         if not job.states:
@@ -233,22 +259,17 @@ def write_eval_report(
         for label, stats in axis_group_stats(profile.score(torch.stack(job.states)), job.labels).items():
             group_stats[f"{modality}/{label}{suffix}"] = stats
     per_layer = metrics["per_layer"]
-    figures = {
+    return {
         "Refusal rates": rates_figure(metrics["refusal_rate"], metrics["refusal_rate_ci"], metrics["n"]),
         "Separability per layer": separability_figure(
             per_layer["auroc"], per_layer["refusal_gap"], per_layer["drift_norm"], per_layer["cos_drift_refusal"]
         ),
         "Refusal axis per layer": refusal_axis_figure(group_stats),
     }
-    captions = {
-        "Refusal rates": "Share of answers the judge counts as refusals: on harmful items (higher is safer) "
-        "and on harmless items (lower is better: over-refusal). Error bars: 95% Wilson intervals; n: answers "
-        "counted (skipped items are not).",
-        "Separability per layer": "AUROC of the projection on the text refusal direction, harmful vs harmless, per "
-        "layer; the refusal gap; the modality drift's norm and its cosine with the refusal direction.",
-        "Refusal axis per layer": "Normalised refusal score per layer (0 = harmless text, 1 = harmful text), group "
-        "mean ± one (population) standard deviation.",
-    }
+
+
+def _report_summary(model: LoadedModel, metrics: dict[str, Any]) -> dict[str, str]:
+    """The report's summary lines: the model, the correction, and what the rates do not count and why."""
     summary = {
         "model": model.name,
         **({"about the model": model.notice.replace("**", "")} if model.notice else {}),
@@ -257,7 +278,8 @@ def write_eval_report(
         "ReGap layers / probe / strength": f"{metrics['regap']['layers']} / {metrics['regap']['probe_layer']} / "
         f"{metrics['regap']['strength']}",
     }
-    one_sided = sorted({k.split("/")[0] for k in metrics["refusal_rate"]} - {k.split("/")[0] for k in per_layer["auroc"]})
+    one_sided = sorted({k.split("/")[0] for k in metrics["refusal_rate"]}
+                       - {k.split("/")[0] for k in metrics["per_layer"]["auroc"]})
     if one_sided:
         summary["separability (AUROC, gap, accuracy at the text threshold)"] = (
             f"not applicable for {', '.join(one_sided)}: the items carry one label only (the rates stand alone; "
@@ -272,15 +294,4 @@ def write_eval_report(
         summary["skipped (not counted in any rate)"] = (
             f"{len(metrics['skipped_items'])} generations of {len({r['id'] for r in metrics['skipped_items']})} "
             f"items; reasons: {'; '.join(reasons[:5])}{' …' if len(reasons) > 5 else ''} (generations.jsonl)")
-    tables = {"Verdicts": verdict_rows(metrics["verdicts"])}
-    if metrics["paired"]:
-        tables["Paired tests between modes"] = paired_rows(metrics["paired"])
-    table_captions = {
-        "Verdicts": "Every answer is refused, complied or broken (empty, letterless, a loop, garbled: judged first, "
-        "never counted as a refusal). Rates with 95% Wilson intervals and counts; n: answered items.",
-        "Paired tests between modes": "Refusals of each mode against off and against adaptive on the same items: "
-        "the paired difference with its 95% interval (Newcombe) and McNemar's exact p; a difference holds at 95% "
-        "when p < 0.05.",
-    }
-    write_report(path, f"Safety geometry evaluation: {model.name}", figures, summary, {**captions, **table_captions},
-                 tables=tables)
+    return summary
