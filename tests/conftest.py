@@ -15,6 +15,20 @@ os.environ.setdefault("SGE_CACHE_DIR", tempfile.mkdtemp(prefix="sge-test-cache-"
 
 from tiny_models import build_tiny_model  # noqa: E402
 
+#: Session fixtures that load the shipped demo checkpoint (`running_app` serves it whenever it is built): a test
+#: that uses one is marked `checkpoint` and `slow`, so `-m "not slow"` never waits for the demo to load.
+CHECKPOINT_FIXTURES = frozenset({"demo_model", "demo_runs", "running_app"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks from what a test uses, not from memory: the demo-loading fixtures make it `checkpoint` + `slow`; a
+    `checkpoint` test is always `slow` too."""
+    for item in items:
+        if CHECKPOINT_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.checkpoint)
+        if item.get_closest_marker("checkpoint") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):

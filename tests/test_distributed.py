@@ -24,20 +24,7 @@ from explorer.core.distributed import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The CLI with generate_batch SIGKILLing the process of rank KILL_RANK at its KILL_AT-th call (0: never).
-_CLI = """
-import os, signal, sys
-import explorer.evaluation.runner as evaluation
-real, calls = evaluation.generate_batch, [0]
-def generate_batch(*args, **kwargs):
-    calls[0] += 1
-    if os.environ.get("RANK", "0") == os.environ.get("KILL_RANK") and calls[0] == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-evaluation.generate_batch = generate_batch
-from explorer.app.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILLABLE_CLI = ROOT / "tests" / "killable_cli.py"  # the CLI whose rank KILL_RANK dies at its KILL_AT-th batch
 
 
 def test_ranks_from_the_torchrun_environment():
@@ -60,6 +47,7 @@ def _collectives(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # more than one process
 def test_gather_rows_and_sum_counts_over_two_gloo_processes(tmp_path):
     """Uneven shards (7 rows over 2 ranks) come back in item order, bit for bit; counts add up exactly."""
     out = tmp_path / "out.pt"
@@ -72,8 +60,7 @@ def test_gather_rows_and_sum_counts_over_two_gloo_processes(tmp_path):
 
 def _eval(model: str, tmp_path: Path, out: Path, cache: Path, processes: int,
           kill_at: int = 0) -> subprocess.CompletedProcess:
-    script = tmp_path / "cli_with_kill.py"
-    script.write_text(_CLI)
+    script = KILLABLE_CLI
     args = ["eval", "--model", model, "--device", "cpu", "--modalities", "text,image",
             "--regap", "off,fixed,adaptive", "--strength", "auto", "--calibration-limit", "3", "--limit", "3",
             "--max-new-tokens", "5", "--batch-size", "2", "--cache-dir", str(cache), "--out", str(out)]

@@ -12,21 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Runs the CLI in a fresh interpreter whose generate_batch() SIGKILLs the process at the N-th call: no cleanup, no
-# finally blocks, exactly what an out-of-memory killer or a pulled plug does.
-_KILL_AT = """
-import os, signal, sys
-import explorer.evaluation.runner as evaluation
-real, calls = evaluation.generate_batch, [0]
-def generate_batch(*args, **kwargs):
-    calls[0] += 1
-    if calls[0] == int(os.environ["KILL_AT"]):
-        os.kill(os.getpid(), signal.SIGKILL)
-    return real(*args, **kwargs)
-evaluation.generate_batch = generate_batch
-from explorer.app.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+KILLABLE_CLI = ROOT / "tests" / "killable_cli.py"  # the CLI that SIGKILLs itself at the KILL_AT-th batch
 
 
 def _records(out: Path) -> dict[str, dict]:
@@ -43,18 +29,18 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_generations(tiny_model_dir,
             "--regap", "off,fixed,adaptive", "--strength", "1.5", "--calibration-limit", "4", "--limit", "3",
             "--max-new-tokens", "6", "--batch-size", "2", "--cache-dir", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    whole = subprocess.run([sys.executable, "-c", _KILL_AT, *args, "--out", str(tmp_path / "whole")],
+    whole = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(tmp_path / "whole")],
                            env={**env, "KILL_AT": "0"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = tmp_path / "killed"
-    first = subprocess.run([sys.executable, "-c", _KILL_AT, *args, "--out", str(killed)],
+    first = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(killed)],
                            env={**env, "KILL_AT": "5"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert first.returncode == -9  # SIGKILL, mid-run
     done_before = _records(killed)
     assert 0 < len(done_before) < len(_records(tmp_path / "whole"))
     with (killed / "generations.jsonl").open("a") as sink:
         sink.write('{"id": "cut-by-the-kil')  # a line cut mid-write, as a kill during write() leaves it
-    again = subprocess.run([sys.executable, "-c", _KILL_AT, *args, "--out", str(killed)],
+    again = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(killed)],
                            env={**env, "KILL_AT": "0"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert _records(killed) == _records(tmp_path / "whole")

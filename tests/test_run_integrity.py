@@ -80,6 +80,7 @@ with hold_run(Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow  # more than one process
 def test_a_second_eval_on_a_held_folder_is_refused_until_the_holder_dies(tiny_model_dir, tmp_path, cache,
                                                                            monkeypatch, capsys):
     """While another process holds --out the eval exits 2 at once, before loading the model, naming the holder's
@@ -145,6 +146,7 @@ def _ranks_of_one_run(rank: int, tmp: str, folder: str, result_file: str) -> Non
     Path(f"{result_file}.{rank}").write_text(json.dumps(said))
 
 
+@pytest.mark.slow  # more than one process
 def test_ranks_of_one_run_share_the_folder_and_a_second_run_is_refused_on_every_rank(tmp_path):
     """Both ranks of a data-parallel eval get past the lock together; while another process holds the folder,
     every rank of a second torchrun eval is refused at once, with the same message (rank 0 locks, tells the rest)."""

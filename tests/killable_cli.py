@@ -1,0 +1,37 @@
+"""The CLI in a fresh interpreter whose `generate_batch` SIGKILLs its own process at the KILL_AT-th call (unset or
+0: never), on every rank or, with KILL_RANK, on that rank only: no cleanup, no finally blocks, exactly what an
+out-of-memory killer or a pulled plug does. The one kill harness of tests/test_evaluation.py (one process) and
+tests/test_distributed.py (torchrun).
+
+    KILL_AT=5 python tests/killable_cli.py eval --model ... --out DIR
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+def killing(real: Callable[..., Any]) -> Callable[..., Any]:
+    """`real`, counting its calls, that kills this process at the KILL_AT-th call on the chosen rank."""
+    calls = [0]
+
+    def generate_batch(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        on_this_rank = os.environ.get("KILL_RANK") in (None, os.environ.get("RANK", "0"))
+        if on_this_rank and calls[0] == int(os.environ.get("KILL_AT") or 0):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*args, **kwargs)
+
+    return generate_batch
+
+
+if __name__ == "__main__":
+    from explorer.app.cli import main
+    from explorer.evaluation import runner
+
+    runner.generate_batch = killing(runner.generate_batch)
+    sys.exit(main(sys.argv[1:]))
