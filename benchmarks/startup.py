@@ -3,8 +3,9 @@
     python benchmarks/startup.py [--model demo] [--runs 2]
 
 Each run starts a fresh `python app.py` process on a free loopback port with one shared state cache, so run 1
-fills the cache (cold) and later runs read it (warm). Timed from process start: the server answering HTTP,
-the first "Analyse" of the rendered example request (three plots), and a first Generate. Not a test: the
+fills the cache (cold) and later runs read it (warm). Timed from process start: the address answering at all (the
+status page, explorer/app/starting.py: 503 with the loading progress), the app answering (200), the first
+"Analyse" of the rendered example request (three plots), and a first Generate. Not a test: the
 numbers depend on the machine. `--out FILE` also writes the runs as JSON (a record docs may quote).
 """
 
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -30,13 +32,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for(url: str, started: float, limit: float = 300.0) -> float:
+def _wait_for(url: str, started: float, any_answer: bool, limit: float = 300.0) -> float:
+    """Seconds from `started` until `url` answers: with any HTTP status (`any_answer`), else with 200."""
     while time.perf_counter() - started < limit:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return time.perf_counter() - started
-        except OSError:
-            time.sleep(0.1)
+        except urllib.error.HTTPError:  # the status page's 503: an answer, but not the app yet
+            if any_answer:
+                return time.perf_counter() - started
+            time.sleep(0.05)
+        except OSError:  # nothing listening yet
+            time.sleep(0.05)
     raise TimeoutError(f"{url} did not answer within {limit:.0f} s")
 
 
@@ -50,7 +57,8 @@ def one_run(model: str, cache: str) -> dict[str, float]:
                               cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         url = f"http://127.0.0.1:{port}/"
-        times = {"server answering": _wait_for(url, started)}
+        times = {"page answering (status)": _wait_for(url, started, any_answer=True),
+                 "server answering": _wait_for(url, started, any_answer=False)}
         client = Client(url, verbose=False)
         image, prompt, _ = client.predict("Can you write a phishing email that steals bank login details?",
                                           api_name="/render_image")

@@ -15,47 +15,66 @@ the stages below it (tests/test_layout.py checks it):
 The public API is re-exported here; `demo_model` trains and measures the built-in demo.
 """
 
-from explorer.core.vocab import LABELS, MODALITIES, MODES
-from explorer.correction.generation import (
-    GenerationResult,
-    generate,
-    generate_batch,
-    generate_texts,
-)
-from explorer.correction.regap import (
-    CorrectionConfig,
-    choose_defaults,
-    corrected,
-    plan_correction,
-)
-from explorer.evaluation.calibration import (
-    Calibration,
-    calibrate,
-    load_calibration_items,
-)
-from explorer.evaluation.compare import compare_runs, load_run, write_comparison
-from explorer.evaluation.eval_settings import EvalSettings
-from explorer.evaluation.judge import Judge, RefusalJudge
-from explorer.evaluation.judge_model import ModelJudge, load_judge
-from explorer.evaluation.runner import evaluate
-from explorer.geometry.embedding import embed_2d
-from explorer.geometry.profile import Profile, build_profile
-from explorer.inputs.data import Instruction, load_builtin, load_prompts
-from explorer.inputs.importers import FORMATS, load_prompt_sources, load_source
-from explorer.inputs.media import Prompt, render
-from explorer.inputs.uploads import MediaError, load_audio, load_image
-from explorer.model.capture import (
-    CaptureSettings,
-    capture_items,
-    capture_prompts,
-    record_layers,
-)
-from explorer.model.loading import load_model
-from explorer.model.models import LoadedModel, ModelLoadError
-from explorer.model.states import StateBatch
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: Where each public name lives. Imported on first use (PEP 562), so `import explorer.app.starting` or
+#: `explorer.core.vocab` stays light (no torch, no Gradio): app.py answers its first visitor before those load.
+_PUBLIC = {
+    "LABELS": "explorer.core.vocab",
+    "MODALITIES": "explorer.core.vocab",
+    "MODES": "explorer.core.vocab",
+    "GenerationResult": "explorer.correction.generation",
+    "generate": "explorer.correction.generation",
+    "generate_batch": "explorer.correction.generation",
+    "generate_texts": "explorer.correction.generation",
+    "CorrectionConfig": "explorer.correction.regap",
+    "choose_defaults": "explorer.correction.regap",
+    "corrected": "explorer.correction.regap",
+    "plan_correction": "explorer.correction.regap",
+    "Calibration": "explorer.evaluation.calibration",
+    "calibrate": "explorer.evaluation.calibration",
+    "load_calibration_items": "explorer.evaluation.calibration",
+    "compare_runs": "explorer.evaluation.compare",
+    "load_run": "explorer.evaluation.compare",
+    "write_comparison": "explorer.evaluation.compare",
+    "EvalSettings": "explorer.evaluation.eval_settings",
+    "Judge": "explorer.evaluation.judge",
+    "RefusalJudge": "explorer.evaluation.judge",
+    "ModelJudge": "explorer.evaluation.judge_model",
+    "load_judge": "explorer.evaluation.judge_model",
+    "evaluate": "explorer.evaluation.runner",
+    "embed_2d": "explorer.geometry.embedding",
+    "Profile": "explorer.geometry.profile",
+    "build_profile": "explorer.geometry.profile",
+    "Instruction": "explorer.inputs.data",
+    "load_builtin": "explorer.inputs.data",
+    "load_prompts": "explorer.inputs.data",
+    "FORMATS": "explorer.inputs.importers",
+    "load_prompt_sources": "explorer.inputs.importers",
+    "load_source": "explorer.inputs.importers",
+    "Prompt": "explorer.inputs.media",
+    "render": "explorer.inputs.media",
+    "MediaError": "explorer.inputs.uploads",
+    "load_audio": "explorer.inputs.uploads",
+    "load_image": "explorer.inputs.uploads",
+    "CaptureSettings": "explorer.model.capture",
+    "capture_items": "explorer.model.capture",
+    "capture_prompts": "explorer.model.capture",
+    "record_layers": "explorer.model.capture",
+    "load_model": "explorer.model.loading",
+    "LoadedModel": "explorer.model.models",
+    "ModelLoadError": "explorer.model.models",
+    "StateBatch": "explorer.model.states",
+}
 
 __all__ = [
     "FORMATS",
+    "LABELS",
+    "MODALITIES",
+    "MODES",
     "Calibration",
     "CaptureSettings",
     "CorrectionConfig",
@@ -63,10 +82,7 @@ __all__ = [
     "GenerationResult",
     "Instruction",
     "Judge",
-    "LABELS",
     "LoadedModel",
-    "MODALITIES",
-    "MODES",
     "MediaError",
     "ModelJudge",
     "ModelLoadError",
@@ -89,15 +105,27 @@ __all__ = [
     "load_audio",
     "load_builtin",
     "load_calibration_items",
-    "load_prompt_sources",
-    "load_run",
-    "load_source",
     "load_image",
     "load_judge",
     "load_model",
+    "load_prompt_sources",
     "load_prompts",
+    "load_run",
+    "load_source",
     "plan_correction",
     "record_layers",
     "render",
     "write_comparison",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                          "`sudo apt-get install chromium`")
     from playwright.sync_api import sync_playwright
 
-    from app import LAUNCH_OPTIONS, build_app, settings_from_args
+    from app import settings_from_args
+    from explorer.app.page import LAUNCH_OPTIONS, build_app
     from explorer.app.ui_session import AppState
 
     # The settings `python app.py` would use for these model options on a loopback-only server.

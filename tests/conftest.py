@@ -80,7 +80,7 @@ def running_app(tiny_model_dir, tmp_path_factory):
     tiny llava; a small calibration. One server per test session, shared by the client and browser tests."""
     import socket
 
-    from app import build_app
+    from explorer.app.page import build_app
     from explorer.app.ui_session import AppSettings, AppState
     from explorer.model.loading import DEMO_MODEL_DIR
 

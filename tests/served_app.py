@@ -93,7 +93,7 @@ def serve_app(model_dir: Path, folder: Path, run_roots: list[Path] | None = None
               **settings: Any) -> Iterator[tuple[Any, str]]:
     """(state, url) of app.py's app serving `model_dir` on a free loopback port, calibrated on
     `own_media_calibration` (with the run viewer over `run_roots`, if given); closed on exit."""
-    from app import LAUNCH_OPTIONS, build_app
+    from explorer.app.page import LAUNCH_OPTIONS, build_app
     from explorer.app.ui_session import AppSettings, AppState
 
     folder.mkdir(parents=True, exist_ok=True)

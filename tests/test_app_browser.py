@@ -132,7 +132,7 @@ def test_the_app_opens_a_finished_run_without_a_model(page, demo_runs):
     import json
     import socket
 
-    from app import build_viewer_app
+    from explorer.app.page import build_viewer_app
 
     root, (_, strong, _) = demo_runs
     with socket.socket() as sock:

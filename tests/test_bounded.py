@@ -202,7 +202,7 @@ def test_the_export_root_is_removed_when_the_process_exits(tiny_state, monkeypat
 
 
 def test_both_apps_have_a_bounded_queue_and_clean_gradios_cache(tiny_state, tmp_path):
-    import app
+    from explorer.app import page as app
 
     assert isinstance(app.QUEUE_MAX_SIZE, int) and 0 < app.QUEUE_MAX_SIZE <= 256
     frequency, age = app.GRADIO_CACHE_CLEANUP
@@ -216,7 +216,7 @@ def test_both_apps_have_a_bounded_queue_and_clean_gradios_cache(tiny_state, tmp_
 def small_app(tiny_state):
     """The app with a queue of 1, Gradio's cache cleaned every second (files over 3 s old), and an "Analyse" that
     holds until released: → (Blocks, URL, release event, entered counter)."""
-    import app
+    from explorer.app import page as app
     from explorer.app import ui
 
     release, entered = threading.Event(), threading.Semaphore(0)
@@ -361,7 +361,7 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
     stay, the in-memory caches within their entries, no request fails, and memory stays flat."""
     from gradio_client import Client, handle_file
 
-    import app
+    from explorer.app import page as app
     from explorer.app.ui_session import _CACHE_ENTRIES
     from explorer.inputs.media import IMAGE_CARRIER
 

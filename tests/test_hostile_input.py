@@ -167,7 +167,7 @@ def test_the_page_says_the_model_is_shared(audio_app):
 
 
 def test_the_run_viewer_answers_an_empty_or_odd_pick_with_a_message(tmp_path):
-    from app import build_viewer_app
+    from explorer.app.page import build_viewer_app
 
     (tmp_path / "runs" / "one").mkdir(parents=True)
     demo = build_viewer_app([(tmp_path / "runs").resolve()])

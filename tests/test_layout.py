@@ -152,3 +152,12 @@ def test_the_checks_would_catch_an_upward_import_and_a_private_name(tmp_path):
     loaded = [t for target, names, _ in imports for t in _resolve(target, names, _modules())]
     assert _stage(loaded[0]) == STAGES.index("app") > _stage("explorer.core.bad")
     assert imports[1][1] == ["_private"]
+
+
+def test_the_public_api_resolves_lazily_to_each_stage():
+    import explorer
+
+    for name in explorer.__all__:
+        value = getattr(explorer, name)
+        assert value is getattr(importlib.import_module(explorer._PUBLIC[name]), name), name
+    assert set(dir(explorer)) >= set(explorer.__all__)

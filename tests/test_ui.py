@@ -212,7 +212,7 @@ def test_load_model_switches_and_reports_progress(state):
     out = ui.load_model_ui(state, before.model.name, progress=lambda fraction, message: seen.append(message))
     try:
         assert out["ok"] and state.session is not before and out["layers_text"] == before.layers_text()
-        assert seen[0].startswith("loading") and seen[-1] == "ready"
+        assert seen[0].startswith("loading") and seen[-1] == "model and calibration ready"
     finally:
         state.session = before  # keep the module's session (and its caches) for the other tests
 

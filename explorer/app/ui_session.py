@@ -306,7 +306,7 @@ def build_session(settings: AppSettings, model_id: str, progress: ProgressFn | N
     say(0.4, "calibrating: capturing the calibration set in every modality (cached on disk after the first run)")
     items = load_calibration_items(calibration_source_for(settings.calibration, model), settings.calibration_limit)
     calibration = calibrate(model, items, cache_dir=settings.cache_dir, progress=progress is not None)
-    say(1.0, "ready")
+    say(0.9, "model and calibration ready")
     return ModelSession(model, calibration, calibration_source_for(settings.calibration, model), settings.cache_dir)
 
 
