@@ -42,8 +42,10 @@ def test_the_status_page_says_what_is_loading_and_frees_its_port():
         assert [s["message"] for s in status["steps"]] == ["starting", "calibrating <the set>"]
     finally:
         page.stop()
-    with socket.socket() as sock:  # the port is free again for the app
+    with socket.socket() as sock:  # the port is free again for the app (a server reuses the address, as uvicorn does)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", page.port))
+        sock.listen()
 
 
 def test_a_page_cannot_start_on_a_port_in_use():
