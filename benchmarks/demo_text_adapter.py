@@ -57,6 +57,25 @@ def dev_sets(advbench: str, xstest: str) -> dict[str, list[Instruction]]:
     }
 
 
+FIT_SAMPLE = 100
+
+
+def fit_sets(seed: int = 0, sample: int = FIT_SAMPLE) -> dict[str, list[Instruction]]:
+    """How well the adapter fits its own training text (not a gate: a diagnosis): `sample` requests each of the
+    harmless look-alikes, the other harmless requests and the harmful ones of `text_training_set(seed)` (seed 1
+    picks them). An adapter that over-refuses these has not learnt the boundary it was shown; one that refuses
+    only unseen look-alikes learnt it but does not generalise."""
+    from explorer.demo_model.training_text import text_training_set
+
+    groups: dict[str, list[Instruction]] = {"fit_lookalikes": [], "fit_everyday": [], "fit_harmful": []}
+    for k, e in enumerate(text_training_set(seed)):
+        name = "fit_harmful" if e.label == "harmful" else "fit_lookalikes" if e.lookalike else "fit_everyday"
+        groups[name].append(Instruction(id=f"fit-{k}", instruction=e.instruction, label=e.label,
+                                        category=e.category, split="calibration", lookalike=e.lookalike))
+    rng = random.Random(1)
+    return {name: rng.sample(items, min(sample, len(items))) for name, items in groups.items()}
+
+
 def answers(model: Any, tokenizer: Any, requests: list[str]) -> list[str]:
     """Greedy answers of NEW_TOKENS tokens."""
     prompts = [chat_prompt(tokenizer, r) for r in requests]
@@ -104,14 +123,19 @@ def main() -> None:
                         help="the adapter's strength: its LoRA deltas times this (lora_alpha scaled), 1 as trained")
     parser.add_argument("--out", type=Path, default=RECORD)
     parser.add_argument("--variant", help="record under this name in demo_text_adapter_variants.json instead")
+    parser.add_argument("--fit", action="store_true",
+                        help=f"also measure {FIT_SAMPLE} training requests of each kind (fit_sets: a diagnosis)")
     args = parser.parse_args()
     from peft import PeftModel
 
     torch.set_num_threads(2)
     sets = dev_sets(args.advbench, args.xstest)
+    training = json.loads((args.adapter / "training.json").read_text())
+    if args.fit:
+        sets |= fit_sets(training["config"]["seed"])
     base, tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)
     record: dict[str, Any] = {"new_tokens": NEW_TOKENS, "judge": RefusalJudge().describe(),
-                              "training": json.loads((args.adapter / "training.json").read_text()) | {"history": None}}
+                              "training": training | {"history": None}}
     if args.base_too:
         record["base"] = measure(base, tokenizer, sets)
     adapted = PeftModel.from_pretrained(base, args.adapter)
