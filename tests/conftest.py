@@ -66,6 +66,16 @@ def tiny_llava(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
+def tiny_calibration(tiny_llava, tmp_path_factory):
+    """The tiny LLaVA calibrated once per session on 3 builtin requests per label, as text and image (read-only:
+    tests that need another calibration build their own)."""
+    from explorer.evaluation.calibration import calibrate, load_calibration_items
+
+    return calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"],
+                     cache_dir=tmp_path_factory.mktemp("tiny-calibration"))
+
+
+@pytest.fixture(scope="session")
 def demo_model():
     """The shipped demo checkpoint, loaded once per test session through the engine (CPU, float32)."""
     from explorer.demo_model.measure import load_demo

@@ -88,18 +88,16 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
         choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]
 
 
-def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tmp_path, monkeypatch) -> None:
+def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tiny_calibration, tmp_path, monkeypatch) -> None:
     """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
     second start reads the same states from the disk cache instead, keyed by the whole correction."""
     from explorer.evaluation import calibration
     from explorer.correction.regap import CorrectionConfig
     from explorer.evaluation.calibration import (
-        calibrate,
         corrected_calibration,
-        load_calibration_items,
     )
 
-    cal = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"], cache_dir=tmp_path)
+    cal = tiny_calibration
     config = CorrectionConfig(mode="adaptive", strength=1.5).resolved(cal.profile)
     first = corrected_calibration(tiny_llava, cal, config, cache_dir=tmp_path)
     assert first is not None and first.modalities == ["image"] * 6 and first.item_ids == [i.id for i in cal.items]

@@ -107,19 +107,16 @@ def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
         assert values == pytest.approx(m4["per_layer"]["auroc"][key], abs=1e-6)
 
 
-def test_each_mode_runs_at_its_own_chosen_strength(tiny_llava, tmp_path):
+def test_each_mode_runs_at_its_own_chosen_strength(tiny_llava, tiny_calibration, tmp_path):
     """Strengths chosen per mode are the ones each mode generates with (fixed at 2.0 here, adaptive at 0.5)."""
     from explorer.correction.regap import CorrectionConfig
     from explorer.evaluation.calibration import (
         StrengthChoice,
-        calibrate,
-        load_calibration_items,
     )
     from explorer.evaluation.runner import EvalSettings, evaluate
     from explorer.inputs.data import load_builtin
 
-    profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=2), ["text", "image"],
-                        cache_dir=tmp_path / "cache").profile
+    profile = tiny_calibration.profile
     choices = {"fixed": StrengthChoice({"image": 2.0}, 0.05, {}), "adaptive": StrengthChoice({"image": 0.5}, 0.05, {})}
     settings = EvalSettings(modalities=("text", "image"), modes=("off", "fixed", "adaptive"),
                             correction=choices["adaptive"].apply(CorrectionConfig(mode="adaptive")),

@@ -276,11 +276,11 @@ class _SpyJudge:
         return {"kind": "spy"}
 
 
-def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_llava, tmp_path):
+def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_llava, tiny_calibration, tmp_path):
     """A model judge reads (request, answer) pairs, as guard models are trained to: eval and `--strength auto`
     pass every answer's own request, never None."""
     from explorer.correction.regap import CorrectionConfig
-    from explorer.evaluation.calibration import calibrate, choose_strength
+    from explorer.evaluation.calibration import choose_strength
     from explorer.evaluation.runner import EvalSettings, evaluate
     from explorer.inputs.data import load_builtin
 
@@ -288,7 +288,7 @@ def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_lla
     calibration = [*[i for i in calibration if i.label == "harmful"][:2], *[i for i in calibration if i.label == "harmless"][:2]]
     items = [*[i for i in load_builtin("evaluation") if i.label == "harmful"][:2],
              *[i for i in load_builtin("evaluation") if i.label == "harmless"][:2]]
-    profile = calibrate(tiny_llava, calibration, ["text", "image"], cache_dir=tmp_path / "cache").profile
+    profile = tiny_calibration.profile
     spy = _SpyJudge()
     evaluate(tiny_llava, items, profile, EvalSettings(modalities=("text", "image"), modes=("off",), judge=spy,
                                                       max_new_tokens=2), tmp_path / "run", progress=False)

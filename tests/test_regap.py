@@ -246,16 +246,15 @@ def test_template_mean_pooling_is_honoured_by_the_probe_and_the_eval_states(tiny
     assert not torch.allclose(recorded, last, atol=1e-3)  # and the pooling really differs from the last token
 
 
-def test_adaptive_raw_gates_on_the_uncorrected_score(tiny_llava, tmp_path):
+def test_adaptive_raw_gates_on_the_uncorrected_score(tiny_llava, tiny_calibration, tmp_path):
     """The self-rectification ablation: "adaptive_raw" is adaptive with the probe uncorrected, so s(x) is the raw
     score of the input (no correction before the probe layer) and everything else is adaptive's."""
     from explorer.correction.regap import CorrectionConfig
-    from explorer.evaluation.calibration import calibrate, load_calibration_items
+    from explorer.evaluation.calibration import load_calibration_items
     from explorer.geometry.formulas import normalised_score
     from explorer.model.capture import capture_prompts
 
-    profile = calibrate(tiny_llava, load_calibration_items("builtin", limit=3), ["text", "image"],
-                        cache_dir=tmp_path).profile
+    profile = tiny_calibration.profile
     prompt = tiny_llava.render(load_calibration_items("builtin", limit=1)[0], "image")
     raw = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="adaptive_raw", strength=2.0), max_new_tokens=3)
     same = generate(tiny_llava, prompt, profile, CorrectionConfig(mode="adaptive", strength=2.0, probe_strength=0.0),
