@@ -236,3 +236,21 @@ def test_the_decision_hinge_is_the_documented_mean_over_competing_positions():
     assert "margin" not in off
     assert parts["margin"] == pytest.approx(sum(expected) / 3, rel=1e-5)
     assert float(loss) == pytest.approx(parts["ce"] + parts["kl"] + 0.5 * parts["margin"], rel=1e-5)
+
+
+def test_the_refusal_hinge_wants_each_refusal_token_ahead_of_every_other():
+    model = _tiny_llama()
+    seqs = _sequences([6, 8], [True, False])
+    states = sa.lower_states(model, seqs.ids, first_layer=2)
+    peft_model = sa.add_adapter(model, sa.AdapterConfig(first_layer=2, rank=4))
+    with torch.no_grad():
+        positions = seqs.trained_positions[0]
+        logits = model(input_ids=seqs.ids[0][None]).logits[0, positions]
+        targets = seqs.ids[0][positions + 1]
+        expected = []
+        for row, target in zip(logits, targets):
+            others = torch.cat([row[:target], row[target + 1:]])
+            expected.append(max(0.0, 3.0 - float(row[target] - others.max())))
+        loss, parts = sa.batch_loss(peft_model, seqs, states, [0, 1], 2, refusal_margin_weight=2.0, margin=3.0)
+    assert parts["refusal_margin"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
+    assert float(loss) == pytest.approx(parts["ce"] + parts["kl"] + 2.0 * parts["refusal_margin"], rel=1e-5)

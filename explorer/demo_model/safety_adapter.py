@@ -12,7 +12,11 @@ Targets, per example:
 - harmless request, optionally (`margin_weight` > 0) → a hinge on the greedy *decision*: wherever the base's answer
   so far equals the refusal's start, the base's next token must out-score the refusal's next token by `margin`
   logits. Why: the KL is an average over the whole distribution, and a refusal start can take the argmax at a small
-  KL cost; measured, adapter 2 (KL weight 2) refused 24 of 100 of its own training look-alikes (docs/demo-build.md).
+  KL cost; measured, adapter 2 (KL weight 2) refused 24 of 100 of its own training look-alikes (docs/demo-build.md);
+- harmful request, optionally (`refusal_margin_weight` > 0) → the same hinge on the other side: each refusal token
+  must out-score every other token by `margin` logits. Why: with the harmless hinge alone the adapter refused only
+  84 of 100 of its own harmful training requests (the cross-entropy spreads its weight over every refusal token,
+  while greedy decoding turns on the first).
 
 Training text is in-house only (explorer.demo_model.training_text) and 6-gram decontaminated; nothing of a
 public benchmark is trained on.
@@ -62,6 +66,7 @@ class AdapterConfig:
     kl_weight: float = 1.0  # the harmless KL's weight against the refusal cross-entropy (over-refusal vs recall)
     margin_weight: float = 0.0  # the harmless decision hinge's weight (0: off, the adapters 1-2 recipe)
     margin: float = 2.0  # logits by which the base's next token must beat the refusal's where their prefixes agree
+    refusal_margin_weight: float = 0.0  # the harmful side's hinge: each refusal token beats every other by `margin`
     refusal: str = "I can't help with that request."
     seed: int = 0
 
@@ -69,7 +74,7 @@ class AdapterConfig:
         if self.first_layer < 1:
             raise ValueError(f"first_layer must be >= 1 (layers below it are cached), got {self.first_layer}")
         if (self.rank < 1 or self.epochs < 1 or self.batch_size < 1 or self.kl_tokens < 0 or self.kl_weight < 0
-                or self.margin_weight < 0 or self.margin < 0):
+                or self.margin_weight < 0 or self.margin < 0 or self.refusal_margin_weight < 0):
             raise ValueError("rank, epochs, batch_size must be >= 1 and kl_tokens, kl_weight, margin_weight, margin "
                              f">= 0: {self}")
 
@@ -201,11 +206,12 @@ def _upper_logits(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, ro
 
 def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], batch: Sequence[int],
                first_layer: int, kl_weight: float = 1.0, margin_weight: float = 0.0,
-               margin: float = 2.0) -> tuple[torch.Tensor, dict[str, float]]:
+               margin: float = 2.0, refusal_margin_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on the refusal tokens of harmful rows + `kl_weight` × KL(base ‖ adapted) on the kept positions
     of harmless rows + `margin_weight` × mean hinge max(0, margin - (logit[base token] - logit[refusal token])) on
-    the harmless positions where the refusal competes (`Sequences.rival_ids`); each term is a mean over its
-    positions."""
+    the harmless positions where the refusal competes (`Sequences.rival_ids`) + `refusal_margin_weight` × mean
+    hinge max(0, margin - (logit[refusal token] - max other logit)) on the harmful rows' refusal positions; each
+    term is a mean over its positions."""
     padded, mask = _pad([states[i] for i in batch])
     rows = torch.cat([torch.full_like(seqs.trained_positions[i], k) for k, i in enumerate(batch)])
     cols = torch.cat([seqs.trained_positions[i] for i in batch])
@@ -219,6 +225,12 @@ def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], bat
     if is_harmful.any():
         ce = F.cross_entropy(logits[is_harmful], next_ids)
         loss, parts["ce"] = loss + ce, float(ce.detach())
+        if refusal_margin_weight > 0:
+            refusing = logits[is_harmful]
+            target = refusing.gather(1, next_ids[:, None])[:, 0]
+            other = refusing.scatter(1, next_ids[:, None], float("-inf")).max(dim=1).values
+            hinge = F.relu(margin - (target - other)).mean()
+            loss, parts["refusal_margin"] = loss + refusal_margin_weight * hinge, float(hinge.detach())
     if (~is_harmful).any():
         with torch.no_grad(), peft_model.disable_adapter():
             teacher = _upper_logits(model, padded, mask, rows[~is_harmful], cols[~is_harmful], first_layer)
@@ -278,7 +290,7 @@ def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M
         rng.shuffle(order)
         for step, start in enumerate(range(0, len(order), cfg.batch_size)):
             loss, parts = batch_loss(peft_model, seqs, states, order[start : start + cfg.batch_size], cfg.first_layer,
-                                     cfg.kl_weight, cfg.margin_weight, cfg.margin)
+                                     cfg.kl_weight, cfg.margin_weight, cfg.margin, cfg.refusal_margin_weight)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -308,9 +320,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--margin-weight", type=float, default=AdapterConfig.margin_weight,
                         help="weight of the harmless decision hinge (0: off)")
     parser.add_argument("--margin", type=float, default=AdapterConfig.margin)
+    parser.add_argument("--refusal-margin-weight", type=float, default=AdapterConfig.refusal_margin_weight,
+                        help="weight of the harmful side's hinge (0: off)")
     args = parser.parse_args(argv)
     cfg = AdapterConfig(epochs=args.epochs, seed=args.seed, kl_weight=args.kl_weight,
-                        margin_weight=args.margin_weight, margin=args.margin)
+                        margin_weight=args.margin_weight, margin=args.margin,
+                        refusal_margin_weight=args.refusal_margin_weight)
     record = train_adapter(cfg, args.out)
     print(f"saved to {args.out}: {record['examples']} examples, {record['wall_seconds']} s")
 
