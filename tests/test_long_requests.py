@@ -58,6 +58,7 @@ def test_17_and_80_word_requests_evaluate_on_a_tiny_twin(tiny_model_dir, family,
 
 
 @needs_espeak
+@pytest.mark.checkpoint
 @pytest.mark.skipif(not (DEMO_MODEL_DIR / "manifest.json").is_file(), reason="demo model not built")
 def test_long_requests_on_the_demo_model_run_through_with_reasons(tmp_path):
     metrics, records = _run("demo", "text,image,audio", tmp_path)

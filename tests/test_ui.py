@@ -261,7 +261,7 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
 
 #: metrics.json keys only `eval` can fill (they count generated answers or the run's items) and keys only the
 #: app's one-prompt analysis has; every other key is shared and holds the same kind of value.
-EVAL_ONLY = {"num_items", "verdicts", "refusal_rate", "complied_rate", "broken_rate", "refusal_rate_ci",
+EVAL_ONLY = {"num_items", "elapsed_seconds", "verdicts", "refusal_rate", "complied_rate", "broken_rate", "refusal_rate_ci",
              "complied_rate_ci", "broken_rate_ci", "n", "paired", "calibration_overlap", "lookalike_refusal_rate",
              "lookalike_refusal_rate_ci", "lookalike_n", "utility_overlap", "utility_n", "skipped", "skipped_items",
              "max_new_tokens", "judge"}

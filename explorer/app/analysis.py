@@ -87,6 +87,9 @@ def _regap_block(prompt: Prompt, config: CorrectionConfig, score: float | None, 
         "per_item": [{"id": "your prompt", "modality": prompt.modality, "mode": config.mode, "s": score,
                       "alpha": alpha}] if score is not None else [],
         "mode_strengths": {config.mode: strengths} if config.mode != "off" else {},
+        # where the mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
+        "mode_positions": {config.mode: "last_prompt" if config.mode == "shiftdc" else config.positions}
+        if config.mode != "off" else {},
     }
 
 
