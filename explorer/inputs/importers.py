@@ -289,7 +289,7 @@ def load_source(spec: str) -> list[Instruction]:
     if fmt == "native":
         return load_prompts(path)
     if fmt not in FORMATS:
-        looked = "; ".join(f"{f.name} ({', '.join(f.columns)})" for f in FORMATS.values())
+        looked = "; ".join(f"{f.name}, {f.measures} ({', '.join(f.columns)})" for f in FORMATS.values())
         raise PromptFileError(
             f"{path}: not a layout we read (columns/keys found: {_header(path) or 'none'}). We read our own schema "
             f"(instruction, label) and, as FORMAT:PATH or detected from these columns: {looked}")
