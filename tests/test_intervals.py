@@ -56,3 +56,29 @@ def test_auroc_bootstrap_interval_covers_the_estimate_and_shrinks_with_n():
     assert auroc_bootstrap_interval(*small) == ci_small  # deterministic for the seed
     perfect = auroc_bootstrap_interval(np.array([[0.0], [1.0], [2.0], [3.0]]), np.array([False, False, True, True]))
     assert perfect == [(1.0, 1.0)]
+
+
+def test_the_pairwise_and_the_ranked_bootstrap_give_the_same_intervals(monkeypatch):
+    """Two ways to the same U statistic (pairwise wins weighted by draw counts, or ranks of each resample): equal to
+    the last bit, ties included, and both equal to a plain loop over resamples with scipy's ranks."""
+    from scipy.stats import rankdata
+
+    from explorer.core import intervals
+
+    rng = np.random.default_rng(3)
+    scores = np.round(rng.normal(size=(60, 5)), 1)  # rounded: many ties
+    harmful = rng.random(60) < 0.4
+    pairwise = intervals.auroc_bootstrap_interval(scores, harmful, resamples=300)
+    monkeypatch.setattr(intervals, "_PAIRS_AT_ONCE", 0)
+    ranked = intervals.auroc_bootstrap_interval(scores, harmful, resamples=300)
+    positive, negative = scores[harmful], scores[~harmful]
+    draw = np.random.default_rng(0)
+    loop = []
+    for _ in range(300):
+        p = positive[draw.integers(0, len(positive), len(positive))]
+        n = negative[draw.integers(0, len(negative), len(negative))]
+        ranks = rankdata(np.concatenate([p, n]), axis=0)
+        loop.append((ranks[: len(p)].sum(axis=0) - len(p) * (len(p) + 1) / 2) / (len(p) * len(n)))
+    tail = (1 - intervals.CONFIDENCE) / 2 * 100  # as the module computes it (not exactly 2.5 in floating point)
+    low, high = np.percentile(np.array(loop), [tail, 100 - tail], axis=0)
+    assert pairwise == ranked == [(float(lo), float(hi)) for lo, hi in zip(low, high)]

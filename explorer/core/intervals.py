@@ -12,7 +12,7 @@ True
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import binomtest, rankdata
@@ -37,11 +37,30 @@ def wilson_interval(successes: int, total: int, confidence: float = CONFIDENCE) 
     return float(ci.low), float(ci.high)
 
 
+_RESAMPLES_AT_ONCE = 100
+_PAIRS_AT_ONCE = 4_000_000  # harmful × harmless × layers up to which every pair is compared once (32 MB)
+
+
+def _pairwise_aurocs(positive: np.ndarray, negative: np.ndarray,
+                     picks: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The AUROC of each resample from one table of pairwise wins: a resample counts each (harmful, harmless) pair
+    as often as it drew both, so its Mann–Whitney U is count-weighted sum of the wins (1, or ½ for a tie). Exactly
+    `_auroc_columns` of the resampled rows (U is a sum of halves either way), without sorting each resample."""
+    n_pos, n_neg, layers = positive.shape[0], negative.shape[0], positive.shape[1]
+    diff = positive[:, None, :] - negative[None, :, :]
+    wins = (diff > 0) + 0.5 * (diff == 0)  # [n_pos, n_neg, L]
+    drawn_pos = np.stack([np.bincount(p, minlength=n_pos) for p, _ in picks]).astype(np.float64)
+    drawn_neg = np.stack([np.bincount(n, minlength=n_neg) for _, n in picks]).astype(np.float64)
+    per_negative = (drawn_pos @ wins.reshape(n_pos, n_neg * layers)).reshape(len(picks), n_neg, layers)
+    return np.einsum("bjl,bj->bl", per_negative, drawn_neg) / (n_pos * n_neg)
+
+
 def _auroc_columns(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    """AUROC of every column (Mann–Whitney U / (n_pos · n_neg), ties counted half): [n_pos, L], [n_neg, L] → [L]."""
-    ranks = rankdata(np.concatenate([positive, negative]), axis=0)
-    n_pos, n_neg = positive.shape[0], negative.shape[0]
-    return (ranks[:n_pos].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    """AUROC of every column (Mann–Whitney U / (n_pos · n_neg), ties counted half): [..., n_pos, L],
+    [..., n_neg, L] → [..., L] (leading axes: resamples ranked at once)."""
+    ranks = rankdata(np.concatenate([positive, negative], axis=-2), axis=-2)
+    n_pos, n_neg = positive.shape[-2], negative.shape[-2]
+    return (ranks[..., :n_pos, :].sum(axis=-2) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def auroc_bootstrap_interval(
@@ -59,10 +78,16 @@ def auroc_bootstrap_interval(
     if positive.shape[0] == 0 or negative.shape[0] == 0:
         raise ValueError("an AUROC interval needs harmful and harmless items")
     rng = np.random.default_rng(seed)
-    draws = np.empty((resamples, scores.shape[1]))
-    for b in range(resamples):
-        draws[b] = _auroc_columns(positive[rng.integers(0, len(positive), len(positive))],
-                                  negative[rng.integers(0, len(negative), len(negative))])
+    picks = [(rng.integers(0, len(positive), len(positive)), rng.integers(0, len(negative), len(negative)))
+             for _ in range(resamples)]  # drawn in this order, so a seed gives the same resamples as ever
+    if positive.shape[0] * negative.shape[0] * scores.shape[1] <= _PAIRS_AT_ONCE:
+        draws = _pairwise_aurocs(positive, negative, picks)
+    else:
+        draws = np.empty((resamples, scores.shape[1]))
+        for start in range(0, resamples, _RESAMPLES_AT_ONCE):  # ranked a block at a time: memory bounded
+            block = picks[start : start + _RESAMPLES_AT_ONCE]
+            draws[start : start + len(block)] = _auroc_columns(positive[np.stack([p for p, _ in block])],
+                                                               negative[np.stack([n for _, n in block])])
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(draws, [tail, 100 - tail], axis=0)
     return [(float(lo), float(hi)) for lo, hi in zip(low, high)]
