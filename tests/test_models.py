@@ -114,3 +114,19 @@ def test_backends_said_to_share_a_language_model_must_have_equal_weights(tmp_pat
         "backends": {"text": "vision", "image": "vision", "audio": "speech"}, "shared_language_model": True})
     with pytest.raises(ModelLoadError, match="share one language model, but their weights differ"):
         load_model(str(folder), device="cpu")
+
+
+@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "gemma3", "smolvlm", "idefics3",
+                                    "qwen2_audio", "sge_reading_lm"])
+def test_the_class_looked_up_is_the_auto_classs_own(tiny_model_dir, family):
+    """The loader looks up the one class AutoModelForMultimodalLM maps a config to (no import of every family);
+    it must be exactly the class the Auto class itself instantiates."""
+    from transformers import AutoConfig, AutoModelForMultimodalLM
+
+    from explorer.model.loading import _multimodal_class, register_own_families
+
+    register_own_families()
+    folder = tiny_model_dir(family)
+    config = AutoConfig.from_pretrained(folder)
+    assert _multimodal_class(config, trust_remote_code=False) is type(AutoModelForMultimodalLM.from_config(config))
+    assert _multimodal_class(config, trust_remote_code=True) is AutoModelForMultimodalLM  # remote code: the Auto path
