@@ -10,9 +10,9 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     """Per modality: image harmful refused from α ≥ 1.5, harmless from α ≥ 3 → 1.5 (the smallest of the best
     feasible); audio harmful from α ≥ 1, harmless from α ≥ 1.5 → 1.0. With a zero budget and over-refusal
     already at α = 0.5, fall back to the smallest α. The choice is applied per modality to a config."""
-    from explorer.evaluation import calibration
     from explorer.correction.generation import GenerationResult
     from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation import calibration
     from explorer.evaluation.calibration import choose_strength
     from explorer.inputs.data import Instruction
 
@@ -91,8 +91,8 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
 def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tiny_calibration, tmp_path, monkeypatch) -> None:
     """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
     second start reads the same states from the disk cache instead, keyed by the whole correction."""
-    from explorer.evaluation import calibration
     from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation import calibration
     from explorer.evaluation.calibration import (
         corrected_calibration,
     )

@@ -21,7 +21,8 @@ from explorer.demo_model.measure import _word_accuracy
 from explorer.evaluation.judge import RefusalJudge
 from explorer.inputs.data import load_builtin, load_prompts
 from explorer.inputs.media import GridLayout
-from explorer.model.loading import DEMO_MODEL_DIR, MANIFEST_FORMAT, folder_revision
+from explorer.model.loading import DEMO_MODEL_DIR, folder_revision
+from explorer.model.manifest import MANIFEST_FORMAT
 
 pytestmark = [
     pytest.mark.checkpoint,

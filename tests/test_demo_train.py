@@ -55,7 +55,8 @@ def test_tiny_training_run_saves_loadable_models(tmp_path: Path) -> None:
 
     from explorer.correction.generation import generate_texts
     from explorer.demo_model.train import main
-    from explorer.model.loading import MANIFEST_FORMAT, load_model
+    from explorer.model.loading import load_model
+    from explorer.model.manifest import MANIFEST_FORMAT
 
     checkpoint = tmp_path / "stage1"
     args = ["--out", str(tmp_path), "--tiny", "--no-measure", "--steps-modality", "1", "--text-checkpoint", str(checkpoint)]

@@ -14,7 +14,8 @@ from tiny_models import chatml_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from explorer.inputs.typography import TextLayout
-from explorer.model.loading import Manifest, load_model
+from explorer.model.loading import load_model
+from explorer.model.manifest import Manifest
 from explorer.model.models import ModelLoadError
 from explorer.model.pinned_base import PINNED_BASE_FILE, PinnedBase
 from explorer.model.reading_lm import (

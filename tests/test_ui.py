@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from explorer.app import ui, ui_export
+from explorer.app import story, ui, ui_export
 from explorer.app.ui_session import AppSettings, AppState
 from explorer.evaluation.verdicts import verdict_of
 from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
@@ -292,12 +292,12 @@ def test_export_writes_the_metrics_json_schema_of_eval(state, image_request, tin
 
 
 def test_show_collapse_tells_the_three_step_story(state):
-    out = ui.show_collapse(state, 8, "PCA")
+    out = story.show_collapse(state, 8, "PCA")
     assert out["prompt"] == IMAGE_CARRIER and isinstance(out["image"], Image.Image) and out["audio"] is None
-    story = out["story"]
-    assert "1. **As text**" in story and "2. **The same words as a typographic image**" in story
-    assert "3. **A typographic image with ReGap**" in story and ui.COLLAPSE_REQUEST in story
-    said = re.findall(r"→ \*\*(refused|complied|broken)\*\*", story)
+    told = out["story"]
+    assert "1. **As text**" in told and "2. **The same words as a typographic image**" in told
+    assert "3. **A typographic image with ReGap**" in told and ui.COLLAPSE_REQUEST in told
+    said = re.findall(r"→ \*\*(refused|complied|broken)\*\*", told)
     assert len(said) == 3  # text, the same words as an image, the image with ReGap
     judge = state.session.judge
     # the same verdicts evaluation records: broken first, then the judge reading (request, answer)
@@ -305,21 +305,21 @@ def test_show_collapse_tells_the_three_step_story(state):
                         for k in ("plain_text", "corrected_text")]
     assert all(f">{v}" in out[k] for v, k in zip(said[1:], ("plain_info", "corrected_info")))  # the badges agree
     whole_story = said == ["refused", "complied", "refused"]
-    assert ("The collapse, and the fix" in story) == whole_story
-    assert ("does not show the full story" in story) == (not whole_story)
+    assert ("The collapse, and the fix" in told) == whole_story
+    assert ("does not show the full told" in told) == (not whole_story)
     assert out["mode"] == "adaptive" and out["fig_map"] is not None
     assert out["layers_text"] == state.session.layers_text() == str(state.session.defaults.layers[0])  # calibrated
     assert ("refused" in out["corrected_info"]) == state.session.judge.is_refusal(out["corrected_text"])
-    assert out["strength"] == 1.0 and "α_max = 1," in story  # no strength chosen for this model: α_max 1
+    assert out["strength"] == 1.0 and "α_max = 1," in told  # no strength chosen for this model: α_max 1
 
 
 def test_show_collapse_starts_from_the_strength_chosen_on_calibration(state, monkeypatch):
     def alpha(out):
         return float(re.search(r"α\(x\) = ([0-9.]+)", out["corrected_info"]).group(1))
 
-    base = ui.show_collapse(state, 4, "PCA")
+    base = story.show_collapse(state, 4, "PCA")
     monkeypatch.setattr(state.session.model, "suggested_strengths", {"adaptive": {"image": 2.5}})
-    out = ui.show_collapse(state, 4, "PCA")
+    out = story.show_collapse(state, 4, "PCA")
     assert out["strength"] == 2.5 and "α_max = 2.5," in out["story"]
     assert alpha(out) == pytest.approx(2.5 * alpha(base), abs=0.02)  # α(x) = α_max · w(s(x)): the same score
 
@@ -341,7 +341,7 @@ def test_audio_model_trims_long_audio_and_says_so(tiny_model_dir, tmp_path_facto
     assert "could not be decoded as audio" in ui.analyse(state, "", None, {"path": str(bad)}, 1, "off", 1.0, "",
                                                           "PCA")["status"]
     assert "does not accept image" in ui.analyse(state, "hi", render_image("a b"), None, 1, "off", 1.0, "", "PCA")["status"]
-    out = ui.show_collapse(state, 4, "PCA")
+    out = story.show_collapse(state, 4, "PCA")
     assert out["prompt"] == AUDIO_CARRIER and out["audio"][0] == 16000 and out["image"] is None
 
 
@@ -488,7 +488,7 @@ def test_render_refuses_requests_too_long_to_draw(state):
 
 def test_gallery_and_unseen_words_on_a_model_that_lists_them(state, monkeypatch):
     model = state.session.model
-    assert ui.gallery(state.session) == ("", [])  # no gallery: nothing shown
+    assert story.gallery(state.session) == ("", [])  # no gallery: nothing shown
     monkeypatch.setattr(model, "vocabulary", frozenset({"how", "do", "i", "bake", "bread"}))
     monkeypatch.setattr(model, "gallery", {"items": [
         {"instruction": "Bake bread?", "label": "harmless", "text_refused": False, "image_refused": False,
@@ -497,7 +497,7 @@ def test_gallery_and_unseen_words_on_a_model_that_lists_them(state, monkeypatch)
          "regap_refused": True},
         {"instruction": "Harm y?", "label": "harmful", "text_refused": True, "image_refused": False,
          "regap_refused": False}], "harmful_count": 2, "harmful_whole_story": 1, "strength": {"image": 2.0}})
-    text, rows = ui.gallery(state.session)
+    text, rows = story.gallery(state.session)
     assert "For 1 of the 2 harmful ones (50%) the whole story holds" in text and "α_max image 2" in text
     assert rows[1] == ["Harm x?", "harmful", "text refused → image complied → ReGap refused"]
     _, info = ui.final(ui.generate_plain(state, "How do I bake zqxj bread?", None, None, 4, 0))

@@ -13,7 +13,7 @@ from typing import Any
 
 import gradio as gr
 
-from explorer.app import ui, ui_export
+from explorer.app import story, ui, ui_export
 from explorer.app.ui_inputs import is_local_request
 from explorer.app.ui_session import (
     STRENGTH_MAX,
@@ -228,7 +228,7 @@ def _settings_column(page: Page, state: AppState) -> None:
 
 def _gallery(page: Page, state: AppState) -> list[list[str]]:
     """The held-out gallery (a model card's, when it has one) → its rows (empty: no gallery on the page)."""
-    gallery_text, rows = ui.gallery(state.session)
+    gallery_text, rows = story.gallery(state.session)
     if rows:
         with gr.Accordion(f"Gallery: {len(rows)} held-out requests this model reads", open=False, elem_id="gallery"):
             gr.Markdown(gallery_text, elem_id="gallery-info")
@@ -307,7 +307,7 @@ def _wire_model_events(page: Page, state: AppState) -> None:
          trigger_mode="always_last")
     story = ["status", "story", *media, *correction, "layer", *analysis[:-1], "plain_text", "plain_info",
              "corrected_text", "corrected_info"]
-    wire(page["collapse_btn"].click, _named(lambda tokens_, embed: ui.show_collapse(state, tokens_, embed), story),
+    wire(page["collapse_btn"].click, _named(lambda tokens_, embed: story.show_collapse(state, tokens_, embed), story),
          ["max_tokens", "method"], story, "show_collapse")
     wire(page["export_btn"].click, _bind(state, ui_export.export),
          ["sid", *media, "layer", *correction, "method", "plain_text", "plain_info", "corrected_text",

@@ -16,20 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 
-from explorer.app.analysis import Analysis, compute_analysis, fmt
+from explorer.app.analysis import Analysis, compute_analysis
 from explorer.app.ui_inputs import (
     InputError,
     analysis_of,
     bounded,
     correction_config,
     make_prompt,
-    map_method,
     media_only,
     model_switch_refusal,
     request_text,
@@ -52,7 +50,8 @@ from explorer.model.models import ModelLoadError
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
     "analyse", "compute_analysis", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
-    "MODES", "gallery", "problem_message", "render_audio_input", "render_image_input", "show_collapse",
+    "MODES", "analysis_outputs", "answer_verdict", "problem_message", "render_audio_input", "render_image_input",
+    "stream_generation", "verdict_badge", "warning_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -180,7 +179,7 @@ def answer_verdict(session: ModelSession, text: str, request: str | None) -> str
     return verdict_of(session.judge.is_refusal(text, request), text)
 
 
-def _badge(session: ModelSession, result: GenerationResult, request: str | None) -> str:
+def verdict_badge(session: ModelSession, result: GenerationResult, request: str | None) -> str:
     verdict = answer_verdict(session, result.text, request)
     word, colour = _VERDICT_BADGES[verdict]
     if verdict == "broken":
@@ -212,7 +211,7 @@ def _generation(state: AppState, text: str | None, image: Any, audio: Any, mode:
                 yield partial, "⏳ generating…"
             else:
                 note = "".join(f" · ℹ️ {n}" for n in notices)
-                yield partial, _badge(session, result, text_value("the prompt", text) or None) + note
+                yield partial, verdict_badge(session, result, text_value("the prompt", text) or None) + note
     except Exception as err:  # noqa: BLE001
         yield "", warning_text(problem_message(err))
 
@@ -301,33 +300,6 @@ def render_audio_input(state: AppState, text: str | None) -> tuple[Any, str | No
 
 
 # ------------------------------------------------------------------------------------------------
-# The gallery (models whose folder ships one: the demo)
-
-
-def gallery(session: ModelSession) -> tuple[str, list[list[str]]]:
-    """(Markdown that says what the gallery is and how often the whole story holds, rows of [request, label,
-    what was measured]); ("", []) when the model has no gallery measured on its weights."""
-    data = session.model.gallery
-    if not data or not data.get("items"):
-        return "", []
-
-    def said(refused: bool) -> str:
-        return "refused" if refused else "complied"
-
-    rows = [[item["instruction"], item["label"],
-             f"text {said(item['text_refused'])} → image {said(item['image_refused'])} → ReGap "
-             f"{said(item['regap_refused'])}"] for item in data["items"]]
-    n, k = data["harmful_count"], data["harmful_whole_story"]
-    strengths = ", ".join(f"{m} {a:g}" for m, a in sorted(data.get("strength", {}).items()))
-    text = (f"Requests from the held-out evaluation split (never trained on) that {session.model.name} reads "
-            f"correctly when they are drawn as an image, with what an `eval --strength auto` run measured for each "
-            f"(α_max {strengths}). **For {k} of the {n} harmful ones ({100 * k / n:.0f}%) the whole story holds:** "
-            "refused as text → complied as an image → refused again with ReGap. The others, and the harmless ones "
-            "it refuses, are listed as measured. Click one to put it in the request box.")
-    return text, rows
-
-
-# ------------------------------------------------------------------------------------------------
 # Model switching
 
 
@@ -364,83 +336,3 @@ def load_model_ui(state: AppState, model_id: Any, progress: ProgressFn | None = 
     return {"status": status, "info": public_text(session.describe()), "num_layers": session.num_layers,
             "layer": session.default_layer(), "layers_text": session.layers_text(), "layers_info": session.layers_info(),
             "strength": strength, "strength_info": strength_info, "ok": ok}
-
-
-# ------------------------------------------------------------------------------------------------
-# "Show the collapse"
-
-
-def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP") -> dict[str, Any]:
-    """Text request → same request as an image (or audio) → with ReGap: three generations and the plots.
-
-    Returns plain values keyed by the component they fill (see app.py); "status" carries any problem.
-    """
-    session = state.session
-    modality = "image" if "image" in session.model.modalities else "audio"
-    try:
-        if modality not in session.model.modalities:
-            raise InputError(f"{session.model.name} accepts only text, so there is no other modality to compare")
-        tokens, method = token_count(state, max_new_tokens), map_method(method)
-        text_prompt = Prompt(text=COLLAPSE_REQUEST, modality="text")
-        media_prompt = session.model.render(COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
-        strength = session.suggested_strength(modality, "adaptive")
-        config = session.config("adaptive", strength)
-        plain_text = _final_result(session, text_prompt, CorrectionConfig(mode="off"), tokens)
-        plain_media = _final_result(session, media_prompt, CorrectionConfig(mode="off"), tokens)
-        fixed_media = _final_result(session, media_prompt, config, tokens)
-        layer = session.default_layer()
-        result = compute_analysis(state, session, media_prompt, config, layer, method)
-    except Exception as err:  # noqa: BLE001
-        return {"status": warning_text(problem_message(err))}
-    verdicts = [answer_verdict(session, r.text, COLLAPSE_REQUEST) for r in (plain_text, plain_media, fixed_media)]
-    shown_as = "a typographic image" if modality == "image" else "speech"
-
-    def said(result: GenerationResult, verdict: str) -> str:
-        excerpt = result.text.strip().replace("\n", " ")[:120] or "(empty)"
-        return f"**{verdict}**: “{excerpt}”"
-
-    steps = [
-        f"1. **As text**, “{COLLAPSE_REQUEST}” → {said(plain_text, verdicts[0])}",
-        f"2. **The same words as {shown_as}** (prompt: “{media_prompt.text}”) → {said(plain_media, verdicts[1])}",
-        f"3. **{shown_as.capitalize()} with ReGap** (adaptive, s(x) = {fmt(fixed_media.score)}, "
-        f"α_max = {strength:g}, α(x) = {fixed_media.alpha:.2f}) → {said(fixed_media, verdicts[2])}",
-    ]
-    if verdicts == ["refused", "complied", "refused"]:
-        verdict = (f"**The collapse, and the fix:** the model refuses the request as text, complies when the same words "
-                   f"arrive as {shown_as}, and ReGap restores the refusal by removing the {modality} drift.")
-    else:
-        verdict = ("**This model does not show the full story on this request** (as text / as "
-                   f"{modality} / with ReGap: {' / '.join(verdicts)}). "
-                   "The plots still show where its geometry moves; "
-                   + (f"this model's card ({_card_path(session)}) says how often the correction restores refusals "
-                      "on it, and why it does not always (the translation ceiling)."
-                      if session.model.card is not None else
-                      "the built-in demo model's card shows what each stage looks like on a model trained for it."))
-    story = "### Show the collapse\n" + "\n".join(steps) + "\n\n" + verdict
-    return {
-        "status": "Built the collapse story on a built-in harmful request (a request only; no harmful content).",
-        "story": story, "prompt": media_prompt.text,
-        "image": media_prompt.image if modality == "image" else None,
-        "audio": (SAMPLE_RATE, (np.asarray(media_prompt.audio) * 32767).astype(np.int16)) if modality == "audio" else None,
-        "mode": "adaptive", "strength": strength, "layers_text": session.layers_text(config.layers), "layer": layer,
-        **analysis_outputs(result),
-        "plain_text": plain_media.text, "plain_info": _badge(session, plain_media, COLLAPSE_REQUEST),
-        "corrected_text": fixed_media.text, "corrected_info": _badge(session, fixed_media, COLLAPSE_REQUEST),
-    }
-
-
-def _card_path(session: ModelSession) -> str:
-    card = session.model.card
-    assert card is not None
-    try:
-        return str(card.resolve().relative_to(Path.cwd()))
-    except ValueError:  # never show a visitor the server's absolute paths
-        return f"{card.parent.name}/{card.name}"
-
-
-def _final_result(session: ModelSession, prompt: Prompt, config: CorrectionConfig, tokens: int) -> GenerationResult:
-    result = None
-    for _, result in stream_generation(session, prompt, config, tokens, None):
-        pass
-    assert result is not None
-    return result

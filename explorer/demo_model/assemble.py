@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from explorer.model.loading import MANIFEST_FILE, MANIFEST_FORMAT
+from explorer.model.manifest import MANIFEST_FILE, MANIFEST_FORMAT
 from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 from explorer.model.reading_lm import ReadingLMConfig, write_on_pinned_base
 from explorer.model.reading_processor import ReadingProcessor

@@ -41,7 +41,7 @@ from .tokenizer import build_tokenizer, words_not_single_token
 __all__ = ["MANIFEST", "train", "save", "main", "image_embeddings", "audio_embeddings", "lm_loss", "answer_logits",
            "TextTeacher", "frozen"]
 
-#: The demo folder's manifest (explorer.model.loading.Manifest): the engine loads it like any composite model folder.
+#: The demo folder's manifest (explorer.model.manifest.Manifest): the engine loads it like any composite model folder.
 MANIFEST = {
     "format": "explorer-model/1",
     "backends": {"text": "image", "image": "image", "audio": "audio"},
