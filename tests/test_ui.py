@@ -41,7 +41,7 @@ def _results(state, text, image, config_mode, strength, tokens=12):
     session = state.session
     prompt, _ = ui.make_prompt(session, state.settings, text, image)
     config = ui.CorrectionConfig(mode="off") if config_mode == "off" else session.config(config_mode, strength)
-    return ui._final_result(session, prompt, config, tokens)
+    return ui.complete_generation(session, prompt, config, tokens)
 
 
 def test_model_info_names_model_layers_and_calibration_size(state):
@@ -306,7 +306,7 @@ def test_show_collapse_tells_the_three_step_story(state):
     assert all(f">{v}" in out[k] for v, k in zip(said[1:], ("plain_info", "corrected_info")))  # the badges agree
     whole_story = said == ["refused", "complied", "refused"]
     assert ("The collapse, and the fix" in told) == whole_story
-    assert ("does not show the full told" in told) == (not whole_story)
+    assert ("does not show the full story" in told) == (not whole_story)
     assert out["mode"] == "adaptive" and out["fig_map"] is not None
     assert out["layers_text"] == state.session.layers_text() == str(state.session.defaults.layers[0])  # calibrated
     assert ("refused" in out["corrected_info"]) == state.session.judge.is_refusal(out["corrected_text"])

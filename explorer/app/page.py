@@ -305,10 +305,10 @@ def _wire_model_events(page: Page, state: AppState) -> None:
     wire(page["generate_btn"].click, _bind(state, ui.generate_corrected), *corrected, "generate_corrected")
     wire(page["strength"].release, _bind(state, ui.generate_corrected), *corrected, "strength_release",
          trigger_mode="always_last")
-    story = ["status", "story", *media, *correction, "layer", *analysis[:-1], "plain_text", "plain_info",
-             "corrected_text", "corrected_info"]
-    wire(page["collapse_btn"].click, _named(lambda tokens_, embed: story.show_collapse(state, tokens_, embed), story),
-         ["max_tokens", "method"], story, "show_collapse")
+    told = ["status", "story", *media, *correction, "layer", *analysis[:-1], "plain_text", "plain_info",
+            "corrected_text", "corrected_info"]
+    wire(page["collapse_btn"].click, _named(lambda tokens_, embed: story.show_collapse(state, tokens_, embed), told),
+         ["max_tokens", "method"], told, "show_collapse")
     wire(page["export_btn"].click, _bind(state, ui_export.export),
          ["sid", *media, "layer", *correction, "method", "plain_text", "plain_info", "corrected_text",
           "corrected_info"], ["files", "sid", "status"], "export")

@@ -17,8 +17,8 @@ from explorer.app.ui import (
     COLLAPSE_REQUEST,
     analysis_outputs,
     answer_verdict,
+    complete_generation,
     problem_message,
-    stream_generation,
     verdict_badge,
     warning_text,
 )
@@ -78,9 +78,9 @@ def show_collapse(state: AppState, max_new_tokens: Any = 48, method: str = "UMAP
         media_prompt = session.model.render(COLLAPSE_REQUEST, modality)  # type: ignore[arg-type]
         strength = session.suggested_strength(modality, "adaptive")
         config = session.config("adaptive", strength)
-        plain_text = _final_result(session, text_prompt, CorrectionConfig(mode="off"), tokens)
-        plain_media = _final_result(session, media_prompt, CorrectionConfig(mode="off"), tokens)
-        fixed_media = _final_result(session, media_prompt, config, tokens)
+        plain_text = complete_generation(session, text_prompt, CorrectionConfig(mode="off"), tokens)
+        plain_media = complete_generation(session, media_prompt, CorrectionConfig(mode="off"), tokens)
+        fixed_media = complete_generation(session, media_prompt, config, tokens)
         layer = session.default_layer()
         result = compute_analysis(state, session, media_prompt, config, layer, method)
     except Exception as err:  # noqa: BLE001
@@ -129,11 +129,3 @@ def _card_path(session: ModelSession) -> str:
         return str(card.resolve().relative_to(Path.cwd()))
     except ValueError:  # never show a visitor the server's absolute paths
         return f"{card.parent.name}/{card.name}"
-
-
-def _final_result(session: ModelSession, prompt: Prompt, config: CorrectionConfig, tokens: int) -> GenerationResult:
-    result = None
-    for _, result in stream_generation(session, prompt, config, tokens, None):
-        pass
-    assert result is not None
-    return result

@@ -50,7 +50,7 @@ from explorer.model.models import ModelLoadError
 __all__ = [
     "AppSettings", "AppState", "Analysis", "COLLAPSE_REQUEST", "EXAMPLE_HARMFUL", "EXAMPLE_LOOKALIKE", "InputError",
     "analyse", "compute_analysis", "generate_corrected", "generate_plain", "load_model_ui", "make_prompt",
-    "MODES", "analysis_outputs", "answer_verdict", "problem_message", "render_audio_input", "render_image_input",
+    "MODES", "analysis_outputs", "answer_verdict", "complete_generation", "problem_message", "render_audio_input", "render_image_input",
     "stream_generation", "verdict_badge", "warning_text",
 ]
 
@@ -243,6 +243,16 @@ def layers_for_mode(state: AppState, mode: str) -> tuple[str, str]:
         return session.layers_text(), session.layers_info()
     return "", (f"empty = {mode}'s own layers {session.layers_text(own)} (as its authors apply it); type a layer "
                 "or a window to override")
+
+
+def complete_generation(session: ModelSession, prompt: Prompt, config: CorrectionConfig,
+                        tokens: int) -> GenerationResult:
+    """The finished result of `stream_generation` (for callers that show only the end: the collapse story, tests)."""
+    result = None
+    for _, result in stream_generation(session, prompt, config, tokens, None):
+        pass
+    assert result is not None
+    return result
 
 
 def final(stream: Iterator[tuple[str, str]]) -> tuple[str, str]:
