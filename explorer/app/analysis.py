@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from explorer.app.ui_session import AppState, ModelSession
-from explorer.correction.regap import CorrectionConfig
+from explorer.correction.regap import CorrectionConfig, applied_positions
 from explorer.geometry.formulas import axis_group_stats, group_key
 from explorer.geometry.profile import Profile
 from explorer.inputs.media import Prompt
@@ -87,9 +87,7 @@ def _regap_block(prompt: Prompt, config: CorrectionConfig, score: float | None, 
         "per_item": [{"id": "your prompt", "modality": prompt.modality, "mode": config.mode, "s": score,
                       "alpha": alpha}] if score is not None else [],
         "mode_strengths": {config.mode: strengths} if config.mode != "off" else {},
-        # where the mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
-        "mode_positions": {config.mode: "last_prompt" if config.mode == "shiftdc" else config.positions}
-        if config.mode != "off" else {},
+        "mode_positions": {config.mode: applied_positions(config.mode, config.positions)} if config.mode != "off" else {},
     }
 
 

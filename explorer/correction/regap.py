@@ -43,6 +43,7 @@ __all__ = [
     "CorrectionPlan",
     "Mode",
     "PositionScope",
+    "applied_positions",
     "adaptive_alpha",
     "choose_defaults",
     "correction_vectors",
@@ -295,6 +296,12 @@ class CorrectionPlan:
         return {layer: v[start:end] if v.dim() == 2 else v for layer, v in self.vectors.items()}
 
 
+def applied_positions(mode: str, positions: PositionScope) -> PositionScope:
+    """Where `mode` corrects when asked for `positions`: ShiftDC always the last prompt token at prefill, as its
+    authors apply it (docs/method.md, 12); every other mode where asked."""
+    return "last_prompt" if mode == "shiftdc" else positions
+
+
 def plan_correction(
     model: LoadedModel,
     prompts: Sequence[Prompt],
@@ -321,7 +328,7 @@ def plan_correction(
     else:
         vectors = correction_vectors(profile, modality, "fixed" if config.mode == "adaptive" else config.mode,
                                      config.layers)
-    return CorrectionPlan(vectors, alphas, scores, "last_prompt" if config.mode == "shiftdc" else config.positions)
+    return CorrectionPlan(vectors, alphas, scores, applied_positions(config.mode, config.positions))
 
 
 def capture_corrected(

@@ -17,6 +17,7 @@ import torch
 
 from explorer.core.intervals import wilson_interval
 from explorer.core.vocab import LABELS
+from explorer.correction.regap import applied_positions
 from explorer.evaluation.calibration import OVER_REFUSAL_BUDGET
 from explorer.evaluation.eval_records import record_key
 from explorer.evaluation.eval_settings import EvalSettings
@@ -169,9 +170,7 @@ def _regap_block(profile: Profile, settings: EvalSettings, per_item: list[dict[s
         "modality_strengths": dict(resolved.modality_strengths),
         "per_item": per_item,
         "mode_strengths": settings.mode_strengths,
-        # where each mode corrects: ShiftDC always the last prompt token at prefill (docs/method.md, 12)
-        "mode_positions": {mode: "last_prompt" if mode == "shiftdc" else resolved.positions
-                           for mode in settings.modes if mode != "off"},
+        "mode_positions": {mode: applied_positions(mode, resolved.positions) for mode in settings.modes if mode != "off"},
         **({"strength_choice": choices["adaptive"].to_dict()} if "adaptive" in choices else {}),
         **({"strength_choices": {mode: choice.to_dict() for mode, choice in choices.items()}} if choices else {}),
     }
