@@ -89,8 +89,7 @@ def _utility(
 def _records(items: Sequence[Instruction], settings: EvalSettings, done: dict[str, dict[str, Any]], modality: str,
              mode: str) -> list[dict[str, Any]]:
     """The records of one job, in item order; text is generated once (under the first mode) and stands for all."""
-    source_mode = mode if modality != "text" else settings.modes[0]
-    return [done[record_key(i.id, modality, source_mode)] for i in items]
+    return [done[record_key(i.id, modality, settings.generated_under(modality, mode))] for i in items]
 
 
 def _verdict_block(items: Sequence[Instruction], settings: EvalSettings,
@@ -141,7 +140,7 @@ def _per_layer(model: LoadedModel, profile: Profile, settings: EvalSettings, job
     separation, counts, uncorrected = {}, {}, {}
     for modality in settings.modalities:
         for mode in settings.modes:
-            job = jobs[(modality, mode if modality != "text" else settings.modes[0])]
+            job = jobs[(modality, settings.generated_under(modality, mode))]
             projections = profile.project(job.stacked(model.num_layers, model.hidden_size))
             separation[f"{modality}/{mode}"] = separation_per_layer(profile, projections, job.labels)
             counts[f"{modality}/{mode}"] = len(job.labels)

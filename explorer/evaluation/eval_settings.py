@@ -44,6 +44,11 @@ class EvalSettings:
         for mode in self.modes:
             replace(self.correction, mode=mode)  # validates the mode name
 
+    def generated_under(self, modality: str, mode: str) -> str:
+        """The mode whose generation stands for (modality, mode): text is never corrected, so it is generated once,
+        under the first mode, and that record counts for every mode."""
+        return mode if modality != "text" else self.modes[0]
+
     def correction_for(self, mode: str) -> CorrectionConfig:
         """The correction `mode` runs with: its own chosen strengths when `--strength auto` chose them, so every
         mode is compared at its own tuned α under the same over-refusal budget, never at another mode's."""

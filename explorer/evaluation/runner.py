@@ -110,7 +110,8 @@ def _copy_text_record(
 
 def _jobs(settings: EvalSettings) -> list[tuple[Modality, Mode]]:
     """(modality, mode) in run order; text only under the first mode (its record stands for every mode)."""
-    return [(m, mode) for m in settings.modalities for mode in (settings.modes if m != "text" else settings.modes[:1])]
+    return list(dict.fromkeys((m, settings.generated_under(m, mode)) for m in settings.modalities
+                              for mode in settings.modes))
 
 
 def evaluate(
