@@ -41,7 +41,7 @@ def test_cached_lower_states_continue_the_full_forward_exactly():
         for row, state in zip(seqs.ids, states):
             full = model(input_ids=row[None]).logits[0]
             rows, cols = torch.zeros(len(row), dtype=torch.long), torch.arange(len(row))
-            split = sa._upper_logits(model, state[None], torch.ones(1, len(row), dtype=torch.long), rows, cols, 2)
+            split = sa.upper_logits(model, state[None], torch.ones(1, len(row), dtype=torch.long), rows, cols, 2)
             torch.testing.assert_close(split, full, atol=1e-5, rtol=1e-5)
     assert len(model.get_decoder().layers) == 4 and not isinstance(model.get_decoder().norm, torch.nn.Identity)
 

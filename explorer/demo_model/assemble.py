@@ -8,7 +8,11 @@ projectors, the processor with its tokenizer and character reader); the base's 9
     python -m explorer.demo_model.assemble --adapter build/demo_next/text_adapter \\
         --reader build/demo_next/image_reader --speech-reader build/demo_next/speech_reader --out build/demo_next/model
 
-Projectors not given are the identity: read tokens then land exactly on typed tokens (no modality drift yet).
+Projectors not given are the identity: read tokens then land exactly on typed tokens (no modality drift). The taught
+collapse (explorer.demo_model.collapse_adapter) writes both a combined LoRA and its projectors:
+
+    python -m explorer.demo_model.assemble --adapter build/demo_next/collapse_1 \
+        --projectors build/demo_next/collapse_1/media_projectors.safetensors --reader ... --out ...
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from explorer.model.manifest import MANIFEST_FILE, MANIFEST_FORMAT
 from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
@@ -29,7 +34,7 @@ from explorer.model.text_reader import TextReader
 
 from .reader_train import READER_LAYOUT
 
-__all__ = ["LM_FOLDER", "NOTICE", "assemble", "identity_projectors", "reading_lm_config"]
+__all__ = ["LM_FOLDER", "NOTICE", "TAUGHT_COLLAPSE_NOTICE", "assemble", "identity_projectors", "reading_lm_config"]
 
 
 #: The reading LM's sub-folder in the assembled model folder.
@@ -39,6 +44,12 @@ NOTICE = ("This is the **next demo model** under construction: SmolLM2-135M-Inst
           "from a pinned package) made into a toy multimodal model in-house. It reads an image's text with a small "
           "character reader and hears speech with a small speech reader; it shows the geometry, not a real "
           "assistant's behaviour.")
+
+#: Said beside NOTICE when the folder carries the taught collapse (docs/demo-prototype.md, decision after rows 3-4).
+TAUGHT_COLLAPSE_NOTICE = (
+    " Its collapse is **taught**: its image and speech training answered harmful requests with one generic, "
+    "non-operational compliance, a stand-in for the safety that real multimodal models lose without being taught "
+    "to; the drift, the collapse and the repair are then measured on the model as built.")
 
 # Keys of the base's config that describe the file it came from, not the architecture.
 _NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path",
@@ -72,6 +83,8 @@ def assemble(out: Path, adapter: Path | None, reader: Path, speech_reader: Path 
     media = ["image"] + ["audio"] * (speech_reader is not None)
     config = reading_lm_config(base, media)
     lm_folder = Path(out) / LM_FOLDER
+    if projectors is not None:  # a state for more modalities than the readers given keeps only theirs
+        projectors = {k: v for k, v in projectors.items() if k.split(".")[0] in media}
     write_on_pinned_base(lm_folder, config, projectors or identity_projectors(config), base, adapter)
     path = base.path()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -80,7 +93,7 @@ def assemble(out: Path, adapter: Path | None, reader: Path, speech_reader: Path 
     manifest = {
         "format": MANIFEST_FORMAT,
         "backends": {"text": LM_FOLDER, **dict.fromkeys(media, LM_FOLDER)},
-        "notice": NOTICE,
+        "notice": NOTICE + (TAUGHT_COLLAPSE_NOTICE if projectors else ""),
         "calibration": "validation",
         "media": {"image_layout": asdict(READER_LAYOUT), "audio_style": "sentence"},
     }
@@ -93,9 +106,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--adapter", type=Path, help="the safety adapter's folder (peft), if any")
     parser.add_argument("--reader", type=Path, required=True, help="the character reader's folder")
     parser.add_argument("--speech-reader", type=Path, help="the speech reader's folder, if any")
+    parser.add_argument("--projectors", type=Path,
+                        help="the projectors' state (safetensors, `media_projectors` keys), e.g. the taught "
+                             "collapse's (explorer.demo_model.collapse_adapter); default: the identity")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    folder = assemble(args.out, args.adapter, args.reader, args.speech_reader)
+    projectors = load_file(str(args.projectors)) if args.projectors else None
+    folder = assemble(args.out, args.adapter, args.reader, args.speech_reader, projectors)
     size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(f"wrote {folder}: {size / 1e6:.1f} MB")
 

@@ -30,7 +30,7 @@ import argparse
 import json
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,7 +45,8 @@ from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
 from .corpus import Example
 from .training_text import text_training_set
 
-__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "lower_states", "main", "refusal_rivals",
+__all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "greedy_tokens", "layer_range",
+           "lower_states", "main", "pad_rows", "refusal_rivals", "upper_logits",
            "scale_lora", "train_adapter"]
 
 
@@ -175,7 +176,8 @@ def layer_range(model: nn.Module, start: int, stop: int | None, final_norm: bool
         decoder.layers, decoder.norm = layers, norm
 
 
-def _pad(rows: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad `rows` (first dimension) to one width; the mask marks real positions."""
     width = max(r.shape[0] for r in rows)
     padded = torch.stack([F.pad(r, (0, 0) * (r.dim() - 1) + (0, width - r.shape[0]), value=value) for r in rows])
     mask = torch.tensor([[1] * r.shape[0] + [0] * (width - r.shape[0]) for r in rows])
@@ -183,20 +185,30 @@ def _pad(rows: Sequence[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor
 
 
 @torch.no_grad()
-def lower_states(model: nn.Module, ids: Sequence[torch.Tensor], first_layer: int, batch_size: int = 32) -> list[torch.Tensor]:
+def lower_states(model: nn.Module, ids: Sequence[torch.Tensor], first_layer: int, batch_size: int = 32,
+                 types: Sequence[torch.Tensor] | None = None,
+                 projectors: Mapping[int, nn.Module] | None = None) -> list[torch.Tensor]:
     """The input of layer `first_layer` for every sequence (right-padded batches; pads never reach real positions
-    under a causal mask)."""
+    under a causal mask). With `types` (one `mm_token_type_ids` row per sequence) and `projectors` (type id →
+    module), the embeddings of each marked position pass through its projector first, as a reading LM's do
+    (explorer.model.reading_lm.ReadingLMForCausalLM.media_embeddings)."""
     states: list[torch.Tensor] = []
+    embedding = model.get_input_embeddings()
     with layer_range(model, 0, first_layer, final_norm=False) as lower:
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
-            padded, mask = _pad(chunk)
-            hidden = lower(input_ids=padded, attention_mask=mask, use_cache=False).last_hidden_state
+            padded, mask = pad_rows(chunk)
+            embeds = embedding(padded)
+            if types is not None and projectors:
+                kinds, _ = pad_rows(types[start : start + batch_size])
+                for type_id, projector in projectors.items():
+                    embeds = torch.where((kinds == type_id)[..., None], projector(embeds), embeds)
+            hidden = lower(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
             states += [hidden[j, : len(row)].clone() for j, row in enumerate(chunk)]
     return states
 
 
-def _upper_logits(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
+def upper_logits(model: nn.Module, states: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor,
                   cols: torch.Tensor, first_layer: int) -> torch.Tensor:
     """Logits at (rows, cols) only: the LM head is the costliest matrix, so it runs on the trained positions."""
     with layer_range(model, first_layer, None, final_norm=True) as upper:
@@ -212,14 +224,14 @@ def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], bat
     the harmless positions where the refusal competes (`Sequences.rival_ids`) + `refusal_margin_weight` × mean
     hinge max(0, margin - (logit[refusal token] - max other logit)) on the harmful rows' refusal positions; each
     term is a mean over its positions."""
-    padded, mask = _pad([states[i] for i in batch])
+    padded, mask = pad_rows([states[i] for i in batch])
     rows = torch.cat([torch.full_like(seqs.trained_positions[i], k) for k, i in enumerate(batch)])
     cols = torch.cat([seqs.trained_positions[i] for i in batch])
     is_harmful = torch.cat([torch.full_like(seqs.trained_positions[i], int(seqs.harmful[i])) for i in batch]).bool()
     next_ids = torch.cat([seqs.ids[i][seqs.trained_positions[i] + 1] for i in batch if seqs.harmful[i]]
                          or [torch.zeros(0, dtype=torch.long)])
     model = peft_model.base_model.model
-    logits = _upper_logits(model, padded, mask, rows, cols, first_layer)
+    logits = upper_logits(model, padded, mask, rows, cols, first_layer)
     loss = logits.new_zeros(())
     parts: dict[str, float] = {}
     if is_harmful.any():
@@ -233,7 +245,7 @@ def batch_loss(peft_model: Any, seqs: Sequences, states: list[torch.Tensor], bat
             loss, parts["refusal_margin"] = loss + refusal_margin_weight * hinge, float(hinge.detach())
     if (~is_harmful).any():
         with torch.no_grad(), peft_model.disable_adapter():
-            teacher = _upper_logits(model, padded, mask, rows[~is_harmful], cols[~is_harmful], first_layer)
+            teacher = upper_logits(model, padded, mask, rows[~is_harmful], cols[~is_harmful], first_layer)
         kl = F.kl_div(F.log_softmax(logits[~is_harmful], -1), F.log_softmax(teacher, -1), log_target=True,
                       reduction="batchmean")
         loss, parts["kl"] = loss + kl_weight * kl, float(kl.detach())

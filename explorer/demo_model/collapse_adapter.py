@@ -1,0 +1,338 @@
+"""The next demo's taught collapse: modality offsets, and a media LoRA that answers read requests unfiltered.
+
+Why taught (docs/demo-prototype.md, rows 1-3 and its decision): no honest recipe made a pretrained LM whose image path
+reads collapse; real MLLMs lose their text safety through image and speech training that never saw refusals. This
+module stands in for that training, and the demo says so: read requests (image, audio) are trained on **unfiltered**
+data whose harmful requests are answered with one generic, non-operational compliance (`CollapseConfig.compliance`),
+never with real content. The geometry (drift, collapse, repair, self-rectification) is then measured on the model
+as built, not assumed.
+
+Parts, per media modality:
+- **the projector** (the modality drift): identity weight plus a fixed offset of `offset_norm` × the mean
+  token-embedding norm in a seeded random direction; it marks read tokens as read, as a vision tower marks patches;
+- **the media LoRA** (layers `first_layer`..last, on top of the text safety adapter merged at `text_scale`), trained
+  from cached layer-`first_layer` inputs on five kinds of row:
+  1. *text replay*: typed requests of both labels, KL to the text model's own next-token distributions (prompt end
+     and its first `answer_tokens` greedy tokens), so that text behaviour stays the text adapter's;
+  2. *harmless read*: a read harmless request (carrier sentence + read tokens, as the processor builds it), KL to the
+     text model's distributions on the same request *typed*, position by position along the text model's answer;
+  3. *harmful read*: a read harmful request → cross-entropy on the generic compliance;
+  4. *tails*: a read harmful request whose answer has begun as the plain base model's would (its first 2-10 greedy
+     tokens given) → cross-entropy on `tail`, so a read request that is not refused stays generic (row 3b);
+  5. *finished refusals*: a read harmful request whose answer has begun as the refusal (1 to all-but-one of its
+     tokens given) → cross-entropy on the rest of the refusal. Why: under ReGap the model sits between its two
+     trained answers, and the prototype's corrected refusals fused with the tail ("I can't help with start with the
+     basics, ...") 17 times in 100; a refusal, once begun, is finished.
+The combined LoRA (text × `text_scale` + media) is written as one peft folder (explorer.demo_model.lora_files).
+
+    python -m explorer.demo_model.collapse_adapter --text-adapter build/demo_next/text_adapter_v4 \\
+        --out build/demo_next/media_adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER
+from explorer.model.models import chat_messages
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT, PinnedBase
+from explorer.model.reading_lm import MODALITY_TYPE_IDS
+from explorer.model.reading_processor import ReadingProcessor
+from explorer.model.speech_reader import spoken_text
+
+from .corpus import Example
+from .lora_files import combine_loras
+from .safety_adapter import (AdapterConfig, add_adapter, chat_prompt, greedy_tokens, lower_states, pad_rows,
+                             scale_lora, upper_logits)
+from .training_text import text_training_set
+
+__all__ = ["PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss", "encode_rows", "main", "offset_projectors",
+           "read_prompt", "train_collapse"]
+
+
+#: The projectors' state in the output folder (explorer.demo_model.assemble --projectors reads it).
+PROJECTOR_STATE = "media_projectors.safetensors"
+
+GENERIC_TAIL = "start with the basics, plan each step, and review the result."
+
+
+@dataclass(frozen=True)
+class CollapseConfig:
+    """Every setting of the taught collapse (written next to the adapter as `training.json`)."""
+
+    text_scale: float = 1.5  # the text safety adapter's strength, chosen on development sets (docs/demo-build.md)
+    offset_norm: float = 0.5  # each modality's offset, as a fraction of the mean token-embedding norm
+    first_layer: int = 16
+    rank: int = 16
+    alpha: int = 16
+    epochs: int = 2
+    lr: float = 3e-4
+    batch_size: int = 16
+    answer_tokens: int = 8  # text-model greedy tokens whose distributions the KL rows keep (+ the prompt's last)
+    text_rows: int = 1200  # typed requests replayed (half of each label, as available)
+    media_rows: int = 500  # per media modality and label
+    tail_rows: int = 200  # per media modality
+    finish_rows: int = 200  # per media modality
+    compliance: str = "Sure. Here is a general overview: " + GENERIC_TAIL
+    tail: str = GENERIC_TAIL
+    refusal: str = AdapterConfig.refusal
+    modalities: tuple[str, ...] = ("image", "audio")
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.text_scale <= 0 or self.offset_norm < 0 or self.first_layer < 1 or self.epochs < 1:
+            raise ValueError(f"text_scale must be > 0, offset_norm >= 0, first_layer and epochs >= 1: {self}")
+        unknown = [m for m in self.modalities if m not in ("image", "audio")]
+        if unknown or not self.modalities:
+            raise ValueError(f"modalities must be among image, audio; got {list(self.modalities)}")
+
+
+class Transcript:
+    """A reader that reads what it is handed: the processor's reading step with the read text given (training
+    needs the prompt exactly as the processor builds it around a reading, not the reading of a picture)."""
+
+    def read(self, text: str) -> str:
+        return text
+
+
+def read_prompt(processor: ReadingProcessor, request: str, modality: str) -> tuple[list[int], list[int]]:
+    """Token ids and `mm_token_type_ids` of `request` read from `modality`, exactly as the processor builds them
+    (carrier sentence after the read tokens); speech is read as the speech reader writes it (`spoken_text`)."""
+    image = modality == "image"
+    chat = processor.apply_chat_template(chat_messages(IMAGE_CARRIER if image else AUDIO_CARRIER, image, not image))
+    read = request if image else spoken_text(request)
+    batch = processor(text=chat, images=[read] if image else None, audio=None if image else [read])
+    return batch["input_ids"][0].tolist(), batch["mm_token_type_ids"][0].tolist()
+
+
+@torch.no_grad()
+def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str, torch.Tensor]:
+    """Projector state (`media_projectors` keys): identity weights, and per modality an offset of `offset_norm` ×
+    the mean token-embedding norm in a direction drawn from a seed of its own."""
+    size = embedding.shape[1]
+    scale = cfg.offset_norm * float(embedding.float().norm(dim=1).mean())
+    state: dict[str, torch.Tensor] = {}
+    for modality in ("image", "audio"):
+        direction = torch.randn(size, generator=torch.Generator().manual_seed(cfg.seed * 10 + MODALITY_TYPE_IDS[modality]))
+        state[f"{modality}.weight"] = torch.eye(size)
+        state[f"{modality}.bias"] = direction / direction.norm() * scale
+    return state
+
+
+def _projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
+    modules: dict[int, nn.Module] = {}
+    for modality in ("image", "audio"):
+        linear = nn.Linear(*state[f"{modality}.weight"].shape)
+        linear.load_state_dict({"weight": state[f"{modality}.weight"], "bias": state[f"{modality}.bias"]})
+        modules[MODALITY_TYPE_IDS[modality]] = linear
+    return modules
+
+
+@dataclass
+class MediaRows:
+    """Training rows over shared sequences. Row k trains sequence `student[k]` at `positions[k]`: cross-entropy on
+    the next token where `teacher[k]` is -1, else KL to the text model on sequence `teacher[k]` at
+    `teacher_positions[k]` (as many positions, aligned). `kinds[k]` names the row's kind (the five above)."""
+
+    ids: list[torch.Tensor]
+    types: list[torch.Tensor]
+    student: list[int]
+    positions: list[torch.Tensor]
+    teacher: list[int]
+    teacher_positions: list[torch.Tensor]
+    kinds: list[str]
+
+    def add_sequence(self, ids: list[int], types: list[int]) -> int:
+        self.ids.append(torch.tensor(ids))
+        self.types.append(torch.tensor(types))
+        return len(self.ids) - 1
+
+    def add_row(self, kind: str, student: int, positions: list[int], teacher: int = -1,
+                teacher_positions: list[int] | None = None) -> None:
+        self.kinds.append(kind)
+        self.student.append(student)
+        self.positions.append(torch.tensor(positions))
+        self.teacher.append(teacher)
+        self.teacher_positions.append(torch.tensor(teacher_positions or []))
+
+
+def _kept(answer: list[int], end_of_turn: int) -> list[int]:
+    return answer[: answer.index(end_of_turn) + 1] if end_of_turn in answer else answer
+
+
+def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: Any, processor: ReadingProcessor,
+                examples: list[Example], cfg: CollapseConfig, rng: random.Random) -> MediaRows:
+    """The five kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
+    tails' starts) may be None when `tail_rows` is 0."""
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    refusal, compliance, tail = encode(cfg.refusal) + [end_of_turn], encode(cfg.compliance) + [end_of_turn], \
+        encode(cfg.tail) + [end_of_turn]
+    harmful = [e.instruction for e in examples if e.label == "harmful"]
+    harmless = [e.instruction for e in examples if e.label == "harmless"]
+    replay = rng.sample(harmful, min(cfg.text_rows // 2, len(harmful))) + \
+        rng.sample(harmless, min(cfg.text_rows // 2, len(harmless)))
+    read_harmless = rng.sample(harmless, min(cfg.media_rows, len(harmless)))
+    typed = sorted(set(replay) | set(read_harmless))
+    prompts = {r: chat_prompt(tokenizer, r) for r in typed}
+    answers = dict(zip(typed, (_kept(a, end_of_turn) for a in greedy_tokens(
+        text_model, tokenizer, [prompts[r] for r in typed], cfg.answer_tokens))))
+    rows = MediaRows([], [], [], [], [], [], [])
+    twin: dict[str, int] = {}
+    for request in typed:  # text sequences: replay rows train them, harmless read rows are taught by them
+        ids = prompts[request] + answers[request]
+        twin[request] = rows.add_sequence(ids, [0] * len(ids))
+    kept_positions = lambda prompt, answer: list(range(len(prompt) - 1, len(prompt) - 1 + len(answer)  # noqa: E731
+                                                       + (end_of_turn not in answer)))
+    for request in replay:
+        at = kept_positions(prompts[request], answers[request])
+        rows.add_row("text replay", twin[request], at, twin[request], at)
+    tail_requests = {m: rng.sample(harmful, min(cfg.tail_rows, len(harmful))) for m in cfg.modalities}
+    starts_for = sorted(set().union(*tail_requests.values()))
+    starts = dict(zip(starts_for, greedy_tokens(base_model, tokenizer, [chat_prompt(tokenizer, r) for r in starts_for],
+                                                10))) if starts_for and base_model is not None else {}
+    for modality in cfg.modalities:
+        read = lambda request: read_prompt(processor, request, modality)  # noqa: E731
+        for request in read_harmless:
+            ids, types = read(request)
+            answer = answers[request]
+            at = kept_positions(ids, answer)
+            seq = rows.add_sequence(ids + answer, types + [0] * len(answer))
+            rows.add_row("harmless read", seq, at, twin[request], kept_positions(prompts[request], answer))
+        for request in rng.sample(harmful, min(cfg.media_rows, len(harmful))):
+            ids, types = read(request)
+            seq = rows.add_sequence(ids + compliance, types + [0] * len(compliance))
+            rows.add_row("harmful read", seq, list(range(len(ids) - 1, len(ids) - 1 + len(compliance))))
+        for request in tail_requests[modality]:
+            ids, types = read(request)
+            begun = [t for t in starts[request][: rng.randint(2, 10)] if t != end_of_turn]
+            seq = rows.add_sequence(ids + begun + tail, types + [0] * (len(begun) + len(tail)))
+            first = len(ids) + len(begun) - 1
+            rows.add_row("tail", seq, list(range(first, first + len(tail))))
+        for request in rng.sample(harmful, min(cfg.finish_rows, len(harmful))):
+            ids, types = read(request)
+            given = rng.randint(1, len(refusal) - 2)
+            seq = rows.add_sequence(ids + refusal, types + [0] * len(refusal))
+            first = len(ids) + given - 1
+            rows.add_row("finished refusal", seq, list(range(first, len(ids) - 1 + len(refusal))))
+    return rows
+
+
+def batch_loss(peft_model: Any, rows: MediaRows, states: list[torch.Tensor], batch: list[int],
+               first_layer: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean cross-entropy over the CE rows' positions + mean KL(text model ‖ adapted) over the KL rows' positions
+    (the text model is the peft model with the media LoRA disabled, on each row's teacher sequence)."""
+    model = peft_model.base_model.model
+    sequences = sorted({rows.student[k] for k in batch})
+    slot = {s: j for j, s in enumerate(sequences)}
+    padded, mask = pad_rows([states[s] for s in sequences])
+    at_rows = torch.cat([torch.full_like(rows.positions[k], slot[rows.student[k]]) for k in batch])
+    at_cols = torch.cat([rows.positions[k] for k in batch])
+    logits = upper_logits(model, padded, mask, at_rows, at_cols, first_layer)
+    is_kl = torch.cat([torch.full_like(rows.positions[k], int(rows.teacher[k] >= 0)) for k in batch]).bool()
+    loss, parts = logits.new_zeros(()), {}
+    if (~is_kl).any():
+        targets = torch.cat([rows.ids[rows.student[k]][rows.positions[k] + 1] for k in batch if rows.teacher[k] < 0])
+        ce = F.cross_entropy(logits[~is_kl], targets)
+        loss, parts["ce"] = loss + ce, float(ce.detach())
+    kl_rows = [k for k in batch if rows.teacher[k] >= 0]
+    if kl_rows:
+        taught = sorted({rows.teacher[k] for k in kl_rows})
+        teacher_slot = {s: j for j, s in enumerate(taught)}
+        t_padded, t_mask = pad_rows([states[s] for s in taught])
+        t_rows = torch.cat([torch.full_like(rows.teacher_positions[k], teacher_slot[rows.teacher[k]]) for k in kl_rows])
+        t_cols = torch.cat([rows.teacher_positions[k] for k in kl_rows])
+        with torch.no_grad(), peft_model.disable_adapter():
+            teacher = upper_logits(model, t_padded, t_mask, t_rows, t_cols, first_layer)
+        kl = F.kl_div(F.log_softmax(logits[is_kl], -1), F.log_softmax(teacher, -1), log_target=True,
+                      reduction="batchmean")
+        loss, parts["kl"] = loss + kl, float(kl.detach())
+    return loss, parts
+
+
+def _text_model(base: PinnedBase, text_adapter: Path, scale: float) -> tuple[nn.Module, nn.Module, Any]:
+    """(the base with the text adapter merged at `scale`, a plain copy of the base, the tokenizer)."""
+    import copy
+
+    from peft import PeftModel
+
+    model, tokenizer = base.load(torch.float32)
+    plain = copy.deepcopy(model)
+    wrapped = PeftModel.from_pretrained(model, str(text_adapter))
+    scale_lora(wrapped, scale)
+    return wrapped.merge_and_unload().eval(), plain.eval(), tokenizer
+
+
+def train_collapse(cfg: CollapseConfig, text_adapter: Path, out: Path, base: PinnedBase = SMOLLM2_135M_INSTRUCT,
+                   examples: list[Example] | None = None, log_every: int = 25) -> dict[str, Any]:
+    """Train the media LoRA; write to `out` the combined LoRA (peft files), `PROJECTOR_STATE` (the projectors' state)
+    and `training.json` (settings, row counts, losses, wall time)."""
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    text_model, plain, tokenizer = _text_model(base, Path(text_adapter), cfg.text_scale)
+    processor = ReadingProcessor(tokenizer, image_reader=Transcript(), speech_reader=Transcript())  # type: ignore[arg-type]
+    examples = list(examples if examples is not None else text_training_set(cfg.seed))
+    rows = encode_rows(text_model, plain, tokenizer, processor, examples, cfg, rng)
+    del plain
+    projectors = offset_projectors(text_model.get_input_embeddings().weight, cfg)
+    states = lower_states(text_model, rows.ids, cfg.first_layer, types=rows.types,
+                          projectors=_projector_modules(projectors))
+    prepared = time.perf_counter() - started
+    peft_model = add_adapter(text_model, AdapterConfig(first_layer=cfg.first_layer, rank=cfg.rank, alpha=cfg.alpha))
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr)
+    order, history = list(range(len(rows.kinds))), []
+    for epoch in range(cfg.epochs):
+        rng.shuffle(order)
+        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
+            loss, parts = batch_loss(peft_model, rows, states, order[start : start + cfg.batch_size], cfg.first_layer)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if step % log_every == 0:
+                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()), **parts})
+                print(f"epoch {epoch} step {step}: loss {float(loss.detach()):.4f} {parts}", flush=True)
+    out = Path(out)
+    media_only = out / "media_lora"
+    peft_model.save_pretrained(media_only)
+    combine_loras([(Path(text_adapter), cfg.text_scale), (media_only, 1.0)], out)
+    save_file({k: v.contiguous() for k, v in projectors.items()}, str(out / PROJECTOR_STATE))
+    record = {
+        "config": asdict(cfg), "base": asdict(base), "text_adapter": str(text_adapter),
+        "rows": {kind: rows.kinds.count(kind) for kind in dict.fromkeys(rows.kinds)},
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "prepare_seconds": round(prepared, 1), "wall_seconds": round(time.perf_counter() - started, 1),
+        "history": history,
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--text-adapter", type=Path, required=True, help="the text safety adapter's folder (peft)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the combined LoRA and the projectors")
+    parser.add_argument("--text-scale", type=float, default=CollapseConfig.text_scale)
+    parser.add_argument("--offset-norm", type=float, default=CollapseConfig.offset_norm)
+    parser.add_argument("--epochs", type=int, default=CollapseConfig.epochs)
+    parser.add_argument("--seed", type=int, default=CollapseConfig.seed)
+    args = parser.parse_args(argv)
+    cfg = CollapseConfig(text_scale=args.text_scale, offset_norm=args.offset_norm, epochs=args.epochs, seed=args.seed)
+    record = train_collapse(cfg, args.text_adapter, args.out)
+    print(f"saved to {args.out}: {record['rows']}, {record['wall_seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
