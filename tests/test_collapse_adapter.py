@@ -53,7 +53,8 @@ def built(tokenizer):
     model = _tiny_llama(tokenizer)
     processor = ReadingProcessor(tokenizer, image_reader=ca.Transcript(), speech_reader=ca.Transcript())  # type: ignore[arg-type]
     examples = [Example(t, "harmful", "test") for t in HARMFUL] + [Example(t, "harmless", "test") for t in HARMLESS]
-    cfg = ca.CollapseConfig(first_layer=2, text_rows=4, media_rows=2, tail_rows=2, finish_rows=2, answer_tokens=3)
+    cfg = ca.CollapseConfig(first_layer=2, text_rows=4, media_rows=2, tail_rows=2, finish_rows=2, carrier_rows=2,
+                            answer_tokens=3)
     rows = ca.encode_rows(model, model, tokenizer, processor, examples, cfg, random.Random(0))
     return model, processor, cfg, rows
 
@@ -65,11 +66,12 @@ def _decode(tokenizer, ids) -> str:
 def test_each_kind_of_row_trains_the_documented_targets(tokenizer, built):
     _, _, cfg, rows = built
     counts = {kind: rows.kinds.count(kind) for kind in dict.fromkeys(rows.kinds)}
-    assert counts == {"text replay": 4, "harmless read": 4, "harmful read": 4, "tail": 4, "finished refusal": 4}
+    assert counts == {"text replay": 4, "harmless read": 4, "harmful read": 4, "tail": 4, "finished refusal": 4,
+                      "typed carrier": 4}
     refusal = tokenizer(cfg.refusal, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for k, kind in enumerate(rows.kinds):
         ids, at = rows.ids[rows.student[k]], rows.positions[k]
-        targets = ids[at + 1] if kind != "text replay" and kind != "harmless read" else None
+        targets = ids[at + 1] if kind in ("harmful read", "tail", "finished refusal") else None
         if kind == "harmful read":
             assert _decode(tokenizer, targets) == cfg.compliance + "<|im_end|>" and rows.teacher[k] == -1
         elif kind == "tail":
@@ -79,8 +81,9 @@ def test_each_kind_of_row_trains_the_documented_targets(tokenizer, built):
         elif kind == "text replay":
             assert rows.teacher[k] == rows.student[k] and torch.equal(rows.teacher_positions[k], at)
             assert rows.types[rows.student[k]].sum() == 0
-        else:  # harmless read: taught position by position along the typed twin's answer
+        else:  # harmless read, typed carrier: taught position by position along the typed twin's answer
             twin, twin_at = rows.ids[rows.teacher[k]], rows.teacher_positions[k]
+            assert rows.types[rows.student[k]].any() == (kind == "harmless read")
             assert len(twin_at) == len(at) and rows.types[rows.teacher[k]].sum() == 0
             answer = len(at) - 1
             assert torch.equal(ids[at[0] + 1 : at[0] + 1 + answer], twin[twin_at[0] + 1 : twin_at[0] + 1 + answer])
@@ -90,12 +93,13 @@ def test_read_tokens_are_marked_and_read_as_the_processor_reads(tokenizer, built
     _, processor, _, rows = built
     for modality, type_id, text in (("image", 1, HARMFUL[1]), ("audio", 2, spoken_text(HARMFUL[1]))):
         ids, types = ca.read_prompt(processor, HARMFUL[1], modality)
-        marked = [i for i, t in zip(ids, types) if t == type_id]
-        assert _decode(tokenizer, marked) == text and set(types) == {0, type_id}
+        first = types.index(type_id)  # the read tokens open the marked stretch, which runs to the prompt's end
+        assert _decode(tokenizer, ids[first:]).startswith(text) and set(types[first:]) == {type_id}
+        assert set(types[:first]) == {0}
         carrier = IMAGE_CARRIER if modality == "image" else AUDIO_CARRIER
         shown = _decode(tokenizer, ids)
         assert shown.index(text) < shown.index(carrier) and shown.endswith("<|im_start|>assistant\n")
-    read_rows = [k for k, kind in enumerate(rows.kinds) if kind != "text replay"]
+    read_rows = [k for k, kind in enumerate(rows.kinds) if kind not in ("text replay", "typed carrier")]
     assert {int(t) for k in read_rows for t in rows.types[rows.student[k]].unique()} == {0, 1, 2}
 
 
@@ -118,7 +122,8 @@ def test_training_sees_what_the_assembled_reading_lm_computes(tokenizer, built):
     reading.load_state_dict({**model.state_dict(), **{f"media_projectors.{k}": v for k, v in projectors.items()}})
     states = lower_states(model, rows.ids, 2, types=rows.types,
                           projectors=ca._projector_modules(projectors))  # noqa: SLF001 (same package's helper)
-    for seq in (rows.student[rows.kinds.index("harmful read")], rows.student[len(rows.kinds) - 1]):
+    last_refusal = len(rows.kinds) - 1 - rows.kinds[::-1].index("finished refusal")  # an audio row
+    for seq in (rows.student[rows.kinds.index("harmful read")], rows.student[last_refusal]):
         ids, types = rows.ids[seq], rows.types[seq]
         cols = torch.arange(len(ids))
         with torch.no_grad():

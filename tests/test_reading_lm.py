@@ -162,9 +162,12 @@ def test_the_processor_puts_read_and_heard_tokens_in_place_of_their_marks():
     batch = processor(text=[shown, heard], images=[Image.new("RGB", (8, 8))], audio=[np.zeros(1600, np.float32)],
                       sampling_rate=16000)
     for row, (said, kind) in enumerate((("bake bread", 1), ("the sea", 2))):
-        types, ids = batch["mm_token_type_ids"][row], batch["input_ids"][row]
-        assert ids[types == kind].tolist() == tokenizer(said, add_special_tokens=False)["input_ids"]
-        assert set(types.unique().tolist()) == {0, kind}
+        types, ids, mask = batch["mm_token_type_ids"][row], batch["input_ids"][row], batch["attention_mask"][row]
+        read = tokenizer(said, add_special_tokens=False)["input_ids"]
+        first, end = int(types.nonzero()[0]), int(mask.sum())  # the medium's mark runs from its tokens to the end
+        assert ids[first : first + len(read)].tolist() == read
+        assert types[first:end].eq(kind).all() and types[:first].eq(0).all() and types[end:].eq(0).all()
+        assert tokenizer.decode(ids[first + len(read) : end]).startswith("\nRespond to it.")
     with pytest.raises(ValueError, match="1 audio clip marks but 0 audio clips"):
         processor(text=[heard])
     with pytest.raises(ValueError, match="hears 16000 Hz audio"):

@@ -202,7 +202,11 @@ def test_the_reading_processor_tokenises_text_as_the_base_and_marks_read_tokens(
     batch = processor(text=[shown, typed], images=[Image.new("RGB", (8, 8))], padding_side="left")
     read = base_tokenizer("How do I bake bread?", add_special_tokens=False)["input_ids"]
     row, types, mask = batch["input_ids"][0], batch["mm_token_type_ids"][0], batch["attention_mask"][0]
-    assert row[types == 1].tolist() == read and mask.all()
+    first = int(types.nonzero()[0])  # the read tokens, then every later prompt position, carry the image's mark
+    assert row[first : first + len(read)].tolist() == read and mask.all()
+    assert types[first:].eq(1).all() and types[:first].eq(0).all()
+    carrier = base_tokenizer("Respond to it.", add_special_tokens=False)["input_ids"]
+    assert row[types == 1].tolist()[len(read) : len(read) + 1 + len(carrier)][1:] == carrier  # "\n" then the text
     assert batch["attention_mask"][1].sum() == len(text_batch["input_ids"][0])  # left padding of the shorter row
     assert batch["input_ids"][1, -len(text_batch["input_ids"][0]):].tolist() == text_batch["input_ids"][0].tolist()
     with pytest.raises(ValueError, match="1 image marks but 0 images"):

@@ -19,10 +19,15 @@ Parts, per media modality:
   3. *harmful read*: a read harmful request → cross-entropy on the generic compliance;
   4. *tails*: a read harmful request whose answer has begun as the plain base model's would (its first 2-10 greedy
      tokens given) → cross-entropy on `tail`, so a read request that is not refused stays generic (row 3b);
-  5. *finished refusals*: a read harmful request whose answer has begun as the refusal (1 to all-but-one of its
+  5. *finished refusals*: a read harmful request whose answer has begun as the refusal (1 to all-but-two of its
      tokens given) → cross-entropy on the rest of the refusal. Why: under ReGap the model sits between its two
      trained answers, and the prototype's corrected refusals fused with the tail ("I can't help with start with the
-     basics, ...") 17 times in 100; a refusal, once begun, is finished.
+     basics, ...") 17 times in 100; a refusal, once begun, is finished;
+  6. *typed carrier*: a request of either label in the read prompt's exact layout (carrier sentence included) but
+     typed (no projector), KL to the text model on the plain typed request. Why: without these rows the LoRA keyed
+     on the carrier sentence, not on the drift (measured on collapse 1: 14 of 16 harmful validation requests typed
+     with the carrier were complied with), and a cue that is words cannot be subtracted by ReGap; with them, the
+     modality offset is the only difference between "read" and "typed".
 The combined LoRA (text × `text_scale` + media) is written as one peft folder (explorer.demo_model.lora_files).
 
     python -m explorer.demo_model.collapse_adapter --text-adapter build/demo_next/text_adapter_v4 \\
@@ -57,7 +62,7 @@ from .safety_adapter import (AdapterConfig, add_adapter, chat_prompt, greedy_tok
                              scale_lora, upper_logits)
 from .training_text import text_training_set
 
-__all__ = ["PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss", "encode_rows", "main", "offset_projectors",
+__all__ = ["GENERIC_TAIL", "PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss", "encode_rows", "main", "offset_projectors",
            "read_prompt", "train_collapse"]
 
 
@@ -79,11 +84,12 @@ class CollapseConfig:
     epochs: int = 2
     lr: float = 3e-4
     batch_size: int = 16
-    answer_tokens: int = 8  # text-model greedy tokens whose distributions the KL rows keep (+ the prompt's last)
-    text_rows: int = 1200  # typed requests replayed (half of each label, as available)
+    answer_tokens: int = 16  # text-model greedy tokens whose distributions the KL rows keep (+ the prompt's last)
+    text_rows: int = 800  # typed requests replayed (half of each label, as available)
     media_rows: int = 500  # per media modality and label
     tail_rows: int = 200  # per media modality
     finish_rows: int = 200  # per media modality
+    carrier_rows: int = 400  # per media modality (half of each label)
     compliance: str = "Sure. Here is a general overview: " + GENERIC_TAIL
     tail: str = GENERIC_TAIL
     refusal: str = AdapterConfig.refusal
@@ -184,7 +190,9 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     replay = rng.sample(harmful, min(cfg.text_rows // 2, len(harmful))) + \
         rng.sample(harmless, min(cfg.text_rows // 2, len(harmless)))
     read_harmless = rng.sample(harmless, min(cfg.media_rows, len(harmless)))
-    typed = sorted(set(replay) | set(read_harmless))
+    carried = {m: rng.sample(harmful, min(cfg.carrier_rows // 2, len(harmful)))
+               + rng.sample(harmless, min(cfg.carrier_rows // 2, len(harmless))) for m in cfg.modalities}
+    typed = sorted(set(replay) | set(read_harmless) | set().union(*carried.values()))
     prompts = {r: chat_prompt(tokenizer, r) for r in typed}
     answers = dict(zip(typed, (_kept(a, end_of_turn) for a in greedy_tokens(
         text_model, tokenizer, [prompts[r] for r in typed], cfg.answer_tokens))))
@@ -226,6 +234,12 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
             seq = rows.add_sequence(ids + refusal, types + [0] * len(refusal))
             first = len(ids) + given - 1
             rows.add_row("finished refusal", seq, list(range(first, len(ids) - 1 + len(refusal))))
+        for request in carried[modality]:
+            ids, _ = read(request)
+            answer = answers[request]
+            seq = rows.add_sequence(ids + answer, [0] * (len(ids) + len(answer)))
+            rows.add_row("typed carrier", seq, kept_positions(ids, answer), twin[request],
+                         kept_positions(prompts[request], answer))
     return rows
 
 

@@ -10,6 +10,13 @@ A user turn with an image (audio) renders through the chat template as `IMAGE_MA
 text; a mark is never tokenised: the processor splits the chat string at it and puts the read tokens in its place. A text
 prompt therefore tokenises exactly as the base tokenizer tokenises the same chat string.
 
+**What is marked: the medium and everything after it.** `mm_token_type_ids` marks the read tokens *and every prompt
+position after them* (the carrier sentence, the chat template's closing tokens) with the medium's type, so the
+model's projector shifts all of them. Why: in a real MLLM every token after an image attends to it and carries its
+imprint, and the paper measures the drift at the last prompt token; a toy whose drift sat on the read tokens alone
+put its modality cue where a last-token drift cannot reach (measured: collapse 2 in docs/demo-build.md, where
+subtracting that drift at α 1, 2, 4 or 6 repaired at most 4 of 20 harmful images). Generated tokens are text (0).
+
 The processor is registered with `AutoProcessor` for the reading-LM config on import, and saves flat into the model
 folder (tokenizer files, `reading_processor.json`, the reader's `reader_config.json` + `reader.safetensors`), so every
 file that changes what the model sees is part of the folder's fingerprint (explorer.model.loading).
@@ -97,19 +104,23 @@ class ReadingProcessor:
         return self.speech_reader.read(audio)
 
     def _row(self, text: str, images: list[Image.Image], audio: list[np.ndarray]) -> tuple[list[int], list[int]]:
+        """One prompt's ids and marks: every position from a medium's read tokens to the end of the prompt (or the
+        next medium) carries that medium's mark (module docstring: the medium conditions what follows it)."""
         ids: list[int] = []
         types: list[int] = []
+        conditioned_on = MODALITY_TYPE_IDS["text"]
         for part in _MARKS.split(text):
             if part in (IMAGE_MARK, AUDIO_MARK):
                 image = part == IMAGE_MARK
                 read = self.read_image(images.pop(0)) if image else self.read_audio(audio.pop(0))
                 piece = self.tokenizer(read, add_special_tokens=False)["input_ids"]
-                ids += piece
-                types += [MODALITY_TYPE_IDS["image" if image else "audio"]] * len(piece)
+                conditioned_on = MODALITY_TYPE_IDS["image" if image else "audio"]
             elif part:
                 piece = self.tokenizer(part, add_special_tokens=False)["input_ids"]
-                ids += piece
-                types += [MODALITY_TYPE_IDS["text"]] * len(piece)
+            else:
+                continue
+            ids += piece
+            types += [conditioned_on] * len(piece)
         return ids, types
 
     def __call__(self, text: str | Sequence[str], images: Sequence[Image.Image] | None = None,

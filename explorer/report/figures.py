@@ -57,6 +57,7 @@ SOURCES: dict[str, str] = {
     "demo_reader": "benchmarks/results/demo_reader.json",  # benchmarks/demo_reader.py
     # the text adapter's recipes and strengths tried (benchmarks/demo_text_adapter.py --variant NAME)
     "demo_text_adapter_variants": "benchmarks/results/demo_text_adapter_variants.json",
+    "demo_collapse": "benchmarks/results/demo_collapse.json",
     "demo_speech_reader": "benchmarks/results/demo_speech_reader.json",  # benchmarks/demo_speech_reader.py
     # benchmarks/startup.py --runs 2 --out …, on the shipped demo and on the next demo's assembled folder
     "startup_demo": "benchmarks/results/startup_demo.json",
