@@ -34,7 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from explorer.core.intervals import wilson_interval
 from explorer.demo_model.assemble import LM_FOLDER
-from explorer.demo_model.collapse_adapter import GENERIC_TAIL, CollapseConfig, Transcript, read_prompt
+from explorer.demo_model.collapse_adapter import (
+    GENERIC_TAIL,
+    CollapseConfig,
+    Transcript,
+    read_prompt,
+)
 from explorer.demo_model.data import PARAPHRASES_PATH
 from explorer.demo_model.safety_adapter import chat_prompt
 from explorer.evaluation.judge import RefusalJudge

@@ -11,7 +11,12 @@ import torch.nn.functional as F
 
 from explorer.demo_model import collapse_adapter as ca
 from explorer.demo_model.corpus import Example
-from explorer.demo_model.safety_adapter import AdapterConfig, add_adapter, lower_states, upper_logits
+from explorer.demo_model.safety_adapter import (
+    AdapterConfig,
+    add_adapter,
+    lower_states,
+    upper_logits,
+)
 from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER
 from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
 from explorer.model.reading_lm import ReadingLMConfig, ReadingLMForCausalLM
@@ -116,12 +121,12 @@ def test_offsets_have_the_configured_norm_and_a_direction_per_modality():
 
 
 def test_training_sees_what_the_assembled_reading_lm_computes(tokenizer, built):
-    model, _, cfg, rows = built
+    model, _, _, rows = built
     projectors = ca.offset_projectors(model.get_input_embeddings().weight, ca.CollapseConfig(offset_norm=2.0))
     reading = ReadingLMForCausalLM(_config(tokenizer)).eval()
     reading.load_state_dict({**model.state_dict(), **{f"media_projectors.{k}": v for k, v in projectors.items()}})
     states = lower_states(model, rows.ids, 2, types=rows.types,
-                          projectors=ca._projector_modules(projectors))  # noqa: SLF001 (same package's helper)
+                          projectors=ca.projector_modules(projectors))
     last_refusal = len(rows.kinds) - 1 - rows.kinds[::-1].index("finished refusal")  # an audio row
     for seq in (rows.student[rows.kinds.index("harmful read")], rows.student[last_refusal]):
         ids, types = rows.ids[seq], rows.types[seq]
@@ -136,7 +141,7 @@ def test_training_sees_what_the_assembled_reading_lm_computes(tokenizer, built):
 
 def test_a_fresh_media_lora_keeps_text_exactly_and_the_loss_is_the_documented_one(tokenizer, built):
     model, _, cfg, rows = built
-    projectors = ca._projector_modules(ca.offset_projectors(model.get_input_embeddings().weight, cfg))  # noqa: SLF001
+    projectors = ca.projector_modules(ca.offset_projectors(model.get_input_embeddings().weight, cfg))
     states = lower_states(model, rows.ids, 2, types=rows.types, projectors=projectors)
     peft_model = add_adapter(model, AdapterConfig(first_layer=2, rank=2))
     replay = [k for k, kind in enumerate(rows.kinds) if kind == "text replay"]

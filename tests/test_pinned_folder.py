@@ -190,3 +190,29 @@ def test_the_assembled_demo_folder_answers_as_the_base_with_its_adapter(tmp_path
     merged = adapted.merge_and_unload().eval()
     expected = greedy_tokens(merged, tokenizer, [chat_prompt(tokenizer, "How do I bake bread?")], 8)[0]
     assert ours[0, inputs["input_ids"].shape[1]:].tolist() == expected
+
+
+@pytest.mark.slow
+def test_a_folder_with_the_taught_collapse_says_so_and_keeps_only_its_media_projectors(tmp_path):
+    from safetensors.torch import load_file
+
+    from explorer.demo_model.assemble import (
+        LM_FOLDER,
+        NOTICE,
+        TAUGHT_COLLAPSE_NOTICE,
+        assemble,
+    )
+    from explorer.model.reading_lm import PROJECTORS_FILE
+    from explorer.model.text_reader import ReaderConfig, TextReader
+
+    TextReader(ReaderConfig(channels=8, hidden=8)).save_pretrained(tmp_path / "reader")
+    shift = torch.full((576,), 0.25)
+    projectors = {f"{m}.{p}": (torch.eye(576) if p == "weight" else shift) for m in ("image", "audio")
+                  for p in ("weight", "bias")}
+    taught = assemble(tmp_path / "taught", None, tmp_path / "reader", projectors=projectors)
+    plain = assemble(tmp_path / "plain", None, tmp_path / "reader")
+    assert json.loads((taught / "manifest.json").read_text())["notice"] == NOTICE + TAUGHT_COLLAPSE_NOTICE
+    assert json.loads((plain / "manifest.json").read_text())["notice"] == NOTICE
+    saved = load_file(str(taught / LM_FOLDER / PROJECTORS_FILE))
+    assert sorted(saved) == ["media_projectors.image.bias", "media_projectors.image.weight"]  # no speech reader
+    assert torch.equal(saved["media_projectors.image.bias"], shift)

@@ -37,6 +37,7 @@ The combined LoRA (text × `text_scale` + media) is written as one peft folder (
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import time
@@ -58,12 +59,20 @@ from explorer.model.speech_reader import spoken_text
 
 from .corpus import Example
 from .lora_files import combine_loras
-from .safety_adapter import (AdapterConfig, add_adapter, chat_prompt, greedy_tokens, lower_states, pad_rows,
-                             scale_lora, upper_logits)
+from .safety_adapter import (
+    AdapterConfig,
+    add_adapter,
+    chat_prompt,
+    greedy_tokens,
+    lower_states,
+    pad_rows,
+    scale_lora,
+    upper_logits,
+)
 from .training_text import text_training_set
 
-__all__ = ["GENERIC_TAIL", "PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss", "encode_rows", "main", "offset_projectors",
-           "read_prompt", "train_collapse"]
+__all__ = ["GENERIC_TAIL", "PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss",
+           "encode_rows", "main", "offset_projectors", "projector_modules", "read_prompt", "train_collapse"]
 
 
 #: The projectors' state in the output folder (explorer.demo_model.assemble --projectors reads it).
@@ -136,7 +145,8 @@ def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str,
     return state
 
 
-def _projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
+def projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
+    """The projectors' state as modules keyed by `mm_token_type_ids` value (for `lower_states`)."""
     modules: dict[int, nn.Module] = {}
     for modality in ("image", "audio"):
         linear = nn.Linear(*state[f"{modality}.weight"].shape)
@@ -182,7 +192,7 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     """The five kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
     tails' starts) may be None when `tail_rows` is 0."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     refusal, compliance, tail = encode(cfg.refusal) + [end_of_turn], encode(cfg.compliance) + [end_of_turn], \
         encode(cfg.tail) + [end_of_turn]
     harmful = [e.instruction for e in examples if e.label == "harmful"]
@@ -201,7 +211,7 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     for request in typed:  # text sequences: replay rows train them, harmless read rows are taught by them
         ids = prompts[request] + answers[request]
         twin[request] = rows.add_sequence(ids, [0] * len(ids))
-    kept_positions = lambda prompt, answer: list(range(len(prompt) - 1, len(prompt) - 1 + len(answer)  # noqa: E731
+    kept_positions = lambda prompt, answer: list(range(len(prompt) - 1, len(prompt) - 1 + len(answer)
                                                        + (end_of_turn not in answer)))
     for request in replay:
         at = kept_positions(prompts[request], answers[request])
@@ -211,7 +221,7 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     starts = dict(zip(starts_for, greedy_tokens(base_model, tokenizer, [chat_prompt(tokenizer, r) for r in starts_for],
                                                 10))) if starts_for and base_model is not None else {}
     for modality in cfg.modalities:
-        read = lambda request: read_prompt(processor, request, modality)  # noqa: E731
+        read = functools.partial(read_prompt, processor, modality=modality)
         for request in read_harmless:
             ids, types = read(request)
             answer = answers[request]
@@ -302,7 +312,7 @@ def train_collapse(cfg: CollapseConfig, text_adapter: Path, out: Path, base: Pin
     del plain
     projectors = offset_projectors(text_model.get_input_embeddings().weight, cfg)
     states = lower_states(text_model, rows.ids, cfg.first_layer, types=rows.types,
-                          projectors=_projector_modules(projectors))
+                          projectors=projector_modules(projectors))
     prepared = time.perf_counter() - started
     peft_model = add_adapter(text_model, AdapterConfig(first_layer=cfg.first_layer, rank=cfg.rank, alpha=cfg.alpha))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]

@@ -46,8 +46,7 @@ from .corpus import Example
 from .training_text import text_training_set
 
 __all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "greedy_tokens", "layer_range",
-           "lower_states", "main", "pad_rows", "refusal_rivals", "upper_logits",
-           "scale_lora", "train_adapter"]
+           "lower_states", "main", "pad_rows", "refusal_rivals", "scale_lora", "train_adapter", "upper_logits"]
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
