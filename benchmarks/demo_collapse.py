@@ -108,6 +108,24 @@ def generic_counts(run: Path) -> dict[str, dict[str, int]]:
     return found
 
 
+def gate_counts(run: Path) -> dict[str, dict[str, Any]]:
+    """Per modality and label of an eval run's adaptive answers: the mean self-rectification score s(x), how many
+    got more than half the largest α given (the gate passed them), and how many of those were refused."""
+    rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+    adaptive = [r for r in rows if r["mode"] == "adaptive" and r["modality"] != "text" and r["score"] is not None]
+    found: dict[str, dict[str, Any]] = {}
+    for modality in sorted({r["modality"] for r in adaptive}):
+        top = max(r["alpha"] for r in adaptive if r["modality"] == modality)
+        for label in ("harmful", "harmless"):
+            group = [r for r in adaptive if r["modality"] == modality and r["label"] == label]
+            passed = [r for r in group if r["alpha"] > top / 2]
+            found[f"{modality}/{label}"] = {
+                "n": len(group), "mean_score": round(sum(r["score"] for r in group) / len(group), 3),
+                "passed_gate": len(passed), "refused_after_passing": sum(r["verdict"] == "refused" for r in passed),
+                "refused_without_passing": sum(r["verdict"] == "refused" for r in group if r not in passed)}
+    return found
+
+
 def eval_summary(run: Path) -> dict[str, Any]:
     """What the record keeps of an `explorer eval` run: its prompts' source, verdict counts, ReGap's choices, and
     the generic-tail counts (`generic_counts`)."""
@@ -124,6 +142,7 @@ def eval_summary(run: Path) -> dict[str, Any]:
                   "strengths": regap.get("mode_strengths"), "budget": choice.get("budget"),
                   "sweep": choice.get("rates")} if regap else None,
         "generic": generic_counts(run),
+        "gate": gate_counts(run),
         "elapsed_seconds": metrics.get("elapsed_seconds"),
     }
 
