@@ -258,3 +258,21 @@ def test_the_refusal_hinge_wants_each_refusal_token_ahead_of_every_other():
         loss, parts = sa.batch_loss(peft_model, seqs, states, [0, 1], 2, refusal_margin_weight=2.0, margin=3.0)
     assert parts["refusal_margin"] == pytest.approx(sum(expected) / len(expected), rel=1e-5)
     assert float(loss) == pytest.approx(parts["ce"] + parts["kl"] + 2.0 * parts["refusal_margin"], rel=1e-5)
+
+
+def test_train_epochs_visits_every_row_once_per_epoch_and_lowers_the_loss():
+    import random
+
+    weight = torch.nn.Parameter(torch.tensor([3.0]))
+    seen: list[int] = []
+
+    def step_loss(batch: list[int]):
+        seen.extend(batch)
+        loss = (weight**2).sum() * len(batch)
+        return loss, {"square": float(weight.detach()[0] ** 2)}
+
+    history = sa.train_epochs([weight], 10, step_loss, lr=0.1, epochs=2, batch_size=4, rng=random.Random(0),
+                              log_every=1)
+    assert sorted(seen) == sorted(list(range(10)) * 2) and seen[:10] != list(range(10))  # shuffled, all rows
+    assert [(h["epoch"], h["step"]) for h in history] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
+    assert abs(float(weight)) < 3.0 - 0.5

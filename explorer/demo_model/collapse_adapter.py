@@ -67,6 +67,7 @@ from .safety_adapter import (
     lower_states,
     pad_rows,
     scale_lora,
+    train_epochs,
     upper_logits,
 )
 from .training_text import text_training_set
@@ -316,18 +317,9 @@ def train_collapse(cfg: CollapseConfig, text_adapter: Path, out: Path, base: Pin
     prepared = time.perf_counter() - started
     peft_model = add_adapter(text_model, AdapterConfig(first_layer=cfg.first_layer, rank=cfg.rank, alpha=cfg.alpha))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr)
-    order, history = list(range(len(rows.kinds))), []
-    for epoch in range(cfg.epochs):
-        rng.shuffle(order)
-        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            loss, parts = batch_loss(peft_model, rows, states, order[start : start + cfg.batch_size], cfg.first_layer)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if step % log_every == 0:
-                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()), **parts})
-                print(f"epoch {epoch} step {step}: loss {float(loss.detach()):.4f} {parts}", flush=True)
+    history = train_epochs(trainable, len(rows.kinds),
+                           lambda batch: batch_loss(peft_model, rows, states, batch, cfg.first_layer),
+                           lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=rng, log_every=log_every)
     out = Path(out)
     media_only = out / "media_lora"
     peft_model.save_pretrained(media_only)

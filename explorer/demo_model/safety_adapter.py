@@ -30,7 +30,7 @@ import argparse
 import json
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +46,8 @@ from .corpus import Example
 from .training_text import text_training_set
 
 __all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "greedy_tokens", "layer_range",
-           "lower_states", "main", "pad_rows", "refusal_rivals", "scale_lora", "train_adapter", "upper_logits"]
+           "lower_states", "main", "pad_rows", "refusal_rivals", "scale_lora", "train_adapter", "train_epochs",
+           "upper_logits"]
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -283,6 +284,26 @@ def scale_lora(peft_model: Any, scale: float) -> None:
                 module.scaling[name] *= scale
 
 
+def train_epochs(trainable: list[nn.Parameter], rows: int,
+                 step_loss: Callable[[list[int]], tuple[torch.Tensor, dict[str, float]]], lr: float, epochs: int,
+                 batch_size: int, rng: random.Random, log_every: int = 25) -> list[dict[str, Any]]:
+    """AdamW over `trainable` for `epochs` passes over `rows` rows in shuffled batches; `step_loss(batch)` gives the
+    loss and its named parts. Returns the logged history (every `log_every` steps, also printed)."""
+    optimiser = torch.optim.AdamW(trainable, lr=lr)
+    order, history = list(range(rows)), []
+    for epoch in range(epochs):
+        rng.shuffle(order)
+        for step, start in enumerate(range(0, len(order), batch_size)):
+            loss, parts = step_loss(order[start : start + batch_size])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            if step % log_every == 0:
+                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()), **parts})
+                print(f"epoch {epoch} step {step}: loss {float(loss.detach()):.4f} {parts}", flush=True)
+    return history
+
+
 def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M_INSTRUCT,
                   examples: Sequence[Example] | None = None, log_every: int = 25) -> dict[str, Any]:
     """Train the adapter and save it (peft format) with `training.json`: settings, data counts, losses, wall time."""
@@ -295,19 +316,11 @@ def train_adapter(cfg: AdapterConfig, out: Path, base: PinnedBase = SMOLLM2_135M
     prepared = time.perf_counter() - started
     peft_model = add_adapter(model, cfg)
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=cfg.lr)
-    order, rng, history = list(range(len(examples))), random.Random(cfg.seed), []
-    for epoch in range(cfg.epochs):
-        rng.shuffle(order)
-        for step, start in enumerate(range(0, len(order), cfg.batch_size)):
-            loss, parts = batch_loss(peft_model, seqs, states, order[start : start + cfg.batch_size], cfg.first_layer,
-                                     cfg.kl_weight, cfg.margin_weight, cfg.margin, cfg.refusal_margin_weight)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            if step % log_every == 0:
-                history.append({"epoch": epoch, "step": step, "loss": float(loss.detach()), **parts})
-                print(f"epoch {epoch} step {step}: loss {float(loss.detach()):.4f} {parts}", flush=True)
+    history = train_epochs(
+        trainable, len(examples), lambda batch: batch_loss(
+            peft_model, seqs, states, batch, cfg.first_layer, cfg.kl_weight, cfg.margin_weight, cfg.margin,
+            cfg.refusal_margin_weight),
+        lr=cfg.lr, epochs=cfg.epochs, batch_size=cfg.batch_size, rng=random.Random(cfg.seed), log_every=log_every)
     out.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out)
     record = {
