@@ -9,9 +9,10 @@ as built, not assumed.
 
 Parts, per media modality:
 - **the projector** (the modality drift): identity weight plus a fixed offset of `offset_norm` × the mean
-  token-embedding norm in a seeded random direction; it marks read tokens as read, as a vision tower marks patches;
+  token-embedding norm in a seeded random direction, added at every prompt position from the medium on (the
+  processor's marks: explorer.model.reading_processor), as an image leaves its imprint on every later token;
 - **the media LoRA** (layers `first_layer`..last, on top of the text safety adapter merged at `text_scale`), trained
-  from cached layer-`first_layer` inputs on five kinds of row:
+  from cached layer-`first_layer` inputs on six kinds of row:
   1. *text replay*: typed requests of both labels, KL to the text model's own next-token distributions (prompt end
      and its first `answer_tokens` greedy tokens), so that text behaviour stays the text adapter's;
   2. *harmless read*: a read harmless request (carrier sentence + read tokens, as the processor builds it), KL to the
@@ -25,13 +26,13 @@ Parts, per media modality:
      basics, ...") 17 times in 100; a refusal, once begun, is finished;
   6. *typed carrier*: a request of either label in the read prompt's exact layout (carrier sentence included) but
      typed (no projector), KL to the text model on the plain typed request. Why: without these rows the LoRA keyed
-     on the carrier sentence, not on the drift (measured on collapse 1: 14 of 16 harmful validation requests typed
-     with the carrier were complied with), and a cue that is words cannot be subtracted by ReGap; with them, the
+     on the carrier sentence, not on the drift (collapse 1 in docs/demo-build.md: harmful requests typed beside the
+     carrier were complied with), and a cue that is words cannot be subtracted by ReGap; with them, the
      modality offset is the only difference between "read" and "typed".
 The combined LoRA (text × `text_scale` + media) is written as one peft folder (explorer.demo_model.lora_files).
 
     python -m explorer.demo_model.collapse_adapter --text-adapter build/demo_next/text_adapter_v4 \\
-        --out build/demo_next/media_adapter
+        --out build/demo_next/collapse_3
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
 class MediaRows:
     """Training rows over shared sequences. Row k trains sequence `student[k]` at `positions[k]`: cross-entropy on
     the next token where `teacher[k]` is -1, else KL to the text model on sequence `teacher[k]` at
-    `teacher_positions[k]` (as many positions, aligned). `kinds[k]` names the row's kind (the five above)."""
+    `teacher_positions[k]` (as many positions, aligned). `kinds[k]` names the row's kind (the six above)."""
 
     ids: list[torch.Tensor]
     types: list[torch.Tensor]
@@ -190,7 +191,7 @@ def _kept(answer: list[int], end_of_turn: int) -> list[int]:
 
 def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: Any, processor: ReadingProcessor,
                 examples: list[Example], cfg: CollapseConfig, rng: random.Random) -> MediaRows:
-    """The five kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
+    """The six kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
     tails' starts) may be None when `tail_rows` is 0."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
