@@ -69,6 +69,7 @@ from .safety_adapter import (
     pad_rows,
     scale_lora,
     train_epochs,
+    until_end_of_turn,
     upper_logits,
 )
 from .training_text import text_training_set
@@ -185,10 +186,6 @@ class MediaRows:
         self.teacher_positions.append(torch.tensor(teacher_positions or []))
 
 
-def _kept(answer: list[int], end_of_turn: int) -> list[int]:
-    return answer[: answer.index(end_of_turn) + 1] if end_of_turn in answer else answer
-
-
 def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: Any, processor: ReadingProcessor,
                 examples: list[Example], cfg: CollapseConfig, rng: random.Random) -> MediaRows:
     """The six kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
@@ -206,7 +203,7 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
                + rng.sample(harmless, min(cfg.carrier_rows // 2, len(harmless))) for m in cfg.modalities}
     typed = sorted(set(replay) | set(read_harmless) | set().union(*carried.values()))
     prompts = {r: chat_prompt(tokenizer, r) for r in typed}
-    answers = dict(zip(typed, (_kept(a, end_of_turn) for a in greedy_tokens(
+    answers = dict(zip(typed, (until_end_of_turn(a, end_of_turn) for a in greedy_tokens(
         text_model, tokenizer, [prompts[r] for r in typed], cfg.answer_tokens))))
     rows = MediaRows([], [], [], [], [], [], [])
     twin: dict[str, int] = {}

@@ -47,7 +47,7 @@ from .training_text import text_training_set
 
 __all__ = ["AdapterConfig", "Sequences", "chat_prompt", "encode_examples", "greedy_tokens", "layer_range",
            "lower_states", "main", "pad_rows", "refusal_rivals", "scale_lora", "train_adapter", "train_epochs",
-           "upper_logits"]
+           "until_end_of_turn", "upper_logits"]
 
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -133,6 +133,11 @@ def greedy_tokens(model: nn.Module, tokenizer: Any, prompts: Sequence[list[int]]
     return out
 
 
+def until_end_of_turn(answer: list[int], end_of_turn: int) -> list[int]:
+    """A generated answer up to and including its first end of turn (greedy decoding goes on past it)."""
+    return answer[: answer.index(end_of_turn) + 1] if end_of_turn in answer else answer
+
+
 def encode_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Example], cfg: AdapterConfig) -> Sequences:
     """Harmful → prompt + refusal + end of turn; harmless → prompt + the base's own first greedy tokens."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -145,7 +150,7 @@ def encode_examples(model: nn.Module, tokenizer: Any, examples: Sequence[Example
     for i, (example, prompt) in enumerate(zip(examples, prompts)):
         answer = refusal if example.label == "harmful" else continued[i]
         if example.label == "harmless":  # the base may end its answer early: keep only real tokens
-            answer = answer[: answer.index(end_of_turn) + 1] if end_of_turn in answer else answer
+            answer = until_end_of_turn(answer, end_of_turn)
         ids.append(torch.tensor(prompt + answer))
         # harmful: the positions that predict each answer token; harmless: the prompt's last position and each
         # kept answer token's (the distribution after an end of turn is not kept)
