@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -86,6 +88,44 @@ def test_choose_strength_rule_on_a_scripted_model(monkeypatch: pytest.MonkeyPatc
     assert choice.per_modality == {"image": 0.25} and choice.over_budget == ["image"]  # none within: the smallest
     with pytest.raises(ValueError, match="image/audio"):
         choose_strength(model, items, None, CorrectionConfig(mode="adaptive"), ["text"])  # type: ignore[arg-type]
+
+
+def test_choose_strength_sees_loops_that_start_after_the_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From α 2 on, every image answer refuses and then loops after its 16th token (as collapse 3 of the next demo
+    did at α 3): judged on 16 tokens the loop is invisible and α 2 is chosen; judged on the run's 48 tokens every
+    answer is broken and the clean α 1 (nothing refused, nothing broken) is kept."""
+    from explorer.correction.generation import GenerationResult
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation import calibration
+    from explorer.evaluation.calibration import choose_strength
+    from explorer.inputs.data import Instruction
+
+    items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
+             for i in range(4)]
+
+    def scripted(_model, prompts, _profile, config, max_new_tokens=16):  # type: ignore[no-untyped-def]
+        out = []
+        for prompt in prompts:
+            alpha = config.strength if config.mode != "off" and prompt.modality != "text" else 0.0
+            words = ["Sure,", "here", "is", "a", "plan."]
+            if alpha >= 2.0 and prompt.label == "harmful":
+                words = "I can't help with that request, and I will not assist with it in any way.".split()
+                words += ["I'm", "not", "sure."] * 20  # the loop begins at the 17th word
+            out.append(GenerationResult(" ".join(words[:max_new_tokens]), [], config.mode, prompt.modality, alpha))
+        return out
+
+    class ScriptedModel:  # a rendered prompt carries only what the script reads
+        def render(self, item: Instruction, modality: str) -> SimpleNamespace:
+            return SimpleNamespace(label=item.label, modality=modality)
+
+    model = ScriptedModel()
+    monkeypatch.setattr(calibration, "generate_batch", scripted)
+    config = CorrectionConfig(mode="adaptive")
+    short = choose_strength(model, items, None, config, ["image"], candidates=[1.0, 2.0])  # type: ignore[arg-type]
+    assert short.per_modality == {"image": 2.0} and short.rates["2.0"]["image/broken"] == 0.0
+    full = choose_strength(model, items, None, config, ["image"], candidates=[1.0, 2.0], max_new_tokens=48)  # type: ignore[arg-type]
+    assert full.rates["2.0"]["image/broken"] == 0.5 and full.rates["2.0"]["image/harmful"] == 0.0
+    assert full.per_modality == {"image": 1.0}
 
 
 def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tiny_calibration, tmp_path, monkeypatch) -> None:

@@ -143,12 +143,23 @@ def test_rerun_with_other_settings_is_refused(tiny_eval_run, capsys):
     assert "different settings (correction" in capsys.readouterr().err
 
 
-def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp_path):
+def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
+    from explorer.app import cli
+
+    lengths = []  # the calibration answers are as long as the run's (a loop after a refusal is seen)
+
+    def spied(*args, **kwargs):  # type: ignore[no-untyped-def]
+        lengths.append(kwargs["max_new_tokens"])
+        return choose(*args, **kwargs)
+
+    choose = cli.choose_strength
+    monkeypatch.setattr(cli, "choose_strength", spied)
     out = tmp_path / "run"
     args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
             "--regap", "off,fixed,adaptive", "--strength", "auto", "--calibration-limit", "2", "--limit", "2",
             "--max-new-tokens", "2", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
     assert main(args) == 0
+    assert lengths == [2, 2]  # fixed and adaptive, each tuned at the run's --max-new-tokens
     regap = json.loads((out / "metrics.json").read_text())["regap"]
     choice = regap["strength_choice"]
     assert regap["strength"] == choice["strength"] == choice["per_modality"]["image"]

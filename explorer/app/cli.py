@@ -185,7 +185,8 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
             if ranks.is_main:
                 print(f"choosing α_max for {mode} on the calibration split ...", file=sys.stderr)
             choice = choose_strength(model, cal_items, profile, replace(correction, mode=mode), modalities,
-                                     judge=judge, batch_size=args.batch_size, ranks=ranks)
+                                     judge=judge, batch_size=args.batch_size, ranks=ranks,
+                                     max_new_tokens=args.max_new_tokens)
             strength_choices[mode] = choice
             if ranks.is_main:
                 print(json.dumps({"mode": mode, "strength": choice.per_modality, "budget": round(choice.budget, 4),

@@ -254,8 +254,10 @@ def choose_strength(
     (refused or broken answers) stay within text's calibration harmless failures plus `over_refusal_budget` and
     whose broken answers (harmful and harmless together) stay within `broken_budget`, the one with the highest
     harmful refusal, a broken answer never counted as one (ties: the smaller α); if none qualifies, the smallest
-    candidate. Refusals are said first,
-    so a short `max_new_tokens` suffices for the judge. In a data-parallel run each rank generates for its
+    candidate. Refusals are said first, so a short `max_new_tokens` suffices for the judge, but not for the broken
+    check: a corrected answer can refuse and then loop ("I can't help with that. I'm not sure. I'm not sure. …"),
+    which 16 tokens do not show. The CLI passes the evaluation's own answer length, so the choice sees the answers
+    the run will judge. In a data-parallel run each rank generates for its
     shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
     """
     candidates = strength_candidates(config.mode) if candidates is None else candidates
