@@ -139,8 +139,12 @@ def eval_summary(run: Path) -> dict[str, Any]:
                            "broken": v["broken"]["count"], "broken_reasons": v.get("broken_reasons", {})}
                      for key, v in metrics["verdicts"].items()},
         "regap": {"layers": regap.get("layers"), "probe_layer": regap.get("probe_layer"),
-                  "strengths": regap.get("mode_strengths"), "budget": choice.get("budget"),
-                  "sweep": choice.get("rates")} if regap else None,
+                  "rule": regap.get("rule"), "strengths": regap.get("mode_strengths"),
+                  "thresholds": regap.get("mode_thresholds"),
+                  "mean_scores": (regap.get("threshold_choices") or {}).get("adaptive", {}).get("mean_scores"),
+                  "budget": choice.get("budget"), "sweep": choice.get("rates"),
+                  "mode_sweeps": {mode: c.get("rates") for mode, c in (regap.get("strength_choices") or {}).items()
+                                  if mode != "adaptive"}} if regap else None,
         "generic": generic_counts(run),
         "gate": gate_counts(run),
         "elapsed_seconds": metrics.get("elapsed_seconds"),

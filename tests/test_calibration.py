@@ -128,6 +128,50 @@ def test_choose_strength_sees_loops_that_start_after_the_refusal(monkeypatch: py
     assert full.per_modality == {"image": 1.0}
 
 
+def test_choose_threshold_is_halfway_between_the_mean_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """τ per modality = the midpoint of the mean s(x) of the calibration split's harmful and harmless inputs of that
+    modality (scored with the config it is given), applied per modality; text is never scored."""
+    from explorer.correction.regap import CorrectionConfig
+    from explorer.evaluation import calibration
+    from explorer.evaluation.calibration import choose_threshold
+    from explorer.inputs.data import Instruction
+
+    items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
+             for i in range(5)]
+    scored = []  # (modality, labels, probe strength) of every call, so nothing is scored twice or as text
+    # harmful images 0.4..0.8 (mean 0.6), harmless images 0.0 each; audio harmful 0.3, harmless -0.1
+    table = {("image", "harmful"): [0.4, 0.5, 0.6, 0.7, 0.8], ("image", "harmless"): [0.0] * 5,
+             ("audio", "harmful"): [0.3] * 5, ("audio", "harmless"): [-0.1] * 5}
+
+    def scores(_model, prompts, _profile, config, _settings):  # type: ignore[no-untyped-def]
+        labels = {p.label for p in prompts}
+        assert len(labels) == 1 and len({p.modality for p in prompts}) == 1
+        scored.append((prompts[0].modality, labels.pop(), config.probe_strength))
+        return table[(prompts[0].modality, prompts[0].label)][: len(prompts)]
+
+    class ScriptedModel:
+        def render(self, item: Instruction, modality: str) -> SimpleNamespace:
+            return SimpleNamespace(label=item.label, modality=modality)
+
+    monkeypatch.setattr(calibration, "self_rectification_scores", scores)
+    config = CorrectionConfig(mode="adaptive", probe_strength=1.0)
+    choice = choose_threshold(ScriptedModel(), items, None, config, ["text", "image", "audio"])  # type: ignore[arg-type]
+    assert sorted(scored) == [("audio", "harmful", 1.0), ("audio", "harmless", 1.0), ("image", "harmful", 1.0),
+                              ("image", "harmless", 1.0)]
+    assert choice.per_modality == pytest.approx({"image": 0.3, "audio": 0.1})
+    assert choice.mean_scores == pytest.approx({"image/harmful": 0.6, "image/harmless": 0.0, "audio/harmful": 0.3,
+                                                "audio/harmless": -0.1})
+    assert choice.counts == {"image/harmful": 5, "image/harmless": 5, "audio/harmful": 5, "audio/harmless": 5}
+    applied = choice.apply(CorrectionConfig(mode="adaptive", threshold=0.5))
+    assert applied.for_modality("image").threshold == pytest.approx(0.3)
+    assert applied.for_modality("audio").threshold == pytest.approx(0.1)
+    assert applied.for_modality("video").threshold == 0.5  # the plain τ stays the fallback
+    with pytest.raises(ValueError, match="image/audio"):
+        choose_threshold(ScriptedModel(), items, None, config, ["text"])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no harmless calibration items"):
+        choose_threshold(ScriptedModel(), items[:5], None, config, ["image"])  # type: ignore[arg-type]
+
+
 def test_corrected_calibration_is_read_back_from_disk(tiny_llava, tiny_calibration, tmp_path, monkeypatch) -> None:
     """The app's first Analyse of a setting re-captures every media calibration item under the correction; a
     second start reads the same states from the disk cache instead, keyed by the whole correction."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -180,6 +181,41 @@ def test_strength_auto_is_chosen_on_calibration_and_recorded(tiny_model_dir, tmp
     fixed_alphas = {r["alpha"] for r in records if r["mode"] == "fixed" and r["modality"] == "image"}
     assert fixed_alphas == {choices["fixed"]["per_modality"]["image"]}
     assert json.loads((out / "run.json").read_text())["mode_strengths"] == regap["mode_strengths"]
+
+
+def test_threshold_auto_is_chosen_on_calibration_applied_per_item_and_recorded(tiny_model_dir, tmp_path):
+    """`--threshold auto`: τ for images is the midpoint of the calibration split's mean harmful and harmless image
+    scores; every adaptive image answer's α(x) is the sigmoid at that τ; metrics.json and run.json record it."""
+    out = tmp_path / "run"
+    args = ["eval", "--model", str(tiny_model_dir("llava")), "--device", "cpu", "--modalities", "text,image",
+            "--regap", "off,adaptive", "--strength", "1.5", "--threshold", "auto", "--temperature", "0.2",
+            "--calibration-limit", "3", "--limit", "2", "--max-new-tokens", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--out", str(out)]
+    assert main(args) == 0
+    regap = json.loads((out / "metrics.json").read_text())["regap"]
+    choice = regap["threshold_choices"]["adaptive"]
+    means = choice["mean_scores"]
+    tau = choice["per_modality"]["image"]
+    assert tau == pytest.approx((means["image/harmful"] + means["image/harmless"]) / 2)
+    assert choice["counts"] == {"image/harmful": 3, "image/harmless": 3}
+    assert regap["modality_thresholds"] == {"image": tau} and regap["mode_thresholds"] == {"adaptive": {"image": tau}}
+    rows = [r for r in regap["per_item"] if r["modality"] == "image" and r["mode"] == "adaptive"]
+    assert len(rows) == 4
+    for row in rows:
+        assert row["alpha"] == pytest.approx(1.5 / (1.0 + math.exp(-(row["s"] - tau) / 0.2)), abs=1e-6)
+    run = json.loads((out / "run.json").read_text())
+    assert run["mode_thresholds"] == {"adaptive": {"image": tau}}
+    assert main(args) == 0  # the same command resumes: the same τ, chosen again, is the same setting
+
+
+def test_threshold_auto_needs_the_sigmoid_gate_of_adaptive(capsys):
+    for extra in (["--rule", "linear"], ["--regap", "off,fixed"]):
+        with pytest.raises(SystemExit):
+            main(["eval", "--threshold", "auto", *extra, "--out", "x"])
+        assert "--threshold auto tunes the sigmoid gate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["eval", "--threshold", "inf", "--out", "x"])
+    assert "--threshold must be a finite number" in capsys.readouterr().err
 
 
 def test_strength_must_be_a_number_or_auto(capsys):

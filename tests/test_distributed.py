@@ -62,8 +62,8 @@ def _eval(model: str, tmp_path: Path, out: Path, cache: Path, processes: int,
           kill_at: int = 0) -> subprocess.CompletedProcess:
     script = KILLABLE_CLI
     args = ["eval", "--model", model, "--device", "cpu", "--modalities", "text,image",
-            "--regap", "off,fixed,adaptive", "--strength", "auto", "--calibration-limit", "3", "--limit", "3",
-            "--max-new-tokens", "5", "--batch-size", "2", "--cache-dir", str(cache), "--out", str(out)]
+            "--regap", "off,fixed,adaptive", "--strength", "auto", "--threshold", "auto", "--calibration-limit", "3",
+            "--limit", "3", "--max-new-tokens", "5", "--batch-size", "2", "--cache-dir", str(cache), "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "KILL_AT": str(kill_at), "KILL_RANK": "1",
            "OMP_NUM_THREADS": "1"}
     if processes == 1:
@@ -92,6 +92,9 @@ def _assert_same_run(single: Path, parallel: Path) -> None:
     assert m1["refusal_rate"] == m2["refusal_rate"] and m1["skipped"] == m2["skipped"]
     assert m1["regap"]["strength_choice"] == m2["regap"]["strength_choice"]
     assert m1["regap"]["modality_strengths"] == m2["regap"]["modality_strengths"]
+    one_tau, two_tau = (m["regap"]["threshold_choices"]["adaptive"] for m in (m1, m2))  # scored per shard, gathered
+    assert one_tau["counts"] == two_tau["counts"] == {"image/harmful": 3, "image/harmless": 3}
+    assert one_tau["per_modality"]["image"] == pytest.approx(two_tau["per_modality"]["image"], abs=1e-5)
     assert [(r["id"], r["modality"], r["mode"]) for r in m1["regap"]["per_item"]] == \
         [(r["id"], r["modality"], r["mode"]) for r in m2["regap"]["per_item"]]
     for name, table in m1["per_layer"].items():

@@ -127,6 +127,24 @@ def test_modality_strengths_override_strength_for_that_modality(tiny_llava):
         CorrectionConfig(modality_strengths=(("image", -1.0),))
 
 
+def test_modality_thresholds_set_the_gate_for_that_modality(tiny_llava):
+    """Under modality_thresholds {image: τ}, an image prompt's α(x) is the sigmoid at that τ (its s(x) unchanged);
+    an audio entry does not touch it; a non-finite τ is refused."""
+    profile = _profile_for(tiny_llava)
+    prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[1])
+    config = CorrectionConfig(mode="adaptive", strength=2.0, layers=(0,), probe_layer=2, threshold=0.5,
+                              temperature=0.5)
+    plain = generate(tiny_llava, prompt, profile, config, max_new_tokens=4)
+    tau = plain.score - 0.25  # a τ just below this prompt's score: a wider gate than 0.5 would be for most scores
+    own = generate(tiny_llava, prompt, profile, replace(config, modality_thresholds=(("image", tau),)), max_new_tokens=4)
+    assert own.score == pytest.approx(plain.score, abs=1e-5)
+    assert own.alpha == pytest.approx(2.0 / (1.0 + math.exp(-0.25 / 0.5)), abs=1e-4)
+    other = generate(tiny_llava, prompt, profile, replace(config, modality_thresholds=(("audio", tau),)), max_new_tokens=4)
+    assert other.alpha == pytest.approx(plain.alpha)
+    with pytest.raises(ValueError, match="threshold for image"):
+        CorrectionConfig(modality_thresholds=(("image", float("nan")),))
+
+
 def test_concurrent_steered_and_plain_threads_match_sequential(tiny_llava):
     profile = _profile_for(tiny_llava)
     prompt = image_prompt(IMAGE_CARRIER + " " + TEXTS[2])

@@ -84,6 +84,7 @@ def _regap_block(prompt: Prompt, config: CorrectionConfig, score: float | None, 
     return {
         "layers": list(config.layers), "strength": config.strength, "probe_layer": config.probe_layer,
         "positions": config.positions, "rule": config.rule, "modality_strengths": dict(config.modality_strengths),
+        "threshold": config.threshold, "modality_thresholds": dict(config.modality_thresholds),
         "per_item": [{"id": "your prompt", "modality": prompt.modality, "mode": config.mode, "s": score,
                       "alpha": alpha}] if score is not None else [],
         "mode_strengths": {config.mode: strengths} if config.mode != "off" else {},

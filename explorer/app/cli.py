@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,17 +27,23 @@ from explorer.correction.regap import CorrectionConfig, PositionScope, Rule
 from explorer.evaluation.calibration import (
     calibrate,
     calibration_source_for,
+    StrengthChoice,
+    ThresholdChoice,
     choose_strength,
+    choose_threshold,
     load_calibration_items,
 )
 from explorer.evaluation.compare import compare_runs, load_run, write_comparison
+from explorer.evaluation.judge import Judge
 from explorer.evaluation.judge_model import JUDGE_FORMATS, load_judge
 from explorer.evaluation.runner import EvalSettings, evaluate
 from explorer.inputs.data import Instruction
 from explorer.inputs.importers import FORMATS, load_prompt_sources
 from explorer.inputs.overlap import calibration_overlap
 from explorer.model.capture import CaptureSettings, Pooling
+from explorer.geometry.profile import Profile
 from explorer.model.loading import load_model
+from explorer.model.models import LoadedModel
 
 __all__ = ["main"]
 
@@ -76,6 +83,19 @@ def _strength(text: str) -> float | str:
     return value
 
 
+def _threshold(text: str) -> float | str:
+    """A finite number, or `auto` (τ chosen per modality on the calibration split)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--threshold takes a number or 'auto', got {text!r}") from err
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"--threshold must be a finite number, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m explorer", description="Safety Geometry Explorer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,7 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--positions", default="all", choices=get_args(PositionScope))
     ev.add_argument("--rule", default="sigmoid", choices=get_args(Rule))
     ev.add_argument("--probe-strength", type=float, default=1.0, help="α of adaptive's probe pass")
-    ev.add_argument("--threshold", type=float, default=0.5, help="τ of the sigmoid rule")
+    ev.add_argument("--threshold", type=_threshold, default=0.5,
+                    help="τ of the sigmoid rule, or 'auto': per modality, halfway between the mean self-rectification "
+                         "scores of the calibration split's harmful and harmless inputs (adaptive, sigmoid)")
     ev.add_argument("--temperature", type=float, default=0.1, help="T of the sigmoid rule")
     ev.add_argument("--max-new-tokens", type=int, default=48)
     ev.add_argument("--limit", type=int, default=None, help="at most N items per label")
@@ -177,24 +199,18 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
               "they measure the fit, not the method (metrics.json, calibration_overlap)", file=sys.stderr)
     correction = CorrectionConfig(mode="adaptive", strength=1.0 if args.strength == "auto" else args.strength,
                                   layers=layers, probe_layer=args.probe_layer, positions=args.positions,
-                                  rule=args.rule, probe_strength=args.probe_strength, threshold=args.threshold,
+                                  rule=args.rule, probe_strength=args.probe_strength,
+                                  threshold=0.5 if args.threshold == "auto" else args.threshold,
                                   temperature=args.temperature)
-    strength_choices = {}
-    if args.strength == "auto":  # each correcting mode gets its own α, chosen on calibration under one budget
-        for mode in (m for m in args.regap if m != "off"):
-            if ranks.is_main:
-                print(f"choosing α_max for {mode} on the calibration split ...", file=sys.stderr)
-            choice = choose_strength(model, cal_items, profile, replace(correction, mode=mode), modalities,
-                                     judge=judge, batch_size=args.batch_size, ranks=ranks,
-                                     max_new_tokens=args.max_new_tokens)
-            strength_choices[mode] = choice
-            if ranks.is_main:
-                print(json.dumps({"mode": mode, "strength": choice.per_modality, "budget": round(choice.budget, 4),
-                                  "calibration_rates": choice.rates}), file=sys.stderr)
-        if "adaptive" in strength_choices:
-            correction = strength_choices["adaptive"].apply(correction)
+    threshold_choices, strength_choices = _tune_on_calibration(args, model, cal_items, profile, correction,
+                                                               modalities, judge, ranks)
+    if "adaptive" in threshold_choices:
+        correction = threshold_choices["adaptive"].apply(correction)
+    if "adaptive" in strength_choices:
+        correction = strength_choices["adaptive"].apply(correction)
     eval_settings = EvalSettings(modalities=tuple(modalities), modes=tuple(args.regap), correction=correction,
                                  max_new_tokens=args.max_new_tokens, strength_choices=strength_choices,
+                                 threshold_choices=threshold_choices,
                                  batch_size=args.batch_size, judge=judge,
                                  calibration_source=calibration_source_for(args.calibration, model),
                                  calibration_overlap=overlap)
@@ -205,8 +221,41 @@ def _run_model(args: argparse.Namespace, ranks: Ranks, items: list[Instruction],
     return 0
 
 
+def _tune_on_calibration(args: argparse.Namespace, model: LoadedModel, cal_items: list[Instruction], profile: Profile,
+                         correction: CorrectionConfig, modalities: Sequence[Modality], judge: Judge,
+                         ranks: Ranks) -> tuple[dict[str, ThresholdChoice], dict[str, StrengthChoice]]:
+    """`--threshold auto` and `--strength auto`, each correcting mode on its own and on the calibration split only:
+    the gate's τ first (adaptive modes), so that α_max is then chosen for the gate as it will run."""
+    thresholds: dict[str, ThresholdChoice] = {}
+    strengths: dict[str, StrengthChoice] = {}
+    for mode in (m for m in args.regap if m != "off"):
+        config = replace(correction, mode=mode)
+        if args.threshold == "auto" and mode in ("adaptive", "adaptive_raw"):  # each probe strength its own τ
+            thresholds[mode] = choose_threshold(model, cal_items, profile, config, modalities,
+                                                batch_size=args.batch_size, ranks=ranks)
+            config = thresholds[mode].apply(config)
+            if ranks.is_main:
+                print(json.dumps({"mode": mode, "threshold": thresholds[mode].per_modality,
+                                  "mean_scores": thresholds[mode].mean_scores}), file=sys.stderr)
+        if args.strength == "auto":  # each correcting mode gets its own α, chosen under one budget
+            if ranks.is_main:
+                print(f"choosing α_max for {mode} on the calibration split ...", file=sys.stderr)
+            strengths[mode] = choose_strength(model, cal_items, profile, config, modalities, judge=judge,
+                                              batch_size=args.batch_size, ranks=ranks,
+                                              max_new_tokens=args.max_new_tokens)
+            if ranks.is_main:
+                print(json.dumps({"mode": mode, "strength": strengths[mode].per_modality,
+                                  "budget": round(strengths[mode].budget, 4),
+                                  "calibration_rates": strengths[mode].rates}), file=sys.stderr)
+    return thresholds, strengths
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "threshold", None) == "auto" and ("adaptive" not in args.regap or args.rule != "sigmoid"):
+        parser.error("--threshold auto tunes the sigmoid gate of adaptive: run --regap with adaptive and --rule "
+                     "sigmoid (the linear rule has no τ)")
     try:
         return _run(args, ranks_from_env())
     except KeyboardInterrupt:

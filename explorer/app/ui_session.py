@@ -223,7 +223,8 @@ class ModelSession:
         if config.mode == "off":
             return None
         key = (config.mode, round(config.strength, 4), config.layers, config.probe_layer, config.rule,
-               config.positions, config.threshold, config.temperature)
+               config.positions, config.threshold, config.temperature, config.modality_strengths,
+               config.modality_thresholds)
         while True:  # a setting another request (or the start-up warm-up) is capturing is waited for, not redone
             with self._lock:
                 if key in self._corrected:

@@ -72,10 +72,13 @@ class CorrectionConfig:
         layers: corrected layers; one layer, or a contiguous window (increments, formula 7).
         probe_layer: l*, where adaptive reads the self-rectification score; must follow the corrected layers.
         positions: which positions are corrected: all (prompt + generated), prompt only, generated only.
-        rule: adaptive strength rule: sigmoid α_max·σ((s−τ)/T) (default, τ = 0.5: halfway between where
-            harmless and harmful text sit), or linear α_max·clip(s,0,1).
+        rule: adaptive strength rule: sigmoid α_max·σ((s−τ)/T) (default, τ = `threshold`, 0.5: halfway between
+            where harmless and harmful text sit), or linear α_max·clip(s,0,1).
         modality_strengths: (modality, α) pairs that replace `strength` for those modalities (e.g. the
             per-modality α_max that `--strength auto` picks: image and audio drift differ in size).
+        modality_thresholds: (modality, τ) pairs that replace `threshold` for those modalities (the per-modality
+            τ that `--threshold auto` picks: halfway between where the calibration split's harmless and harmful
+            inputs of that modality sit after the probe correction).
     """
 
     mode: Mode = "adaptive"
@@ -88,6 +91,7 @@ class CorrectionConfig:
     threshold: float = 0.5
     temperature: float = 0.1
     modality_strengths: tuple[tuple[str, float], ...] = ()
+    modality_thresholds: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -98,6 +102,10 @@ class CorrectionConfig:
         for name, value in named:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number ≥ 0, got {value!r}")
+        for name, value in [("threshold", self.threshold)] + [(f"threshold for {m}", t)
+                                                              for m, t in self.modality_thresholds]:
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if list(self.layers) != sorted(set(self.layers)) or (
@@ -106,9 +114,11 @@ class CorrectionConfig:
             raise ValueError(f"layers must be one contiguous, increasing window, got {self.layers!r}")
 
     def for_modality(self, modality: str) -> "CorrectionConfig":
-        """This config with `strength` set to the modality's own α when `modality_strengths` names it."""
-        own = dict(self.modality_strengths)
-        return replace(self, strength=own[modality]) if modality in own else self
+        """This config with `strength` (and `threshold`) set to the modality's own α (and τ) where
+        `modality_strengths` (`modality_thresholds`) names it."""
+        strengths, thresholds = dict(self.modality_strengths), dict(self.modality_thresholds)
+        return replace(self, strength=strengths.get(modality, self.strength),
+                       threshold=thresholds.get(modality, self.threshold))
 
     def resolved(self, profile: Profile) -> "CorrectionConfig":
         """This config with empty layers / probe layer filled from the profile's calibrated defaults.

@@ -10,6 +10,8 @@ import logging
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
+import torch
+
 from explorer.core.distributed import SINGLE, Ranks, gather_rows, sum_counts
 from explorer.core.storage import (
     CacheDir,
@@ -21,7 +23,7 @@ from explorer.core.storage import (
 from explorer.core.vocab import LABELS, MEDIA_MODALITIES, Modality
 from explorer.correction.generation import generate_batch
 from explorer.correction.peers import dataset_blank_shift
-from explorer.correction.regap import CorrectionConfig, capture_corrected
+from explorer.correction.regap import CorrectionConfig, capture_corrected, self_rectification_scores
 from explorer.evaluation.judge import Judge, RefusalJudge
 from explorer.evaluation.verdicts import verdict_of
 from explorer.geometry.profile import Profile, build_profile
@@ -46,7 +48,7 @@ from explorer.model.states import StateBatch
 
 __all__ = [
     "Calibration", "MODE_STRENGTH_CANDIDATES", "OVER_REFUSAL_BUDGET", "StrengthChoice", "STRENGTH_CANDIDATES",
-    "calibrate", "choose_strength", "strength_candidates",
+    "ThresholdChoice", "calibrate", "choose_strength", "choose_threshold", "strength_candidates",
     "corrected_calibration", "load_calibration_items", "unrenderable_modalities",
 ]
 
@@ -281,6 +283,61 @@ def choose_strength(
         if not feasible:
             over_budget.append(m)
     return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates, over_budget=over_budget)
+
+
+@dataclass
+class ThresholdChoice:
+    """The sigmoid gate's τ per media modality, chosen on the calibration split (`--threshold auto`).
+
+    Why: τ = 0.5 is halfway between where harmless and harmful *text* sit on the normalised axis (0 and 1 by
+    construction), but the gate reads media inputs after the probe correction, and where those sit is the model's
+    own: on the next demo's collapse 3, harmful images sat at a median s(x) of 0.43 and harmless ones at 0.01, so
+    τ 0.5 gated most harmful images shut (docs/demo-build.md). τ^m is the same rule measured on the inputs the gate
+    sees: halfway between the mean s(x) of the modality's harmful and harmless calibration inputs."""
+
+    per_modality: dict[str, float]  # "image" -> τ for image prompts
+    mean_scores: dict[str, float]  # "image/harmful" -> mean s(x) of the calibration split's harmful images
+    counts: dict[str, int]  # "image/harmful" -> inputs scored
+
+    def apply(self, config: CorrectionConfig) -> CorrectionConfig:
+        """`config` with these τ values per modality (its plain `threshold` stays the fallback)."""
+        return replace(config, modality_thresholds=tuple(sorted(self.per_modality.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def choose_threshold(
+    model: LoadedModel,
+    items: Sequence[Instruction],
+    profile: Profile,
+    config: CorrectionConfig,
+    modalities: Sequence[Modality],
+    batch_size: int = 8,
+    ranks: Ranks = SINGLE,
+) -> ThresholdChoice:
+    """τ per media modality: the midpoint of the mean self-rectification scores (formula 10's probe, at `config`'s
+    layers and probe strength) of the calibration split's harmful and harmless inputs of that modality. Probe
+    passes only (they stop at the probe layer), no generation. In a data-parallel run each rank scores its shard
+    and the scores are gathered, so every rank computes the same means."""
+    media = [m for m in modalities if m in MEDIA_MODALITIES]
+    if not media:
+        raise ValueError("choosing a threshold needs at least one image/audio modality")
+    settings = CaptureSettings(batch_size=batch_size)
+    per_modality, means, counts = {}, {}, {}
+    for modality in media:
+        for label in LABELS:
+            labelled = [i for i in items if i.label == label]
+            if not labelled:
+                raise ValueError(f"no {label} calibration items to choose a threshold on")
+            shard = ranks.shard(labelled)
+            scores = self_rectification_scores(model, [model.render(i, modality) for i in shard], profile, config,
+                                               settings) if shard else []
+            every = gather_rows(ranks, torch.tensor(scores, dtype=torch.float64), len(labelled))
+            means[f"{modality}/{label}"] = float(every.mean())
+            counts[f"{modality}/{label}"] = len(labelled)
+        per_modality[modality] = (means[f"{modality}/harmful"] + means[f"{modality}/harmless"]) / 2
+    return ThresholdChoice(per_modality=per_modality, mean_scores=means, counts=counts)
 
 
 @dataclass(frozen=True)

@@ -167,11 +167,16 @@ def _regap_block(profile: Profile, settings: EvalSettings, per_item: list[dict[s
         "positions": resolved.positions,
         "rule": resolved.rule,
         "modality_strengths": dict(resolved.modality_strengths),
+        "threshold": resolved.threshold,
+        "modality_thresholds": dict(resolved.modality_thresholds),
         "per_item": per_item,
         "mode_strengths": settings.mode_strengths,
+        **({"mode_thresholds": settings.mode_thresholds} if settings.threshold_choices else {}),
         "mode_positions": {mode: applied_positions(mode, resolved.positions) for mode in settings.modes if mode != "off"},
         **({"strength_choice": choices["adaptive"].to_dict()} if "adaptive" in choices else {}),
         **({"strength_choices": {mode: choice.to_dict() for mode, choice in choices.items()}} if choices else {}),
+        **({"threshold_choices": {mode: choice.to_dict() for mode, choice in settings.threshold_choices.items()}}
+           if settings.threshold_choices else {}),
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from explorer.core.vocab import Modality, Mode
 from explorer.correction.regap import CorrectionConfig
-from explorer.evaluation.calibration import StrengthChoice
+from explorer.evaluation.calibration import StrengthChoice, ThresholdChoice
 from explorer.evaluation.judge import Judge, RefusalJudge
 
 __all__ = ["EvalSettings"]
@@ -29,6 +29,8 @@ class EvalSettings:
     judge: Judge = field(default_factory=RefusalJudge)  # the phrase judge, or a model judge (explorer.evaluation.judge_model)
     #: how `--strength auto` chose each mode's own α (per modality) on calibration; recorded in metrics
     strength_choices: Mapping[str, StrengthChoice] = field(default_factory=dict)
+    #: how `--threshold auto` chose each adaptive mode's gate τ (per modality) on calibration; recorded in metrics
+    threshold_choices: Mapping[str, ThresholdChoice] = field(default_factory=dict)
     batch_size: int = 8  # prompts generated together (greedy: the same tokens as one at a time)
     calibration_source: str = ""  # where the profile and α were calibrated ("builtin", "validation", a path)
     #: evaluation items that overlap the calibration set (explorer.inputs.overlap.calibration_overlap), for metrics.json
@@ -50,9 +52,12 @@ class EvalSettings:
         return mode if modality != "text" else self.modes[0]
 
     def correction_for(self, mode: str) -> CorrectionConfig:
-        """The correction `mode` runs with: its own chosen strengths when `--strength auto` chose them, so every
-        mode is compared at its own tuned α under the same over-refusal budget, never at another mode's."""
+        """The correction `mode` runs with: its own chosen strengths (and gate τ) when `--strength auto`
+        (`--threshold auto`) chose them, so every mode is compared at its own tuned setting under the same
+        over-refusal budget, never at another mode's."""
         config = replace(self.correction, mode=mode)
+        threshold = self.threshold_choices.get(mode)
+        config = threshold.apply(config) if threshold is not None else config
         choice = self.strength_choices.get(mode)
         return choice.apply(config) if choice is not None else config
 
@@ -66,3 +71,9 @@ class EvalSettings:
             config = self.correction_for(mode)
             out[mode] = {m: config.for_modality(m).strength for m in self.modalities if m != "text"}
         return out
+
+    @property
+    def mode_thresholds(self) -> dict[str, dict[str, float]]:
+        """{mode: {modality: τ}} of every mode whose gate τ `--threshold auto` chose (`regap.mode_thresholds`)."""
+        return {mode: {m: self.correction_for(mode).for_modality(m).threshold for m in self.modalities if m != "text"}
+                for mode in self.modes if mode in self.threshold_choices}

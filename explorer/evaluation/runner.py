@@ -71,9 +71,14 @@ def _check_same_run(
     is rewritten with the set now run. Returns the fingerprint to record. Only reads: in a data-parallel run every
     rank reads the same file before any rank writes it (`_record_run`, rank 0, after a barrier), so all ranks reach
     the same verdict."""
+    correction = asdict(settings.correction)
+    if not correction["modality_thresholds"]:  # absent from folders written before `--threshold auto`: still resumes
+        del correction["modality_thresholds"]
     fingerprint = json.loads(json.dumps({
         "model": model.name, "revision": model.revision, "calibration_hash": profile.calibration_hash,
-        "correction": asdict(settings.correction), "mode_strengths": settings.mode_strengths,
+        "correction": correction, "mode_strengths": settings.mode_strengths,
+        # only when chosen, so a folder written before `--threshold auto` existed still resumes
+        **({"mode_thresholds": settings.mode_thresholds} if settings.threshold_choices else {}),
         "max_new_tokens": settings.max_new_tokens,
         "judge": settings.judge.describe(),
     }))
