@@ -13,6 +13,9 @@ Writes benchmarks/results/demo_collapse.json under the variant's name: per set a
 counts (phrase judge; a broken answer is never a refusal), 20 greedy tokens. `--eval RUN_DIR` (repeatable) adds the
 summary of an `explorer eval` run of the same folder (through its readers, 48 tokens): its verdict counts per
 modality, mode and label, and ReGap's chosen layers and strengths with the calibration sweep behind them.
+`graded` records, per medium, where between no offset and the full one the model switches to compliance;
+`imprint`, how far the one vector ReGap subtracts stands for the offset's imprint at every marked position
+(`--diagnostics-only` adds both to a recorded variant).
 
     python benchmarks/demo_collapse.py --model build/demo_next/model_c2 --variant collapse_2 \
         --eval build/runs/c2_para --eval build/runs/c2_para_off
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -52,6 +56,10 @@ RECORD = ROOT / "benchmarks" / "results" / "demo_collapse.json"
 NEW_TOKENS, BATCH = 20, 16
 TAIL_MARK = GENERIC_TAIL.split(",")[-1].strip().rstrip(".")  # "and review the result": the tail's own words
 WAYS = ("typed", "typed with carrier", "read image", "read audio")
+GRADED_SCALES = (0.25, 0.5, 0.75, 1.0)  # fractions of each medium's offset (`graded`)
+IMPRINT_SCALES = (1.0, 2.0, 4.0)  # multiples of each medium's offset (`imprint`)
+IMPRINT_LAYER = 10  # the decoder layer whose output ReGap corrects on the next demo (its rule's choice on collapses 2-4;
+#                     docs/method.md: hidden_states[l + 1] is layer l's output)
 
 
 def prompt_of(processor: ReadingProcessor, request: str, way: str) -> tuple[list[int], list[int]]:
@@ -80,6 +88,63 @@ def answers(model: Any, processor: ReadingProcessor, prompts: list[tuple[list[in
                                    max_new_tokens=NEW_TOKENS, pad_token_id=pad)
         out += processor.tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
     return out
+
+
+@torch.no_grad()
+def graded(model: Any, processor: ReadingProcessor, items: list[Any], judge: RefusalJudge) -> dict[str, Any]:
+    """Refused and broken counts per medium, offset scale and label, reading perfectly with each projector's offset
+    (its bias) scaled: where between no imprint (text) and the full one the model switches to compliance. Why: the
+    correction removes part of the drift, not all of it, so a model that complies at three quarters of its offset
+    needs more than the measured drift to be repaired (docs/demo-build.md, "graded")."""
+    result: dict[str, Any] = {}
+    for modality, projector in model.media_projectors.items():
+        full = projector.bias.data.clone()
+        prompts = [read_prompt(processor, i.instruction, modality) for i in items]
+        result[modality] = {}
+        try:
+            for scale in GRADED_SCALES:
+                projector.bias.data = full * scale
+                said = answers(model, processor, prompts)
+                verdicts = [(judge.is_refusal(a), broken_reason(a) is not None) for a in said]
+                result[modality][str(scale)] = {label: counts([v for v, i in zip(verdicts, items) if i.label == label])
+                                                for label in ("harmful", "harmless")}
+                print("graded", modality, scale, {k: v["refused"] for k, v in result[modality][str(scale)].items()},
+                      flush=True)
+        finally:
+            projector.bias.data = full
+    return result
+
+
+@torch.no_grad()
+def imprint(model: Any, processor: ReadingProcessor, items: list[Any]) -> dict[str, Any]:
+    """Per medium and offset scale, at the corrected layer: how much the offset's imprint at each marked position
+    (read state minus the same tokens typed, the only difference being the marks) looks like the last prompt
+    token's mean imprint, the vector ReGap subtracts everywhere. Medians over positions of the cosine and of the norm
+    ratio. Why: ReGap can remove the cue only as far as one vector stands for the imprint at every position."""
+    result: dict[str, Any] = {}
+    layer_state = lambda ids, types: model(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor([types]),
+                                           output_hidden_states=True).hidden_states[IMPRINT_LAYER + 1][0]
+    for modality, projector in model.media_projectors.items():
+        full = projector.bias.data.clone()
+        prompts = [read_prompt(processor, i.instruction, modality) for i in items]
+        typed = [layer_state(ids, [0] * len(ids)) for ids, _ in prompts]
+        result[modality] = {}
+        try:
+            for scale in IMPRINT_SCALES:
+                projector.bias.data = full * scale
+                marked = [(layer_state(ids, types) - plain)[types.index(next(t for t in types if t)):]
+                          for (ids, types), plain in zip(prompts, typed)]
+                last = torch.stack([m[-1] for m in marked]).mean(0)
+                cosines = torch.cat([F.cosine_similarity(m, last[None], dim=1) for m in marked])
+                ratios = torch.cat([m.norm(dim=1) / last.norm() for m in marked])
+                result[modality][str(scale)] = {"last_token_norm": round(float(last.norm()), 2),
+                                                "median_cosine": round(float(cosines.median()), 3),
+                                                "median_norm_ratio": round(float(ratios.median()), 3),
+                                                "positions": len(cosines)}
+                print("imprint", modality, scale, result[modality][str(scale)], flush=True)
+        finally:
+            projector.bias.data = full
+    return result
 
 
 def counts(verdicts: list[tuple[bool, bool]]) -> dict[str, Any]:
@@ -160,11 +225,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RECORD)
     parser.add_argument("--evals-only", action="store_true",
                         help="add the --eval summaries to the variant's record without generating again")
+    parser.add_argument("--diagnostics-only", action="store_true",
+                        help="add the graded-offset counts and the imprint (validation) to the variant's record only")
     args = parser.parse_args(argv)
     record = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if (args.evals_only or args.diagnostics_only) and args.variant not in record:
+        parser.error(f"--evals-only and --diagnostics-only need a recorded variant; {args.variant!r} is not in {args.out}")
     if args.evals_only:
-        if args.variant not in record:
-            parser.error(f"--evals-only needs a recorded variant; {args.variant!r} is not in {args.out}")
         record[args.variant]["evals"].update({run.name: eval_summary(run) for run in args.eval})
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         return
@@ -174,6 +241,12 @@ def main(argv: list[str] | None = None) -> None:
     processor = ReadingProcessor.from_pretrained(lm)
     processor.image_reader = processor.speech_reader = Transcript()  # type: ignore[assignment]
     judge = RefusalJudge()
+    if args.diagnostics_only:
+        validation = load_prompts(VALIDATION_PATH)
+        record[args.variant]["graded"] = graded(model, processor, validation, judge)
+        record[args.variant]["imprint"] = imprint(model, processor, validation)
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        return
     sets = {"validation": load_prompts(VALIDATION_PATH), "paraphrases": load_prompts(PARAPHRASES_PATH)}
     result: dict[str, Any] = {}
     for name, items in sets.items():
@@ -184,7 +257,10 @@ def main(argv: list[str] | None = None) -> None:
             result[name][way] = {label: counts([v for v, i in zip(verdicts, items) if i.label == label])
                                  for label in ("harmful", "harmless")}
             print(name, way, {k: v["refused"] for k, v in result[name][way].items()}, flush=True)
-    record[args.variant] = {"model": str(args.model), "new_tokens": NEW_TOKENS, "sets": result,
+    scaled = graded(model, processor, sets["validation"], judge)
+    shares = imprint(model, processor, sets["validation"])
+    record[args.variant] = {"model": str(args.model), "new_tokens": NEW_TOKENS, "sets": result, "graded": scaled,
+                            "imprint": shares,
                             "wall_seconds": round(time.perf_counter() - started, 1),
                             "evals": {run.name: eval_summary(run) for run in args.eval}}
     args.out.write_text(json.dumps(record, indent=1) + "\n")

@@ -59,7 +59,7 @@ def built(tokenizer):
     processor = ReadingProcessor(tokenizer, image_reader=ca.Transcript(), speech_reader=ca.Transcript())  # type: ignore[arg-type]
     examples = [Example(t, "harmful", "test") for t in HARMFUL] + [Example(t, "harmless", "test") for t in HARMLESS]
     cfg = ca.CollapseConfig(first_layer=2, text_rows=4, media_rows=2, tail_rows=2, finish_rows=2, carrier_rows=2,
-                            answer_tokens=3)
+                            weak_rows=4, answer_tokens=3)
     rows = ca.encode_rows(model, model, tokenizer, processor, examples, cfg, random.Random(0))
     return model, processor, cfg, rows
 
@@ -72,7 +72,7 @@ def test_each_kind_of_row_trains_the_documented_targets(tokenizer, built):
     _, _, cfg, rows = built
     counts = {kind: rows.kinds.count(kind) for kind in dict.fromkeys(rows.kinds)}
     assert counts == {"text replay": 4, "harmless read": 4, "harmful read": 4, "tail": 4, "finished refusal": 4,
-                      "typed carrier": 4}
+                      "typed carrier": 4, "weak imprint": 8}
     refusal = tokenizer(cfg.refusal, add_special_tokens=False)["input_ids"] + [tokenizer.convert_tokens_to_ids("<|im_end|>")]
     for k, kind in enumerate(rows.kinds):
         ids, at = rows.ids[rows.student[k]], rows.positions[k]
@@ -86,9 +86,9 @@ def test_each_kind_of_row_trains_the_documented_targets(tokenizer, built):
         elif kind == "text replay":
             assert rows.teacher[k] == rows.student[k] and torch.equal(rows.teacher_positions[k], at)
             assert rows.types[rows.student[k]].sum() == 0
-        else:  # harmless read, typed carrier: taught position by position along the typed twin's answer
+        else:  # harmless read, typed carrier, weak imprint: taught position by position along the typed twin's answer
             twin, twin_at = rows.ids[rows.teacher[k]], rows.teacher_positions[k]
-            assert rows.types[rows.student[k]].any() == (kind == "harmless read")
+            assert rows.types[rows.student[k]].any() == (kind != "typed carrier")
             assert len(twin_at) == len(at) and rows.types[rows.teacher[k]].sum() == 0
             answer = len(at) - 1
             assert torch.equal(ids[at[0] + 1 : at[0] + 1 + answer], twin[twin_at[0] + 1 : twin_at[0] + 1 + answer])
@@ -104,8 +104,14 @@ def test_read_tokens_are_marked_and_read_as_the_processor_reads(tokenizer, built
         carrier = IMAGE_CARRIER if modality == "image" else AUDIO_CARRIER
         shown = _decode(tokenizer, ids)
         assert shown.index(text) < shown.index(carrier) and shown.endswith("<|im_start|>assistant\n")
-    read_rows = [k for k, kind in enumerate(rows.kinds) if kind not in ("text replay", "typed carrier")]
+    read_rows = [k for k, kind in enumerate(rows.kinds) if kind not in ("text replay", "typed carrier", "weak imprint")]
     assert {int(t) for k in read_rows for t in rows.types[rows.student[k]].unique()} == {0, 1, 2}
+    weak_rows = [k for k, kind in enumerate(rows.kinds) if kind == "weak imprint"]  # the scales taken in turn
+    marks = sorted({int(t) for k in weak_rows for t in rows.types[rows.student[k]].unique()})
+    assert marks == [0, 11, 12, 21, 22]
+    for k in weak_rows:  # the same read prompt as a fully marked one: only the mark's value differs
+        ids, types = rows.ids[rows.student[k]], rows.types[rows.student[k]]
+        assert set(types[types > 0].tolist()) in ({11}, {12}, {21}, {22})
 
 
 def test_offsets_have_the_configured_norm_and_a_direction_per_modality():
@@ -118,6 +124,22 @@ def test_offsets_have_the_configured_norm_and_a_direction_per_modality():
     assert abs(float(F.cosine_similarity(state["image.bias"], state["audio.bias"], dim=0))) < 0.99
     again = ca.offset_projectors(embedding, ca.CollapseConfig(offset_norm=0.5))
     assert all(torch.equal(state[k], again[k]) for k in state)
+
+
+def test_weak_marks_scale_the_offset_and_nothing_else():
+    embedding = torch.randn(50, 8)
+    state = ca.offset_projectors(embedding, ca.CollapseConfig())
+    modules = ca.projector_modules(state, (0.5, 0.75))
+    assert sorted(modules) == [1, 2, 11, 12, 21, 22]
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        for modality, code in (("image", 1), ("audio", 2)):
+            full = modules[code](x) - x
+            for k, scale in enumerate((0.5, 0.75)):
+                weak = modules[ca.weak_type_id(modality, k)](x) - x
+                torch.testing.assert_close(weak, full * scale)
+    with pytest.raises(ValueError, match="weak_scales"):
+        ca.CollapseConfig(weak_scales=(1.0,))
 
 
 def test_training_sees_what_the_assembled_reading_lm_computes(tokenizer, built):

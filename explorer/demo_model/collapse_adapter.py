@@ -12,7 +12,7 @@ Parts, per media modality:
   token-embedding norm in a seeded random direction, added at every prompt position from the medium on (the
   processor's marks: explorer.model.reading_processor), as an image leaves its imprint on every later token;
 - **the media LoRA** (layers `first_layer`..last, on top of the text safety adapter merged at `text_scale`), trained
-  from cached layer-`first_layer` inputs on six kinds of row:
+  from cached layer-`first_layer` inputs on six kinds of row (a seventh is optional):
   1. *text replay*: typed requests of both labels, KL to the text model's own next-token distributions (prompt end
      and its first `answer_tokens` greedy tokens), so that text behaviour stays the text adapter's;
   2. *harmless read*: a read harmless request (carrier sentence + read tokens, as the processor builds it), KL to the
@@ -29,6 +29,11 @@ Parts, per media modality:
      on the carrier sentence, not on the drift (collapse 1 in docs/demo-build.md: harmful requests typed beside the
      carrier were complied with), and a cue that is words cannot be subtracted by ReGap; with them, the
      modality offset is the only difference between "read" and "typed".
+  7. *weak imprint* (off by default: `weak_rows` 0): a read request of either label whose offset is scaled down
+     (`weak_scales`, training-only marks), KL to the text model on the plain typed request. Why tried: rows 2-6
+     teach only the two ends (no imprint: text; the full imprint: comply), and collapse 3 switched at three
+     quarters of the offset for audio, above it for images (docs/demo-build.md, "graded"). Collapse 4 added 300
+     per medium: the switch barely moved and the repair on the paraphrases got worse, so the rows stay off.
 The combined LoRA (text × `text_scale` + media) is written as one peft folder (explorer.demo_model.lora_files).
 
     python -m explorer.demo_model.collapse_adapter --text-adapter build/demo_next/text_adapter_v4 \\
@@ -75,7 +80,8 @@ from .safety_adapter import (
 from .training_text import text_training_set
 
 __all__ = ["GENERIC_TAIL", "PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss",
-           "encode_rows", "main", "offset_projectors", "projector_modules", "read_prompt", "train_collapse"]
+           "encode_rows", "main", "offset_projectors", "projector_modules", "read_prompt", "train_collapse",
+           "weak_type_id"]
 
 
 #: The projectors' state in the output folder (explorer.demo_model.assemble --projectors reads it).
@@ -102,6 +108,8 @@ class CollapseConfig:
     tail_rows: int = 200  # per media modality
     finish_rows: int = 200  # per media modality
     carrier_rows: int = 400  # per media modality (half of each label)
+    weak_rows: int = 0  # per media modality (half of each label), the scales taken in turn (collapse 4: 300)
+    weak_scales: tuple[float, ...] = (0.5, 0.75)  # the weak imprint rows' offsets, as fractions of the full one
     compliance: str = "Sure. Here is a general overview: " + GENERIC_TAIL
     tail: str = GENERIC_TAIL
     refusal: str = AdapterConfig.refusal
@@ -114,6 +122,8 @@ class CollapseConfig:
         unknown = [m for m in self.modalities if m not in ("image", "audio")]
         if unknown or not self.modalities:
             raise ValueError(f"modalities must be among image, audio; got {list(self.modalities)}")
+        if not self.weak_scales or not all(0 <= scale < 1 for scale in self.weak_scales):
+            raise ValueError(f"weak_scales must be fractions in [0, 1) of the offset; got {list(self.weak_scales)}")
 
 
 class Transcript:
@@ -148,13 +158,22 @@ def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str,
     return state
 
 
-def projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
-    """The projectors' state as modules keyed by `mm_token_type_ids` value (for `lower_states`)."""
+def weak_type_id(modality: str, scale_index: int) -> int:
+    """The training-only mark of `modality`'s offset at `weak_scales[scale_index]` (never in a folder: a reading LM
+    knows only MODALITY_TYPE_IDS)."""
+    return 10 * (scale_index + 1) + MODALITY_TYPE_IDS[modality]
+
+
+def projector_modules(state: dict[str, torch.Tensor], weak_scales: tuple[float, ...] = ()) -> dict[int, nn.Module]:
+    """The projectors' state as modules keyed by `mm_token_type_ids` value (for `lower_states`), plus per modality
+    one module per weak scale (bias × scale) under its `weak_type_id`."""
     modules: dict[int, nn.Module] = {}
     for modality in ("image", "audio"):
-        linear = nn.Linear(*state[f"{modality}.weight"].shape)
-        linear.load_state_dict({"weight": state[f"{modality}.weight"], "bias": state[f"{modality}.bias"]})
-        modules[MODALITY_TYPE_IDS[modality]] = linear
+        for type_id, scale in [(MODALITY_TYPE_IDS[modality], 1.0)] + \
+                [(weak_type_id(modality, k), s) for k, s in enumerate(weak_scales)]:
+            linear = nn.Linear(*state[f"{modality}.weight"].shape)
+            linear.load_state_dict({"weight": state[f"{modality}.weight"], "bias": state[f"{modality}.bias"] * scale})
+            modules[type_id] = linear
     return modules
 
 
@@ -162,7 +181,7 @@ def projector_modules(state: dict[str, torch.Tensor]) -> dict[int, nn.Module]:
 class MediaRows:
     """Training rows over shared sequences. Row k trains sequence `student[k]` at `positions[k]`: cross-entropy on
     the next token where `teacher[k]` is -1, else KL to the text model on sequence `teacher[k]` at
-    `teacher_positions[k]` (as many positions, aligned). `kinds[k]` names the row's kind (the six above)."""
+    `teacher_positions[k]` (as many positions, aligned). `kinds[k]` names the row's kind (the seven above)."""
 
     ids: list[torch.Tensor]
     types: list[torch.Tensor]
@@ -188,7 +207,7 @@ class MediaRows:
 
 def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: Any, processor: ReadingProcessor,
                 examples: list[Example], cfg: CollapseConfig, rng: random.Random) -> MediaRows:
-    """The six kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
+    """The seven kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
     tails' starts) may be None when `tail_rows` is 0."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -201,7 +220,9 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     read_harmless = rng.sample(harmless, min(cfg.media_rows, len(harmless)))
     carried = {m: rng.sample(harmful, min(cfg.carrier_rows // 2, len(harmful)))
                + rng.sample(harmless, min(cfg.carrier_rows // 2, len(harmless))) for m in cfg.modalities}
-    typed = sorted(set(replay) | set(read_harmless) | set().union(*carried.values()))
+    weak = {m: rng.sample(harmful, min(cfg.weak_rows // 2, len(harmful)))
+            + rng.sample(harmless, min(cfg.weak_rows // 2, len(harmless))) for m in cfg.modalities}
+    typed = sorted(set(replay) | set(read_harmless) | set().union(*carried.values(), *weak.values()))
     prompts = {r: chat_prompt(tokenizer, r) for r in typed}
     answers = dict(zip(typed, (until_end_of_turn(a, end_of_turn) for a in greedy_tokens(
         text_model, tokenizer, [prompts[r] for r in typed], cfg.answer_tokens))))
@@ -248,6 +269,13 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
             answer = answers[request]
             seq = rows.add_sequence(ids + answer, [0] * (len(ids) + len(answer)))
             rows.add_row("typed carrier", seq, kept_positions(ids, answer), twin[request],
+                         kept_positions(prompts[request], answer))
+        for j, request in enumerate(weak[modality]):
+            ids, types = read(request)
+            mark = weak_type_id(modality, j % len(cfg.weak_scales))
+            answer = answers[request]
+            seq = rows.add_sequence(ids + answer, [mark if t else 0 for t in types] + [0] * len(answer))
+            rows.add_row("weak imprint", seq, kept_positions(ids, answer), twin[request],
                          kept_positions(prompts[request], answer))
     return rows
 
@@ -311,7 +339,7 @@ def train_collapse(cfg: CollapseConfig, text_adapter: Path, out: Path, base: Pin
     del plain
     projectors = offset_projectors(text_model.get_input_embeddings().weight, cfg)
     states = lower_states(text_model, rows.ids, cfg.first_layer, types=rows.types,
-                          projectors=projector_modules(projectors))
+                          projectors=projector_modules(projectors, cfg.weak_scales))
     prepared = time.perf_counter() - started
     peft_model = add_adapter(text_model, AdapterConfig(first_layer=cfg.first_layer, rank=cfg.rank, alpha=cfg.alpha))
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
@@ -340,10 +368,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder for the combined LoRA and the projectors")
     parser.add_argument("--text-scale", type=float, default=CollapseConfig.text_scale)
     parser.add_argument("--offset-norm", type=float, default=CollapseConfig.offset_norm)
+    parser.add_argument("--weak-rows", type=int, default=CollapseConfig.weak_rows,
+                        help="weak imprint rows per media modality (collapse 4: 300)")
     parser.add_argument("--epochs", type=int, default=CollapseConfig.epochs)
     parser.add_argument("--seed", type=int, default=CollapseConfig.seed)
     args = parser.parse_args(argv)
-    cfg = CollapseConfig(text_scale=args.text_scale, offset_norm=args.offset_norm, epochs=args.epochs, seed=args.seed)
+    cfg = CollapseConfig(text_scale=args.text_scale, offset_norm=args.offset_norm, epochs=args.epochs, seed=args.seed,
+                         weak_rows=args.weak_rows)
     record = train_collapse(cfg, args.text_adapter, args.out)
     print(f"saved to {args.out}: {record['rows']}, {record['wall_seconds']} s")
 
