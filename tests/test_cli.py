@@ -222,3 +222,7 @@ def test_strength_must_be_a_number_or_auto(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "--strength", "strong", "--out", "x"])
     assert "--strength takes a number or 'auto'" in capsys.readouterr().err
+    for bad, message in (("inf", "--strength must be a finite number"), ("-1", "--strength must be >= 0")):
+        with pytest.raises(SystemExit):
+            main(["eval", "--strength", bad, "--out", "x"])
+        assert message in capsys.readouterr().err

@@ -70,30 +70,29 @@ def _layer_window(text: str) -> str:
     return text
 
 
-def _strength(text: str) -> float | str:
-    """A non-negative number, or `auto` (α_max chosen on the calibration split)."""
+def _number_or_auto(flag: str, text: str, least: float | None = None) -> float | str:
+    """`auto`, or a finite number (at least `least` when given), for `flag`'s parser."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         value = float(text)
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--strength takes a number or 'auto', got {text!r}") from err
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"--strength must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"{flag} takes a number or 'auto', got {text!r}") from err
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{flag} must be a finite number, got {text!r}")
+    if least is not None and value < least:
+        raise argparse.ArgumentTypeError(f"{flag} must be >= {least:g}, got {value}")
     return value
+
+
+def _strength(text: str) -> float | str:
+    """A non-negative number, or `auto` (α_max chosen on the calibration split)."""
+    return _number_or_auto("--strength", text, least=0)
 
 
 def _threshold(text: str) -> float | str:
     """A finite number, or `auto` (τ chosen per modality on the calibration split)."""
-    if text.strip().lower() == "auto":
-        return "auto"
-    try:
-        value = float(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--threshold takes a number or 'auto', got {text!r}") from err
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"--threshold must be a finite number, got {text!r}")
-    return value
+    return _number_or_auto("--threshold", text)
 
 
 def _parser() -> argparse.ArgumentParser:
