@@ -57,7 +57,7 @@ NEW_TOKENS, BATCH = 20, 16
 TAIL_MARK = GENERIC_TAIL.split(",")[-1].strip().rstrip(".")  # "and review the result": the tail's own words
 WAYS = ("typed", "typed with carrier", "read image", "read audio")
 GRADED_SCALES = (0.25, 0.5, 0.75, 1.0)  # fractions of each medium's offset (`graded`)
-IMPRINT_SCALES = (1.0, 2.0, 4.0)  # multiples of each medium's offset (`imprint`)
+DIRECTION_SEED = 1000  # the first seed `directions` draws (apart from the collapses' own seeds)
 IMPRINT_LAYER = 10  # the decoder layer whose output ReGap corrects on the next demo (its rule's choice on collapses 2-4;
 #                     docs/method.md: hidden_states[l + 1] is layer l's output)
 
@@ -116,7 +116,8 @@ def graded(model: Any, processor: ReadingProcessor, items: list[Any], judge: Ref
 
 
 @torch.no_grad()
-def imprint(model: Any, processor: ReadingProcessor, items: list[Any]) -> dict[str, Any]:
+def imprint(model: Any, processor: ReadingProcessor, items: list[Any],
+            scales: tuple[float, ...] = (1.0, 2.0, 4.0)) -> dict[str, Any]:
     """Per medium and offset scale, at the corrected layer: how much the offset's imprint at each marked position
     (read state minus the same tokens typed, the only difference being the marks) looks like the last prompt
     token's mean imprint, the vector ReGap subtracts everywhere. Medians over positions of the cosine and of the norm
@@ -130,7 +131,7 @@ def imprint(model: Any, processor: ReadingProcessor, items: list[Any]) -> dict[s
         typed = [layer_state(ids, [0] * len(ids)) for ids, _ in prompts]
         result[modality] = {}
         try:
-            for scale in IMPRINT_SCALES:
+            for scale in scales:
                 projector.bias.data = full * scale
                 marked = [(layer_state(ids, types) - plain)[types.index(next(t for t in types if t)):]
                           for (ids, types), plain in zip(prompts, typed)]
@@ -144,6 +145,26 @@ def imprint(model: Any, processor: ReadingProcessor, items: list[Any]) -> dict[s
                 print("imprint", modality, scale, result[modality][str(scale)], flush=True)
         finally:
             projector.bias.data = full
+    return result
+
+
+def directions(model: Any, processor: ReadingProcessor, items: list[Any], count: int) -> dict[str, Any]:
+    """`imprint` at 1x for `count` seeded offset directions (seeds DIRECTION_SEED + k), each at the norm of the
+    folder's own image offset and given to both media, beside the folder's own. Why: layers 0 to the corrected
+    layer are the base's alone, so how well one vector stands for a direction's imprint is known before any
+    training; it ranks directions for the next collapse without looking at a repair."""
+    saved = {m: p.bias.data.clone() for m, p in model.media_projectors.items()}
+    size, norm = saved["image"].shape[0], float(saved["image"].norm())
+    result = {"own": imprint(model, processor, items, scales=(1.0,))}
+    try:
+        for k in range(count):
+            direction = torch.randn(size, generator=torch.Generator().manual_seed(DIRECTION_SEED + k))
+            for projector in model.media_projectors.values():
+                projector.bias.data = direction / direction.norm() * norm
+            result[f"seed {DIRECTION_SEED + k}"] = imprint(model, processor, items, scales=(1.0,))
+    finally:
+        for modality, projector in model.media_projectors.items():
+            projector.bias.data = saved[modality]
     return result
 
 
@@ -225,6 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RECORD)
     parser.add_argument("--evals-only", action="store_true",
                         help="add the --eval summaries to the variant's record without generating again")
+    parser.add_argument("--directions", type=int, default=0, metavar="N",
+                        help="with --diagnostics-only: also rank N seeded offset directions by `imprint`")
     parser.add_argument("--diagnostics-only", action="store_true",
                         help="add the graded-offset counts and the imprint (validation) to the variant's record only")
     args = parser.parse_args(argv)
@@ -245,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
         validation = load_prompts(VALIDATION_PATH)
         record[args.variant]["graded"] = graded(model, processor, validation, judge)
         record[args.variant]["imprint"] = imprint(model, processor, validation)
+        if args.directions:
+            record[args.variant]["directions"] = directions(model, processor, validation, args.directions)
         args.out.write_text(json.dumps(record, indent=1) + "\n")
         return
     sets = {"validation": load_prompts(VALIDATION_PATH), "paraphrases": load_prompts(PARAPHRASES_PATH)}
