@@ -26,22 +26,25 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from explorer.core.intervals import wilson_interval
-from explorer.demo_model.assemble import LM_FOLDER
+from explorer.demo_model.assemble import LM_FOLDER, identity_projectors, reading_lm_config
 from explorer.demo_model.collapse_adapter import (
     GENERIC_TAIL,
     CollapseConfig,
     Transcript,
+    offset_projectors,
     read_prompt,
 )
 from explorer.demo_model.data import PARAPHRASES_PATH
@@ -49,7 +52,8 @@ from explorer.demo_model.safety_adapter import chat_prompt
 from explorer.evaluation.judge import RefusalJudge
 from explorer.evaluation.verdicts import broken_reason
 from explorer.inputs.data import VALIDATION_PATH, load_prompts
-from explorer.model.reading_lm import ReadingLMForCausalLM
+from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
+from explorer.model.reading_lm import ReadingLMForCausalLM, write_on_pinned_base
 from explorer.model.reading_processor import ReadingProcessor
 
 RECORD = ROOT / "benchmarks" / "results" / "demo_collapse.json"
@@ -117,18 +121,23 @@ def graded(model: Any, processor: ReadingProcessor, items: list[Any], judge: Ref
 
 @torch.no_grad()
 def imprint(model: Any, processor: ReadingProcessor, items: list[Any],
-            scales: tuple[float, ...] = (1.0, 2.0, 4.0)) -> dict[str, Any]:
+            scales: tuple[float, ...] = (1.0, 2.0, 4.0),
+            typed_cache: dict[str, list[torch.Tensor]] | None = None) -> dict[str, Any]:
     """Per medium and offset scale, at the corrected layer: how much the offset's imprint at each marked position
     (read state minus the same tokens typed, the only difference being the marks) looks like the last prompt
     token's mean imprint, the vector ReGap subtracts everywhere. Medians over positions of the cosine and of the norm
-    ratio. Why: ReGap can remove the cue only as far as one vector stands for the imprint at every position."""
+    ratio. Why: ReGap can remove the cue only as far as one vector stands for the imprint at every position.
+    `typed_cache` (per medium, filled on first use) keeps the typed states, which no offset changes."""
     result: dict[str, Any] = {}
     layer_state = lambda ids, types: model(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor([types]),
                                            output_hidden_states=True).hidden_states[IMPRINT_LAYER + 1][0]
+    cache = typed_cache if typed_cache is not None else {}
     for modality, projector in model.media_projectors.items():
         full = projector.bias.data.clone()
         prompts = [read_prompt(processor, i.instruction, modality) for i in items]
-        typed = [layer_state(ids, [0] * len(ids)) for ids, _ in prompts]
+        if modality not in cache:
+            cache[modality] = [layer_state(ids, [0] * len(ids)) for ids, _ in prompts]
+        typed = cache[modality]
         result[modality] = {}
         try:
             for scale in scales:
@@ -155,17 +164,55 @@ def directions(model: Any, processor: ReadingProcessor, items: list[Any], count:
     training; it ranks directions for the next collapse without looking at a repair."""
     saved = {m: p.bias.data.clone() for m, p in model.media_projectors.items()}
     size, norm = saved["image"].shape[0], float(saved["image"].norm())
-    result = {"own": imprint(model, processor, items, scales=(1.0,))}
+    typed: dict[str, list[torch.Tensor]] = {}
+    result = {"own": imprint(model, processor, items, scales=(1.0,), typed_cache=typed)}
     try:
         for k in range(count):
             direction = torch.randn(size, generator=torch.Generator().manual_seed(DIRECTION_SEED + k))
             for projector in model.media_projectors.values():
                 projector.bias.data = direction / direction.norm() * norm
-            result[f"seed {DIRECTION_SEED + k}"] = imprint(model, processor, items, scales=(1.0,))
+            result[f"seed {DIRECTION_SEED + k}"] = imprint(model, processor, items, scales=(1.0,), typed_cache=typed)
     finally:
         for modality, projector in model.media_projectors.items():
             projector.bias.data = saved[modality]
     return result
+
+
+def ranking(found: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per medium, the seeds of a `directions` record from the best (lowest median norm ratio: one vector stands
+    closest for the imprint at every marked position) to the worst, "own" being the folder's own offset."""
+    ranked: dict[str, list[dict[str, Any]]] = {}
+    for modality in ("image", "audio"):
+        rows = [{"seed": name, "median_norm_ratio": shares[modality]["1.0"]["median_norm_ratio"],
+                 "median_cosine": shares[modality]["1.0"]["median_cosine"]}
+                for name, shares in found.items() if modality in shares]
+        ranked[modality] = sorted(rows, key=lambda row: row["median_norm_ratio"])
+    return ranked
+
+
+def cut_after(model: Any, layer: int) -> None:
+    """Drop the decoder layers above `layer` + 1, keeping `hidden_states[layer + 1]` (layer `layer`'s raw output)
+    exactly. Why one layer more: a Llama's last hidden state is the final norm's output, not the last layer's."""
+    model.model.layers = model.model.layers[: layer + 2]
+    model.config.num_hidden_layers = layer + 2
+
+
+def base_reading_lm(folder: Path) -> tuple[Any, ReadingProcessor]:
+    """The pinned base alone as a reading LM with the taught collapse's default offsets (`offset_projectors` at
+    `CollapseConfig()`), cut after the corrected layer, and a processor reading by transcript. Why: the safety and
+    media LoRAs start at layer 16 (`CollapseConfig.first_layer`), so up to the corrected layer every collapse's
+    states are the base's own; directions are ranked here before anything is trained."""
+    base = SMOLLM2_135M_INSTRUCT
+    config = reading_lm_config(base, ["image", "audio"])
+    write_on_pinned_base(folder, config, identity_projectors(config), base)
+    model = ReadingLMForCausalLM.from_pretrained(folder).eval()
+    offsets = offset_projectors(model.get_input_embeddings().weight, CollapseConfig())
+    for modality, projector in model.media_projectors.items():
+        projector.bias.data = offsets[f"{modality}.bias"].clone()
+    cut_after(model, IMPRINT_LAYER)
+    path = base.path()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return model, ReadingProcessor(tokenizer, image_reader=Transcript(), speech_reader=Transcript())  # type: ignore[arg-type]
 
 
 def counts(verdicts: list[tuple[bool, bool]]) -> dict[str, Any]:
@@ -239,7 +286,7 @@ def eval_summary(run: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, required=True, help="an assembled next-demo folder")
+    parser.add_argument("--model", type=Path, help="an assembled next-demo folder (all but --base-directions)")
     parser.add_argument("--variant", required=True, help="the record's name in demo_collapse.json")
     parser.add_argument("--eval", type=Path, action="append", default=[], metavar="RUN_DIR",
                         help="an `explorer eval` output folder of the same model, summarised into the record")
@@ -248,10 +295,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="add the --eval summaries to the variant's record without generating again")
     parser.add_argument("--directions", type=int, default=0, metavar="N",
                         help="with --diagnostics-only: also rank N seeded offset directions by `imprint`")
+    parser.add_argument("--base-directions", type=int, default=0, metavar="N",
+                        help="rank the default offsets and N seeded directions on the pinned base alone (no --model: "
+                             "nothing trained is needed), recorded under --variant with their ranking")
     parser.add_argument("--diagnostics-only", action="store_true",
                         help="add the graded-offset counts and the imprint (validation) to the variant's record only")
     args = parser.parse_args(argv)
     record = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.base_directions:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as folder:
+            model, processor = base_reading_lm(Path(folder))
+            found = directions(model, processor, load_prompts(VALIDATION_PATH), args.base_directions)
+        record[args.variant] = {"model": f"pinned base {SMOLLM2_135M_INSTRUCT.package}, layers 0-{IMPRINT_LAYER}",
+                                "directions": found, "ranking": ranking(found),
+                                "wall_seconds": round(time.perf_counter() - started, 1)}
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+        return
+    if args.model is None:
+        parser.error("--model is required (all but --base-directions)")
     if (args.evals_only or args.diagnostics_only) and args.variant not in record:
         parser.error(f"--evals-only and --diagnostics-only need a recorded variant; {args.variant!r} is not in {args.out}")
     if args.evals_only:

@@ -185,3 +185,48 @@ def test_a_fresh_media_lora_keeps_text_exactly_and_the_loss_is_the_documented_on
     assert parts["kl"] > 0  # read and typed differ by the offset: the KL has something to teach
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in peft_model.parameters() if p.requires_grad)
+
+
+def test_chosen_direction_seeds_draw_the_directions_the_base_ranking_drew():
+    embedding = torch.randn(50, 8)
+    default = ca.CollapseConfig(seed=3)
+    assert (default.direction_seed("image"), default.direction_seed("audio")) == (31, 32)  # collapses 1-5's seeds
+    chosen = ca.CollapseConfig(image_direction_seed=1007, audio_direction_seed=1012)
+    state = ca.offset_projectors(embedding, chosen)
+    scale = 0.5 * float(embedding.norm(dim=1).mean())
+    for modality, seed in (("image", 1007), ("audio", 1012)):
+        drawn = torch.randn(8, generator=torch.Generator().manual_seed(seed))  # benchmarks/demo_collapse.directions
+        torch.testing.assert_close(state[f"{modality}.bias"], drawn / drawn.norm() * scale)
+    with pytest.raises(ValueError, match="different directions"):
+        ca.CollapseConfig(image_direction_seed=2, audio_direction_seed=None)  # audio's default is 0 * 10 + 2
+
+
+def test_direction_ranking_orders_each_medium_by_its_own_norm_ratio():
+    from benchmarks.demo_collapse import ranking  # pyproject's pythonpath holds the project root
+
+    entry = lambda image, audio: {m: {"1.0": {"median_norm_ratio": r, "median_cosine": 0.1}}
+                                  for m, r in (("image", image), ("audio", audio))}
+    ranked = ranking({"own": entry(1.07, 1.65), "seed 1000": entry(1.33, 1.2), "seed 1001": entry(1.01, 1.9)})
+    assert [row["seed"] for row in ranked["image"]] == ["seed 1001", "own", "seed 1000"]
+    assert [row["seed"] for row in ranked["audio"]] == ["seed 1000", "own", "seed 1001"]
+    assert ranked["audio"][0]["median_norm_ratio"] == 1.2
+
+
+def test_cutting_the_ranking_model_keeps_the_corrected_layers_states_exactly():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.demo_collapse import cut_after
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=6,
+                         num_attention_heads=2, num_key_value_heads=2)
+    full, cut = LlamaForCausalLM(config).eval(), LlamaForCausalLM(LlamaConfig(**config.to_dict())).eval()
+    cut.load_state_dict(full.state_dict())
+    cut_after(cut, 2)
+    ids = torch.randint(0, 40, (1, 9))
+    with torch.no_grad():
+        expected = full(input_ids=ids, output_hidden_states=True).hidden_states
+        got = cut(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(got) == 5
+    torch.testing.assert_close(got[3], expected[3])
+    assert not torch.allclose(got[4], expected[4])  # a Llama's last hidden state is the final norm's: never read

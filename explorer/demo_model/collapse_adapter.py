@@ -115,6 +115,13 @@ class CollapseConfig:
     refusal: str = AdapterConfig.refusal
     modalities: tuple[str, ...] = ("image", "audio")
     seed: int = 0
+    image_direction_seed: int | None = None  # the image offset's direction seed (None: seed * 10 + its type id)
+    audio_direction_seed: int | None = None  # as for images; chosen seeds come from the pinned base's ranking
+
+    def direction_seed(self, modality: str) -> int:
+        """The seed of `modality`'s offset direction (`torch.randn` of the hidden size from a generator seeded so)."""
+        chosen = self.image_direction_seed if modality == "image" else self.audio_direction_seed
+        return self.seed * 10 + MODALITY_TYPE_IDS[modality] if chosen is None else chosen
 
     def __post_init__(self) -> None:
         if self.text_scale <= 0 or self.offset_norm < 0 or self.first_layer < 1 or self.epochs < 1:
@@ -124,6 +131,9 @@ class CollapseConfig:
             raise ValueError(f"modalities must be among image, audio; got {list(self.modalities)}")
         if not self.weak_scales or not all(0 <= scale < 1 for scale in self.weak_scales):
             raise ValueError(f"weak_scales must be fractions in [0, 1) of the offset; got {list(self.weak_scales)}")
+        if self.direction_seed("image") == self.direction_seed("audio"):
+            raise ValueError(f"image and audio need offsets in different directions; both seeds are "
+                             f"{self.direction_seed('image')}")
 
 
 class Transcript:
@@ -147,12 +157,12 @@ def read_prompt(processor: ReadingProcessor, request: str, modality: str) -> tup
 @torch.no_grad()
 def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str, torch.Tensor]:
     """Projector state (`media_projectors` keys): identity weights, and per modality an offset of `offset_norm` ×
-    the mean token-embedding norm in a direction drawn from a seed of its own."""
+    the mean token-embedding norm in a direction drawn from a seed of its own (`CollapseConfig.direction_seed`)."""
     size = embedding.shape[1]
     scale = cfg.offset_norm * float(embedding.float().norm(dim=1).mean())
     state: dict[str, torch.Tensor] = {}
     for modality in ("image", "audio"):
-        direction = torch.randn(size, generator=torch.Generator().manual_seed(cfg.seed * 10 + MODALITY_TYPE_IDS[modality]))
+        direction = torch.randn(size, generator=torch.Generator().manual_seed(cfg.direction_seed(modality)))
         state[f"{modality}.weight"] = torch.eye(size)
         state[f"{modality}.bias"] = direction / direction.norm() * scale
     return state
@@ -372,9 +382,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="weak imprint rows per media modality (collapse 4: 300)")
     parser.add_argument("--epochs", type=int, default=CollapseConfig.epochs)
     parser.add_argument("--seed", type=int, default=CollapseConfig.seed)
+    for modality in ("image", "audio"):
+        parser.add_argument(f"--{modality}-direction-seed", type=int, metavar="SEED",
+                            help=f"the {modality} offset's direction seed (default: seed * 10 + its type id); "
+                                 "benchmarks/demo_collapse.py --base-directions ranks seeds on the pinned base")
     args = parser.parse_args(argv)
     cfg = CollapseConfig(text_scale=args.text_scale, offset_norm=args.offset_norm, epochs=args.epochs, seed=args.seed,
-                         weak_rows=args.weak_rows)
+                         weak_rows=args.weak_rows, image_direction_seed=args.image_direction_seed,
+                         audio_direction_seed=args.audio_direction_seed)
     record = train_collapse(cfg, args.text_adapter, args.out)
     print(f"saved to {args.out}: {record['rows']}, {record['wall_seconds']} s")
 
