@@ -59,6 +59,7 @@ SOURCES: dict[str, str] = {
     "demo_text_adapter_variants": "benchmarks/results/demo_text_adapter_variants.json",
     "demo_collapse": "benchmarks/results/demo_collapse.json",
     "demo_speech_reader": "benchmarks/results/demo_speech_reader.json",  # benchmarks/demo_speech_reader.py
+    "demo_parts": "benchmarks/results/demo_parts.json",  # benchmarks/demo_parts.py: the committed parts re-measured
     # benchmarks/startup.py --runs 2 --out …, on the shipped demo and on the next demo's assembled folder
     "startup_demo": "benchmarks/results/startup_demo.json",
     "startup_demo_next": "benchmarks/results/startup_demo_next.json",
