@@ -127,7 +127,8 @@ def imprint(model: Any, processor: ReadingProcessor, items: list[Any],
     (read state minus the same tokens typed, the only difference being the marks) looks like the last prompt
     token's mean imprint, the vector ReGap subtracts everywhere. Medians over positions of the cosine and of the norm
     ratio. Why: ReGap can remove the cue only as far as one vector stands for the imprint at every position.
-    `typed_cache` (per medium, filled on first use) keeps the typed states, which no offset changes."""
+    `typed_cache` (per medium, filled on first use) keeps the typed states, which no offset changes: pass one
+    cache with the same `items` only."""
     result: dict[str, Any] = {}
     layer_state = lambda ids, types: model(input_ids=torch.tensor([ids]), mm_token_type_ids=torch.tensor([types]),
                                            output_hidden_states=True).hidden_states[IMPRINT_LAYER + 1][0]
@@ -302,6 +303,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="add the graded-offset counts and the imprint (validation) to the variant's record only")
     args = parser.parse_args(argv)
     record = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    if args.base_directions and (args.model or args.eval or args.diagnostics_only or args.evals_only):
+        parser.error("--base-directions measures the pinned base alone: it takes no --model, --eval, "
+                     "--diagnostics-only or --evals-only")
     if args.base_directions:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory() as folder:

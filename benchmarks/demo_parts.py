@@ -51,6 +51,8 @@ def compare(got: dict[str, Any], recorded: dict[str, Any], keys: list[str]) -> d
 
 
 def text_adapter() -> dict[str, Any]:
+    """The committed adapter at its shipped strength against the recorded variant: per file, refusals per category
+    and refused / broken counts per label."""
     from peft import PeftModel
 
     recorded = json.loads((RESULTS / "demo_text_adapter_variants.json").read_text())[TEXT_VARIANT]["adapter"]
@@ -65,6 +67,8 @@ def text_adapter() -> dict[str, Any]:
 
 
 def reader(kind: str) -> dict[str, Any]:
+    """The committed image ("image") or speech reader against its benchmark's record: per file, every field of
+    the accuracy function (misread lists included)."""
     part, accuracy, record = (("image_reader_24", reading_accuracy, "demo_reader.json") if kind == "image" else
                               ("speech_reader", hearing_accuracy, "demo_speech_reader.json"))
     loaded = (TextReader if kind == "image" else SpeechReader).from_pretrained(PARTS / part)
@@ -77,6 +81,7 @@ def reader(kind: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    """Measure the three parts and write RECORD."""
     torch.set_num_threads(2)
     started = time.perf_counter()
     record = {"text_adapter_v4": text_adapter(), "image_reader_24": reader("image"), "speech_reader": reader("speech")}

@@ -189,8 +189,9 @@ def test_a_fresh_media_lora_keeps_text_exactly_and_the_loss_is_the_documented_on
 
 def test_chosen_direction_seeds_draw_the_directions_the_base_ranking_drew():
     embedding = torch.randn(50, 8)
-    default = ca.CollapseConfig(seed=3)
-    assert (default.direction_seed("image"), default.direction_seed("audio")) == (31, 32)  # collapses 1-5's seeds
+    for seed, expected in ((0, (1, 2)), (3, (31, 32))):  # seed * 10 + type id: collapses 1-5 (seed 0) unchanged
+        default = ca.CollapseConfig(seed=seed)
+        assert (default.direction_seed("image"), default.direction_seed("audio")) == expected
     chosen = ca.CollapseConfig(image_direction_seed=1007, audio_direction_seed=1012)
     state = ca.offset_projectors(embedding, chosen)
     scale = 0.5 * float(embedding.norm(dim=1).mean())
