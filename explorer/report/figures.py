@@ -95,6 +95,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "pct0": _pct(0), "pct1": _pct(1), "f0": _fixed(0), "f1": _fixed(1), "f2": _fixed(2), "f3": _fixed(3),
     "g": lambda x: f"{float(x):g}", "int": _integer, "count": lambda x: _integer(len(x)),
     "times": lambda x: f"{float(x):.1f}×", "block": lambda x: "\n" + str(x).strip("\n") + "\n",
+    "str": str,  # a recorded name (a ranking's winner, say), quoted as it is
 }
 
 
