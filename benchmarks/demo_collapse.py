@@ -44,6 +44,7 @@ from explorer.demo_model.collapse_adapter import (
     GENERIC_TAIL,
     CollapseConfig,
     Transcript,
+    offset_direction,
     offset_projectors,
     read_prompt,
 )
@@ -169,9 +170,9 @@ def directions(model: Any, processor: ReadingProcessor, items: list[Any], count:
     result = {"own": imprint(model, processor, items, scales=(1.0,), typed_cache=typed)}
     try:
         for k in range(count):
-            direction = torch.randn(size, generator=torch.Generator().manual_seed(DIRECTION_SEED + k))
+            direction = offset_direction(size, DIRECTION_SEED + k)
             for projector in model.media_projectors.values():
-                projector.bias.data = direction / direction.norm() * norm
+                projector.bias.data = direction * norm
             result[f"seed {DIRECTION_SEED + k}"] = imprint(model, processor, items, scales=(1.0,), typed_cache=typed)
     finally:
         for modality, projector in model.media_projectors.items():

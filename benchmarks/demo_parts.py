@@ -69,9 +69,10 @@ def text_adapter() -> dict[str, Any]:
 def reader(kind: str) -> dict[str, Any]:
     """The committed image ("image") or speech reader against its benchmark's record: per file, every field of
     the accuracy function (misread lists included)."""
-    part, accuracy, record = (("image_reader_24", reading_accuracy, "demo_reader.json") if kind == "image" else
-                              ("speech_reader", hearing_accuracy, "demo_speech_reader.json"))
-    loaded = (TextReader if kind == "image" else SpeechReader).from_pretrained(PARTS / part)
+    part, cls, accuracy, record = (
+        ("image_reader_24", TextReader, reading_accuracy, "demo_reader.json") if kind == "image" else
+        ("speech_reader", SpeechReader, hearing_accuracy, "demo_speech_reader.json"))
+    loaded = cls.from_pretrained(PARTS / part)  # type: ignore[attr-defined]
     recorded = json.loads((RESULTS / record).read_text())["sets"]
     result = {}
     for name, path in FILES.items():

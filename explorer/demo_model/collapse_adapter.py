@@ -80,8 +80,8 @@ from .safety_adapter import (
 from .training_text import text_training_set
 
 __all__ = ["GENERIC_TAIL", "PROJECTOR_STATE", "CollapseConfig", "MediaRows", "Transcript", "batch_loss",
-           "encode_rows", "main", "offset_projectors", "projector_modules", "read_prompt", "train_collapse",
-           "weak_type_id"]
+           "encode_rows", "main", "offset_direction", "offset_projectors", "projector_modules", "read_prompt",
+           "train_collapse", "weak_type_id"]
 
 
 #: The projectors' state in the output folder (explorer.demo_model.assemble --projectors reads it).
@@ -154,6 +154,13 @@ def read_prompt(processor: ReadingProcessor, request: str, modality: str) -> tup
     return batch["input_ids"][0].tolist(), batch["mm_token_type_ids"][0].tolist()
 
 
+def offset_direction(size: int, seed: int) -> torch.Tensor:
+    """The unit offset direction a seed stands for: training (`offset_projectors`) and the ranking of directions
+    (benchmarks/demo_collapse.py) draw it here, so a ranked seed is the direction trained."""
+    direction = torch.randn(size, generator=torch.Generator().manual_seed(seed))
+    return direction / direction.norm()
+
+
 @torch.no_grad()
 def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str, torch.Tensor]:
     """Projector state (`media_projectors` keys): identity weights, and per modality an offset of `offset_norm` ×
@@ -162,9 +169,8 @@ def offset_projectors(embedding: torch.Tensor, cfg: CollapseConfig) -> dict[str,
     scale = cfg.offset_norm * float(embedding.float().norm(dim=1).mean())
     state: dict[str, torch.Tensor] = {}
     for modality in ("image", "audio"):
-        direction = torch.randn(size, generator=torch.Generator().manual_seed(cfg.direction_seed(modality)))
         state[f"{modality}.weight"] = torch.eye(size)
-        state[f"{modality}.bias"] = direction / direction.norm() * scale
+        state[f"{modality}.bias"] = offset_direction(size, cfg.direction_seed(modality)) * scale
     return state
 
 
