@@ -110,9 +110,7 @@ def test_batched_eval_equals_one_at_a_time(tiny_model_dir, tmp_path):
 def test_each_mode_runs_at_its_own_chosen_strength(tiny_llava, tiny_calibration, tmp_path):
     """Strengths chosen per mode are the ones each mode generates with (fixed at 2.0 here, adaptive at 0.5)."""
     from explorer.correction.regap import CorrectionConfig
-    from explorer.evaluation.calibration import (
-        StrengthChoice,
-    )
+    from explorer.evaluation.strength import StrengthChoice
     from explorer.evaluation.runner import EvalSettings, evaluate
     from explorer.inputs.data import load_builtin
 

@@ -280,7 +280,7 @@ def test_evaluation_and_the_strength_choice_show_the_judge_each_request(tiny_lla
     """A model judge reads (request, answer) pairs, as guard models are trained to: eval and `--strength auto`
     pass every answer's own request, never None."""
     from explorer.correction.regap import CorrectionConfig
-    from explorer.evaluation.calibration import choose_strength
+    from explorer.evaluation.strength import choose_strength
     from explorer.evaluation.runner import EvalSettings, evaluate
     from explorer.inputs.data import load_builtin
 

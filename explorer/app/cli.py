@@ -25,14 +25,13 @@ from explorer.core.run_lock import hold_run
 from explorer.core.vocab import LABELS, Modality, Mode, parse_layer_window
 from explorer.correction.regap import CorrectionConfig, PositionScope, Rule
 from explorer.evaluation.calibration import (
+    ThresholdChoice,
     calibrate,
     calibration_source_for,
-    StrengthChoice,
-    ThresholdChoice,
-    choose_strength,
     choose_threshold,
     load_calibration_items,
 )
+from explorer.evaluation.strength import StrengthChoice, choose_strength
 from explorer.evaluation.compare import compare_runs, load_run, write_comparison
 from explorer.evaluation.judge import Judge
 from explorer.evaluation.judge_model import JUDGE_FORMATS, load_judge

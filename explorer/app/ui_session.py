@@ -155,7 +155,7 @@ class ModelSession:
 
     def _chosen_strengths(self, mode: str) -> dict[str, float]:
         """{modality: α} that `--strength auto` chose on calibration for `mode` itself: every mode, the ablation
-        adaptive_raw included, runs at its own α, as in the CLI (explorer.evaluation.calibration.choose_strength)."""
+        adaptive_raw included, runs at its own α, as in the CLI (explorer.evaluation.strength.choose_strength)."""
         return self.model.suggested_strengths.get(mode, {})
 
     def suggested_strength(self, modality: str, mode: str = "adaptive") -> float:

@@ -18,10 +18,10 @@ import torch
 from explorer.core.intervals import wilson_interval
 from explorer.core.vocab import LABELS
 from explorer.correction.regap import applied_positions
-from explorer.evaluation.calibration import OVER_REFUSAL_BUDGET
 from explorer.evaluation.eval_records import record_key
 from explorer.evaluation.eval_settings import EvalSettings
 from explorer.evaluation.judge import answer_overlap
+from explorer.evaluation.strength import OVER_REFUSAL_BUDGET
 from explorer.evaluation.verdict_stats import (
     VERDICT_RATE_KEYS,
     paired_comparisons,

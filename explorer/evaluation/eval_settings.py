@@ -12,8 +12,9 @@ from typing import Any
 
 from explorer.core.vocab import Modality, Mode
 from explorer.correction.regap import CorrectionConfig
-from explorer.evaluation.calibration import StrengthChoice, ThresholdChoice
+from explorer.evaluation.calibration import ThresholdChoice
 from explorer.evaluation.judge import Judge, RefusalJudge
+from explorer.evaluation.strength import StrengthChoice
 
 __all__ = ["EvalSettings"]
 
