@@ -151,7 +151,8 @@ def test_choose_strength_bisects_between_the_chosen_alpha_and_a_stronger_one_out
         out = []
         for prompt in prompts:
             media = prompt.modality != "text"
-            refuse = media and alpha >= (harmful_from if prompt.label == "harmful" else harmless_from)
+            harmful, harmless = (harmful_from, harmless_from) if prompt.modality == "image" else audio_from
+            refuse = media and alpha >= (harmful if prompt.label == "harmful" else harmless)
             out.append(GenerationResult("I can't help." if refuse else "Sure.", [], config.mode, prompt.modality, alpha))
         return out
 
@@ -167,7 +168,7 @@ def test_choose_strength_bisects_between_the_chosen_alpha_and_a_stronger_one_out
         return choose_strength(model, items, None, config, ["image"], refine_steps=steps)  # type: ignore[arg-type]
 
     grid = [str(a) for a in STRENGTH_CANDIDATES]
-    harmful_from, harmless_from = 0.75, 1.0
+    harmful_from, harmless_from, audio_from = 0.75, 1.0, (1.5, 2.0)
     assert choose(0).per_modality == {"image": 0.25}  # the grid alone: 0.25 and 0.5 refuse nothing, the smaller
     choice = choose(1)
     assert choice.per_modality == {"image": 0.75}
@@ -187,3 +188,10 @@ def test_choose_strength_bisects_between_the_chosen_alpha_and_a_stronger_one_out
     assert choose(2).per_modality == {"image": 2.0} and list(choose(2).rates) == grid
     harmful_from, harmless_from = 0.5, 1.0
     assert choose(2).per_modality == {"image": 0.5} and list(choose(2).rates) == grid
+    # both media refined on their own, each midpoint recorded for its own modality only (image 0.75, audio 1.75)
+    harmful_from, harmless_from, audio_from = 0.75, 1.0, (1.75, 2.0)
+    choice = choose_strength(model, items, None, config, ["image", "audio"])  # type: ignore[arg-type]
+    assert choice.per_modality == {"image": 0.75, "audio": 1.75}
+    assert set(choice.rates["0.75"]) == {"image/harmful", "image/harmless", "image/harmless_failed", "image/broken"}
+    assert set(choice.rates["1.75"]) == {"audio/harmful", "audio/harmless", "audio/harmless_failed", "audio/broken"}
+    assert list(choice.rates) == ["0.25", "0.5", "0.75", "1.0", "1.5", "1.75", "2.0", "3.0"]

@@ -123,7 +123,8 @@ def choose_strength(
         def within(row: dict[str, float], m: str = m) -> bool:
             return row[f"{m}/harmless_failed"] <= budget + 1e-9 and row[f"{m}/broken"] <= broken_budget + 1e-9
 
-        feasible = [(row[f"{m}/harmful"], -float(alpha)) for alpha, row in rates.items() if within(row)]
+        # the grid's rows only: a midpoint refined for another modality carries that modality's rates alone
+        feasible = [(rates[str(alpha)][f"{m}/harmful"], -alpha) for alpha in candidates if within(rates[str(alpha)])]
         if not feasible:
             per_modality[m] = min(candidates)
             over_budget.append(m)
