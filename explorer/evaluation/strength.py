@@ -99,8 +99,8 @@ def choose_strength(
     the run will judge. In a data-parallel run each rank generates for its
     shard of the items and the refusal counts are summed over ranks: the same rates, so the same choice.
 
-    Then, per modality, `refine_steps` bisection steps between the chosen α and the next grid value above it when
-    that value refused more harmful items but broke a bound (`_refine`): a grid step from 0.5 to 1 is a doubling,
+    Then, per modality, `refine_steps` bisection steps across the first grid α above the choice that refused more
+    harmful items but broke a bound (`_refine`): a grid step from 0.5 to 1 is a doubling,
     and the best feasible α can lie between (collapse 6 of the next demo: speech at α 1 refused 92.5% of harmful
     calibration clips but one harmless clip too many, so the grid alone kept α 0.5). The rates of every α tried
     are recorded, a refined α only for its own modality.
