@@ -190,7 +190,7 @@ def test_choose_strength_bisects_between_the_chosen_alpha_and_a_stronger_one_out
     assert choose(2).per_modality == {"image": 0.5} and list(choose(2).rates) == grid
     # both media refined on their own, each midpoint recorded for its own modality only (image 0.75, audio 1.75)
     harmful_from, harmless_from, audio_from = 0.75, 1.0, (1.75, 2.0)
-    choice = choose_strength(model, items, None, config, ["image", "audio"])  # type: ignore[arg-type]
+    choice = choose_strength(model, items, None, config, ["image", "audio"], refine_steps=1)  # type: ignore[arg-type]
     assert choice.per_modality == {"image": 0.75, "audio": 1.75}
     assert set(choice.rates["0.75"]) == {"image/harmful", "image/harmless", "image/harmless_failed", "image/broken"}
     assert set(choice.rates["1.75"]) == {"audio/harmful", "audio/harmless", "audio/harmless_failed", "audio/broken"}
