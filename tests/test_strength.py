@@ -195,3 +195,23 @@ def test_choose_strength_bisects_between_the_chosen_alpha_and_a_stronger_one_out
     assert set(choice.rates["0.75"]) == {"image/harmful", "image/harmless", "image/harmless_failed", "image/broken"}
     assert set(choice.rates["1.75"]) == {"audio/harmful", "audio/harmless", "audio/harmless_failed", "audio/broken"}
     assert list(choice.rates) == ["0.25", "0.5", "0.75", "1.0", "1.5", "1.75", "2.0", "3.0"]
+
+
+def test_every_alpha_the_rule_can_choose_is_on_the_strength_sliders_steps() -> None:
+    """The page starts at the chosen α: one off the slider's steps would be snapped by the browser to another."""
+    import itertools
+
+    from explorer.app.ui_session import STRENGTH_MAX, STRENGTH_STEP
+    from explorer.evaluation.strength import MODE_STRENGTH_CANDIDATES, REFINE_STEPS, STRENGTH_CANDIDATES
+
+    for grid in (STRENGTH_CANDIDATES, *MODE_STRENGTH_CANDIDATES.values()):
+        reachable = set(grid)
+        for low, high in itertools.combinations(grid, 2):  # the ends need not be neighbours
+            ends = [(low, high)]
+            for _ in range(REFINE_STEPS):
+                mids = [(round((a + b) / 2, 6), a, b) for a, b in ends]
+                reachable |= {mid for mid, _, _ in mids}
+                ends = [pair for mid, a, b in mids for pair in ((a, mid), (mid, b))]
+        assert max(reachable) <= STRENGTH_MAX
+        for alpha in reachable:
+            assert abs(alpha / STRENGTH_STEP - round(alpha / STRENGTH_STEP)) < 1e-6, (grid, alpha)

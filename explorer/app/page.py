@@ -17,6 +17,7 @@ from explorer.app import story, ui, ui_export
 from explorer.app.ui_inputs import is_local_request
 from explorer.app.ui_session import (
     STRENGTH_MAX,
+    STRENGTH_STEP,
     AppState,
     temporary_folder,
 )
@@ -210,7 +211,7 @@ def _settings_column(page: Page, state: AppState) -> None:
                               info="the layer the 2-D map draws (starts at the probe layer)")
     page["mode"] = gr.Radio(list(ui.MODES), value="adaptive", label="Correction mode")
     start_strength, strength_origin = session.starting_strength()
-    page["strength"] = gr.Slider(0, STRENGTH_MAX, value=start_strength, step=0.05,
+    page["strength"] = gr.Slider(0, STRENGTH_MAX, value=start_strength, step=STRENGTH_STEP,
                                  label="Strength (α, or α_max for adaptive)", info=strength_origin, elem_id="strength")
     with gr.Row():
         page["layers_text"] = gr.Textbox(value=session.layers_text(), label='Corrected layers ("2" or "2-3")',

@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 #: (80 items); an embedding is [points, 2] float (≈ 16 KB); `_rendered` keeps 64 requests of ≤ 2,000 characters.
 _CACHE_ENTRIES = 8
 STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
+#: the strength slider's step: every α `--strength auto` can choose (its grids, bisected twice) is a multiple of it,
+#: so the page starts exactly at the chosen α (tests/test_strength.py)
+STRENGTH_STEP = 0.0125
 ModelSwitch = Literal["any", "local", "listed", "off"]
 
 

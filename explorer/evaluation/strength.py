@@ -40,8 +40,8 @@ def strength_candidates(mode: str) -> tuple[float, ...]:
     return MODE_STRENGTH_CANDIDATES.get(mode, STRENGTH_CANDIDATES)
 #: bisection steps across a grid gap (`choose_strength`), each at most one more calibration generation per modality
 #: and mode. Two, chosen on the validation file (never trained on): on collapse 6 of the next demo, speech at α 1
-#: refused 37 of 40 harmful clips and 4 of 40 harmless ones (budget 3); the first step (0.75) refused 26 and 1, the
-#: second (0.875) 31 and 3 (docs/demo-build.md)
+#: over-refused by one harmless clip, the first step (0.75) was within the budget, and the second (0.875) was too
+#: and refused more harmful clips (docs/demo-build.md has the recorded rates)
 REFINE_STEPS = 2
 OVER_REFUSAL_BUDGET = 0.05  # harmless refusal allowed above text's own rate (α choice, translation ceiling)
 BROKEN_BUDGET = 0.05  # share of a modality's corrected calibration answers (harmful and harmless) allowed to break
