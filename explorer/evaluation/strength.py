@@ -38,6 +38,8 @@ MODE_STRENGTH_CANDIDATES: dict[str, tuple[float, ...]] = {
 def strength_candidates(mode: str) -> tuple[float, ...]:
     """The α grid `--strength auto` tunes `mode` on."""
     return MODE_STRENGTH_CANDIDATES.get(mode, STRENGTH_CANDIDATES)
+
+
 #: bisection steps across a grid gap (`choose_strength`), each at most one more calibration generation per modality
 #: and mode. Two, chosen on the validation file (never trained on): on collapse 6 of the next demo, speech at α 1
 #: over-refused by one harmless clip, the first step (0.75) was within the budget, and the second (0.875) was too
