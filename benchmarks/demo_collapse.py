@@ -277,6 +277,7 @@ def eval_summary(run: Path) -> dict[str, Any]:
                   "rule": regap.get("rule"), "strengths": regap.get("mode_strengths"),
                   "thresholds": regap.get("mode_thresholds"),
                   "mean_scores": (regap.get("threshold_choices") or {}).get("adaptive", {}).get("mean_scores"),
+                  "separation": (regap.get("threshold_choices") or {}).get("adaptive", {}).get("separation"),
                   "budget": choice.get("budget"), "sweep": choice.get("rates"),
                   "mode_sweeps": {mode: c.get("rates") for mode, c in (regap.get("strength_choices") or {}).items()
                                   if mode != "adaptive"}} if regap else None,

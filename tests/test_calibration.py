@@ -20,8 +20,9 @@ def test_choose_threshold_is_halfway_between_the_mean_scores(monkeypatch: pytest
     items = [Instruction(f"{lab}-{i}", f"request {i}", lab, "c", "calibration") for lab in ("harmful", "harmless")
              for i in range(5)]
     scored = []  # (modality, labels, probe strength) of every call, so nothing is scored twice or as text
-    # harmful images 0.4..0.8 (mean 0.6), harmless images 0.0 each; audio harmful 0.3, harmless -0.1
-    table = {("image", "harmful"): [0.4, 0.5, 0.6, 0.7, 0.8], ("image", "harmless"): [0.0] * 5,
+    # harmful images 0.4..0.8 (mean 0.6), harmless images mean 0.0 with two above the lowest harmful one (2 of 25
+    # pairs out of order: AUROC 0.92); audio harmful 0.3, harmless -0.1 (apart: AUROC 1)
+    table = {("image", "harmful"): [0.4, 0.5, 0.6, 0.7, 0.8], ("image", "harmless"): [-0.5, -0.4, 0.0, 0.45, 0.45],
              ("audio", "harmful"): [0.3] * 5, ("audio", "harmless"): [-0.1] * 5}
 
     def scores(_model, prompts, _profile, config, _settings):  # type: ignore[no-untyped-def]
@@ -43,6 +44,7 @@ def test_choose_threshold_is_halfway_between_the_mean_scores(monkeypatch: pytest
     assert choice.mean_scores == pytest.approx({"image/harmful": 0.6, "image/harmless": 0.0, "audio/harmful": 0.3,
                                                 "audio/harmless": -0.1})
     assert choice.counts == {"image/harmful": 5, "image/harmless": 5, "audio/harmful": 5, "audio/harmless": 5}
+    assert choice.separation == pytest.approx({"image": 0.92, "audio": 1.0})
     applied = choice.apply(CorrectionConfig(mode="adaptive", threshold=0.5))
     assert applied.for_modality("image").threshold == pytest.approx(0.3)
     assert applied.for_modality("audio").threshold == pytest.approx(0.1)

@@ -198,6 +198,7 @@ def test_threshold_auto_is_chosen_on_calibration_applied_per_item_and_recorded(t
     tau = choice["per_modality"]["image"]
     assert tau == pytest.approx((means["image/harmful"] + means["image/harmless"]) / 2)
     assert choice["counts"] == {"image/harmful": 3, "image/harmless": 3}
+    assert set(choice["separation"]) == {"image"} and 0.0 <= choice["separation"]["image"] <= 1.0
     assert regap["modality_thresholds"] == {"image": tau} and regap["mode_thresholds"] == {"adaptive": {"image": tau}}
     rows = [r for r in regap["per_item"] if r["modality"] == "image" and r["mode"] == "adaptive"]
     assert len(rows) == 4

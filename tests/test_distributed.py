@@ -95,6 +95,7 @@ def _assert_same_run(single: Path, parallel: Path) -> None:
     one_tau, two_tau = (m["regap"]["threshold_choices"]["adaptive"] for m in (m1, m2))  # scored per shard, gathered
     assert one_tau["counts"] == two_tau["counts"] == {"image/harmful": 3, "image/harmless": 3}
     assert one_tau["per_modality"]["image"] == pytest.approx(two_tau["per_modality"]["image"], abs=1e-5)
+    assert one_tau["separation"] == two_tau["separation"]  # the AUROC of all ranks' scores, gathered
     assert [(r["id"], r["modality"], r["mode"]) for r in m1["regap"]["per_item"]] == \
         [(r["id"], r["modality"], r["mode"]) for r in m2["regap"]["per_item"]]
     for name, table in m1["per_layer"].items():

@@ -7,10 +7,11 @@ set twice costs a few file reads; the profile itself is also saved, for export a
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
+from sklearn.metrics import roc_auc_score
 
 from explorer.core.distributed import SINGLE, Ranks, gather_rows
 from explorer.core.storage import (
@@ -198,6 +199,10 @@ class ThresholdChoice:
     per_modality: dict[str, float]  # "image" -> τ for image prompts
     mean_scores: dict[str, float]  # "image/harmful" -> mean s(x) of the calibration split's harmful images
     counts: dict[str, int]  # "image/harmful" -> inputs scored
+    #: "image" -> AUROC of s(x), harmful positive, over the same scores: how well any τ could gate this modality
+    #: (1: every harmful input scores above every harmless one). Where it is low no gate shape helps: the harmless
+    #: look-alikes of the next demo's collapse 6 that scored above τ were refused at any temperature tried.
+    separation: dict[str, float] = field(default_factory=dict)
 
     def apply(self, config: CorrectionConfig) -> CorrectionConfig:
         """`config` with these τ values per modality (its plain `threshold` stays the fallback)."""
@@ -224,8 +229,9 @@ def choose_threshold(
     if not media:
         raise ValueError("choosing a threshold needs at least one image/audio modality")
     settings = CaptureSettings(batch_size=batch_size)
-    per_modality, means, counts = {}, {}, {}
+    per_modality, means, counts, separation = {}, {}, {}, {}
     for modality in media:
+        gathered = {}
         for label in LABELS:
             labelled = [i for i in items if i.label == label]
             if not labelled:
@@ -236,5 +242,8 @@ def choose_threshold(
             every = gather_rows(ranks, torch.tensor(scores, dtype=torch.float64), len(labelled))
             means[f"{modality}/{label}"] = float(every.mean())
             counts[f"{modality}/{label}"] = len(labelled)
+            gathered[label] = every.tolist()
         per_modality[modality] = (means[f"{modality}/harmful"] + means[f"{modality}/harmless"]) / 2
-    return ThresholdChoice(per_modality=per_modality, mean_scores=means, counts=counts)
+        separation[modality] = float(roc_auc_score([1] * len(gathered["harmful"]) + [0] * len(gathered["harmless"]),
+                                                   gathered["harmful"] + gathered["harmless"]))
+    return ThresholdChoice(per_modality=per_modality, mean_scores=means, counts=counts, separation=separation)
