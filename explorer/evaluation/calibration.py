@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
-from sklearn.metrics import roc_auc_score
 
 from explorer.core.distributed import SINGLE, Ranks, gather_rows
 from explorer.core.storage import (
@@ -24,6 +23,7 @@ from explorer.core.storage import (
 from explorer.core.vocab import LABELS, MEDIA_MODALITIES, Modality
 from explorer.correction.peers import dataset_blank_shift
 from explorer.correction.regap import CorrectionConfig, capture_corrected, self_rectification_scores
+from explorer.geometry.formulas import auroc_per_layer
 from explorer.geometry.profile import Profile, build_profile
 from explorer.inputs.data import (
     VALIDATION_PATH,
@@ -242,8 +242,9 @@ def choose_threshold(
             every = gather_rows(ranks, torch.tensor(scores, dtype=torch.float64), len(labelled))
             means[f"{modality}/{label}"] = float(every.mean())
             counts[f"{modality}/{label}"] = len(labelled)
-            gathered[label] = every.tolist()
+            gathered[label] = every
         per_modality[modality] = (means[f"{modality}/harmful"] + means[f"{modality}/harmless"]) / 2
-        separation[modality] = float(roc_auc_score([1] * len(gathered["harmful"]) + [0] * len(gathered["harmless"]),
-                                                   gathered["harmful"] + gathered["harmless"]))
+        # formula 4's AUROC (harmful positive) over the scores as one "layer"
+        separation[modality] = auroc_per_layer(torch.cat(list(gathered.values()))[:, None],
+                                               [label for label, scores in gathered.items() for _ in scores])[0]
     return ThresholdChoice(per_modality=per_modality, mean_scores=means, counts=counts, separation=separation)

@@ -109,7 +109,7 @@ def choose_strength(
     calibration clips but one harmless clip too many, so the grid alone kept α 0.5). The rates of every α tried
     are recorded, a refined α only for its own modality.
     """
-    candidates = [float(a) for a in (strength_candidates(config.mode) if candidates is None else candidates)]
+    candidates = sorted(float(a) for a in (strength_candidates(config.mode) if candidates is None else candidates))
     media = [m for m in modalities if m in MEDIA_MODALITIES]
     if not media or not candidates:
         raise ValueError("choosing a strength needs at least one image/audio modality and one candidate")
@@ -118,7 +118,7 @@ def choose_strength(
     budget = run.measured("text", "harmless", replace(base, mode="off"))[0]["text/harmless_failed"]
     budget += over_refusal_budget
     rates = {str(alpha): {k: v for m in media for k, v in run.modality_rates(m, replace(base, strength=alpha)).items()}
-             for alpha in sorted(candidates)}
+             for alpha in candidates}
     per_modality, over_budget = {}, []
     for m in media:
         # a harmless answer that is refused *or broken* (empty, letterless, a loop, garbled) counts against the budget,
@@ -133,7 +133,7 @@ def choose_strength(
             per_modality[m] = min(candidates)
             over_budget.append(m)
             continue
-        per_modality[m] = _refine(m, -max(feasible)[1], sorted(candidates), rates, within, refine_steps,
+        per_modality[m] = _refine(m, -max(feasible)[1], candidates, rates, within, refine_steps,
                                   lambda alpha, m=m: run.modality_rates(m, replace(base, strength=alpha)))
     rates = {alpha: rates[alpha] for alpha in sorted(rates, key=float)}  # refined α's among the grid's, in order
     return StrengthChoice(per_modality=per_modality, budget=budget, rates=rates, over_budget=over_budget)
