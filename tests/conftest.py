@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+#: pytest-xdist (the suite runs with `-n auto`, pyproject.toml) starts one worker per core; each worker's torch then
+#: gets its share of the cores, not all of them, or the workers' threads fight over the same cores. Set before torch
+#: is imported anywhere in the worker; the interpreters a test starts inherit it.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # Tests never write into the user's real cache (~/.cache/safety-geometry-explorer).
@@ -20,14 +26,32 @@ from tiny_models import build_tiny_model  # noqa: E402
 CHECKPOINT_FIXTURES = frozenset({"demo_model", "demo_runs", "running_app"})
 
 
+#: Session fixtures whose users run in one xdist worker, so each is built once per suite, not once per worker: the
+#: demo's server (test_app, test_app_browser) and its finished runs (test_compare, test_app_browser).
+ONE_WORKER_FIXTURES = frozenset({"demo_runs", "running_app"})
+#: The most xdist workers `-n auto` starts: each loads torch, transformers and Gradio (~1.5 GB resident with the demo).
+MAX_WORKERS = 4
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks from what a test uses, not from memory: the demo-loading fixtures make it `checkpoint` + `slow`; a
-    `checkpoint` test is always `slow` too."""
+    `checkpoint` test is always `slow` too. For xdist's `--dist loadgroup`: the tests of one file share a worker (their
+    module fixtures, such as a served app, are built once), and so do all users of ONE_WORKER_FIXTURES."""
     for item in items:
-        if CHECKPOINT_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if CHECKPOINT_FIXTURES & fixtures:
             item.add_marker(pytest.mark.checkpoint)
         if item.get_closest_marker("checkpoint") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+        if not item.get_closest_marker("xdist_group"):
+            group = "demo-app" if ONE_WORKER_FIXTURES & fixtures else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +114,7 @@ def running_app(tiny_model_dir, tmp_path_factory):
     tiny llava; a small calibration. One server per test session, shared by the client and browser tests."""
     import socket
 
-    from explorer.app.page import build_app
+    from explorer.app.page import LAUNCH_OPTIONS, build_app
     from explorer.app.ui_session import AppSettings, AppState
     from explorer.model.loading import DEMO_MODEL_DIR
 
@@ -102,7 +126,7 @@ def running_app(tiny_model_dir, tmp_path_factory):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     demo = build_app(state)
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, max_file_size="20mb", quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
     yield state, f"http://127.0.0.1:{port}/"
     demo.close()
 

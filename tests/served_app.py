@@ -36,6 +36,15 @@ def rss_mb(trim: bool = False) -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def live_objects() -> int:
+    """The objects Python's garbage collector tracks now (containers: dicts, lists, instances), after a collection:
+    an exact count where RSS is noisy, so a leak of Python objects shows after a few requests."""
+    import gc
+
+    gc.collect()
+    return len(gc.get_objects())
+
+
 class PeakRss:
     """`with PeakRss() as peak: ...` → `peak.growth_mb`: the highest RSS seen while the block ran, minus before."""
 
@@ -109,12 +118,14 @@ def serve_app(model_dir: Path, folder: Path, run_roots: list[Path] | None = None
         demo.close()
 
 
-def raw_call(url: str, api: str, data: list, headers: dict | None = None, timeout: float = 300) -> str:
-    """One API call over plain HTTP (raw JSON values, any headers; gradio_client would shape them): the event
-    stream's text."""
+def raw_call(url: str, api: str, data: list, headers: dict | None = None, timeout: float = 300,
+             session_hash: str | None = None) -> str:
+    """One API call over plain HTTP (raw JSON values, any headers; gradio_client would shape them), in a session of
+    its own unless `session_hash` names one: the event stream's text."""
     import httpx
 
-    body = json.dumps({"data": data})  # NaN and ±inf as JavaScript writes them (httpx's json= refuses them)
+    payload = {"data": data} if session_hash is None else {"data": data, "session_hash": session_hash}
+    body = json.dumps(payload)  # NaN and ±inf as JavaScript writes them (httpx's json= refuses them)
     posted = httpx.post(f"{url}gradio_api/call/{api}", content=body,
                         headers={"Content-Type": "application/json", **(headers or {})}, timeout=60)
     posted.raise_for_status()

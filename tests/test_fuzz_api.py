@@ -28,7 +28,15 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from served_app import RSS_BUDGET_MB, PeakRss, raw_call, rss_mb, serve_app, upload
+from served_app import (
+    RSS_BUDGET_MB,
+    PeakRss,
+    live_objects,
+    raw_call,
+    rss_mb,
+    serve_app,
+    upload,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -259,17 +267,18 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
                 worst.update(growth_mb=round(peak.growth_mb, 1), data=repr(data)[:300])
             assert peak.growth_mb < RSS_BUDGET_MB, (endpoint, peak.growth_mb, repr(data)[:300])
 
-    before, started = rss_mb(trim=True), time.perf_counter()
+    objects_before, before, started = live_objects(), rss_mb(trim=True), time.perf_counter()
     one()
     seconds = time.perf_counter() - started
-    after = rss_mb(trim=True)
+    objects_after, after = live_objects(), rss_mb(trim=True)
     still = raw_call(url, "generate_plain", ["Write a poem.", None, None, 4, 0])
     assert "no correction" in still, still  # the app still answers
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{endpoint}.json").write_text(json.dumps(
         {"endpoint": endpoint, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
          "outcomes": dict(outcomes), "messages": dict(messages.most_common()),
-         "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after)}, indent=1))
+         "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after),
+         "live_objects_before": objects_before, "live_objects_after": objects_after}, indent=1))
     assert after - before < LEAK_BUDGET_MB, (endpoint, before, after)
 
 

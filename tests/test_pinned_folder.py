@@ -155,6 +155,34 @@ def test_the_dequantised_base_is_cached_per_file_and_rebuilt_when_not_this_bases
     assert len(loads) == 4  # no cache: always de-quantised
 
 
+def test_the_loaded_base_is_kept_as_a_folder_and_read_back_equal(tmp_path, monkeypatch):
+    """`PinnedBase.load` de-quantises once per machine, then reads its cache folder: the same weights, config and
+    tokenizer; a folder that does not name this base (damaged, or a killed write) is rebuilt; no cache, no folder."""
+    base, tokenizer = _base(), chatml_tokenizer("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    gguf_reads: list[Path] = []
+    monkeypatch.setattr(PinnedBase, "path", lambda self: tmp_path / "w.gguf")
+    monkeypatch.setattr(PinnedBase, "_from_gguf", staticmethod(lambda path: (gguf_reads.append(path), (base, tokenizer))[1]))
+    NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
+    again, tokenizer_again = NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
+    assert len(gguf_reads) == 1 and again is not base  # the second came from the folder
+    folder = NOT_INSTALLED.cached_folder(tmp_path / "cache")
+    assert folder.parent == tmp_path / "cache" / "pinned_base" and PinnedBase.read(folder / PINNED_BASE_FILE) == NOT_INSTALLED
+    assert again.config.to_dict()["hidden_size"] == 32 and again.config.tie_word_embeddings
+    assert again.state_dict().keys() == base.state_dict().keys()
+    assert all(torch.equal(again.state_dict()[k], v) for k, v in base.state_dict().items())
+    chat = [{"role": "user", "content": "How do I bake bread?"}]
+    assert tokenizer_again.apply_chat_template(chat) == tokenizer.apply_chat_template(chat)
+    assert tokenizer_again("Tell me a poem.").input_ids == tokenizer("Tell me a poem.").input_ids
+    half, _ = NOT_INSTALLED.load(torch.bfloat16, tmp_path / "cache")
+    assert len(gguf_reads) == 1 and half.dtype == torch.bfloat16
+    (folder / PINNED_BASE_FILE).write_text("{}")  # does not name this base
+    NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
+    assert len(gguf_reads) == 2 and PinnedBase.read(folder / PINNED_BASE_FILE) == NOT_INSTALLED  # rebuilt
+    NOT_INSTALLED.load(torch.float32, None)
+    assert len(gguf_reads) == 3  # no cache: always de-quantised
+    assert not list(folder.parent.glob(".*"))  # no temporary folder left
+
+
 def test_a_manifest_may_draw_images_as_lines(tmp_path, tiny_model_dir):
     (tmp_path / "manifest.json").write_text(json.dumps({
         "format": "explorer-model/1", "backends": {"text": "reader", "image": "reader"},
@@ -173,7 +201,10 @@ def test_the_assembled_demo_folder_answers_as_the_base_with_its_adapter(tmp_path
     from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
     from explorer.model.text_reader import ReaderConfig, TextReader
 
-    base, tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)
+    base, tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)  # de-quantised here, or read from this run's cache
+    _, cached_tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)  # read from the cache
+    assert cached_tokenizer("How do I bake bread?").input_ids == tokenizer("How do I bake bread?").input_ids
+    assert chat_prompt(cached_tokenizer, "How do I bake bread?") == chat_prompt(tokenizer, "How do I bake bread?")
     torch.manual_seed(0)
     adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["v_proj"], layers_to_transform=[28, 29],
                                               init_lora_weights=False))

