@@ -133,7 +133,8 @@ def test_the_dequantised_base_is_cached_per_file_and_rebuilt_when_not_this_bases
     loads: list[str] = []
     monkeypatch.setattr(PinnedBase, "path", lambda self: tmp_path / "w.gguf")
 
-    def dequantise(self: PinnedBase, dtype: torch.dtype = torch.float32) -> tuple[LlamaForCausalLM, None]:
+    def dequantise(self: PinnedBase, dtype: torch.dtype = torch.float32,
+                   cache_dir: object = "default") -> tuple[LlamaForCausalLM, None]:
         loads.append(self.sha256)
         return base, None
 

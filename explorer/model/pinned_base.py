@@ -137,7 +137,8 @@ class PinnedBase:
         from safetensors.torch import save_file
 
         cached.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(cached, ignore_errors=True)  # a damaged one (`_holds` refused it)
+        if cached.exists() and not self._holds(cached):
+            shutil.rmtree(cached, ignore_errors=True)  # damaged, or a killed write's
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
         try:
             # transformers refuses save_pretrained on a model read from GGUF, though its weights are plain float32 now
@@ -170,7 +171,7 @@ class PinnedBase:
                         return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
             except (OSError, SafetensorError):
                 pass  # a damaged cache file is rebuilt below
-        model, _ = self.load(torch.float32)
+        model, _ = self.load(torch.float32, cache_dir)
         state = _once(model.state_dict())
         if cached is not None:
             with atomic_path(cached) as tmp:
