@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,8 +18,11 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# Tests never write into the user's real cache (~/.cache/safety-geometry-explorer).
-os.environ.setdefault("SGE_CACHE_DIR", tempfile.mkdtemp(prefix="sge-test-cache-"))
+# Tests never write into the user's real cache (~/.cache/safety-geometry-explorer). The process that makes the
+# temporary cache removes it when it exits (it holds the pinned base's ~1 GB); xdist's workers inherit it and share it.
+if "SGE_CACHE_DIR" not in os.environ:
+    os.environ["SGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="sge-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["SGE_CACHE_DIR"], ignore_errors=True)
 
 from tiny_models import build_tiny_model  # noqa: E402
 
