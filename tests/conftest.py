@@ -29,28 +29,18 @@ from tiny_models import build_tiny_model  # noqa: E402
 #: Session fixtures that load the shipped demo checkpoint (`running_app` serves it whenever it is built): a test
 #: that uses one is marked `checkpoint` and `slow`, so `-m "not slow"` never waits for the demo to load.
 CHECKPOINT_FIXTURES = frozenset({"demo_model", "demo_runs", "running_app"})
-
-
-#: Session fixtures whose users run in one xdist worker, so each is built once per suite, not once per worker: the
-#: demo's server (test_app, test_app_browser) and its finished runs (test_compare, test_app_browser).
-ONE_WORKER_FIXTURES = frozenset({"demo_runs", "running_app"})
 #: The most xdist workers `-n auto` starts: each loads torch, transformers and Gradio (~1.5 GB resident with the demo).
 MAX_WORKERS = 4
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks from what a test uses, not from memory: the demo-loading fixtures make it `checkpoint` + `slow`; a
-    `checkpoint` test is always `slow` too. For xdist's `--dist loadgroup`: the tests of one file share a worker (their
-    module fixtures, such as a served app, are built once), and so do all users of ONE_WORKER_FIXTURES."""
+    `checkpoint` test is always `slow` too."""
     for item in items:
-        fixtures = set(getattr(item, "fixturenames", ()))
-        if CHECKPOINT_FIXTURES & fixtures:
+        if CHECKPOINT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.checkpoint)
         if item.get_closest_marker("checkpoint") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
-        if not item.get_closest_marker("xdist_group"):
-            group = "demo-app" if ONE_WORKER_FIXTURES & fixtures else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.hookimpl(optionalhook=True)
