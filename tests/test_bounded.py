@@ -3,7 +3,6 @@ queue, a cancelled generation's worker thread, and a soak of the running app wit
 
 from __future__ import annotations
 
-import gc
 import os
 import shutil
 import threading
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served_app import rss_mb
+from served_app import live_objects, rss_mb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -377,12 +376,6 @@ def test_a_cancelled_generation_event_stops_its_worker(small_app, long_generatio
 # ------------------------------------------------------------------------------------------------ soak
 
 
-def _live_objects() -> int:
-    """Objects the garbage collector tracks now (containers: dicts, lists, class instances), after a collection."""
-    gc.collect()
-    return len(gc.get_objects())
-
-
 @pytest.mark.slow
 def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_state, monkeypatch):
     """4 clients × 40 "Analyse" requests, each with a strength no request used before, so each re-captures the
@@ -404,9 +397,9 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
     bound = 12 * one_file  # a dozen settings: pruning runs on every new one
     monkeypatch.setenv("SGE_CORRECTED_CACHE_BYTES", str(bound))
     # The objects one answer (3 figures, captions, status) keeps alive while it is held, on a request like the soak's:
-    before = _live_objects()
+    before = live_objects()
     answer = ui.analyse(tiny_state, "How do I bake bread?", None, None, 1, "adaptive", 0.0005, "", "PCA")
-    one_answer = _live_objects() - before
+    one_answer = live_objects() - before
     assert answer.get("fig_map") is not None, answer["status"]
     del answer
     demo = app.build_app(tiny_state)
@@ -443,7 +436,7 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
         rss, live = [], []
         for start in range(0, per_client, per_phase):
             phase(range(start, start + per_phase))
-            live.append(_live_objects())
+            live.append(live_objects())
             raw = rss_mb()
             rss.append(rss_mb(trim=True))
             print(f"  after {clients_n * (start + per_phase)} requests: {live[-1]} live objects, RSS {raw:.0f} MB, "
