@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -128,41 +129,40 @@ def test_a_base_that_does_not_fit_the_folder_is_refused(tmp_path):
         PinnedBase.read(tmp_path / "model" / PINNED_BASE_FILE)
 
 
-def test_the_dequantised_base_is_cached_per_file_and_rebuilt_when_not_this_bases(tmp_path, monkeypatch):
-    base = _base()
-    loads: list[str] = []
+def _fake_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LlamaForCausalLM, Any, list[Path]]:
+    """PinnedBase with a tiny Llama for its GGUF file: → (the model, its tokenizer, the list of GGUF reads)."""
+    base, tokenizer = _base(), chatml_tokenizer("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    reads: list[Path] = []
     monkeypatch.setattr(PinnedBase, "path", lambda self: tmp_path / "w.gguf")
+    monkeypatch.setattr(PinnedBase, "_from_gguf", staticmethod(lambda path: (reads.append(path), (base, tokenizer))[1]))
+    return base, tokenizer, reads
 
-    def dequantise(self: PinnedBase, dtype: torch.dtype = torch.float32,
-                   cache_dir: object = "default") -> tuple[LlamaForCausalLM, None]:
-        loads.append(self.sha256)
-        return base, None
 
-    monkeypatch.setattr(PinnedBase, "load", dequantise)
+def test_the_base_weights_come_from_the_load_folder_de_quantised_once_per_file(tmp_path, monkeypatch):
+    base, _, gguf_reads = _fake_gguf(tmp_path, monkeypatch)
     first = NOT_INSTALLED.state_dict(tmp_path / "cache")
     second = NOT_INSTALLED.state_dict(tmp_path / "cache")
-    assert loads == [NOT_INSTALLED.sha256]  # de-quantised once
+    assert len(gguf_reads) == 1  # de-quantised once
     assert "lm_head.weight" not in first and first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
     assert all(torch.equal(first[k], v) for k, v in base.state_dict().items() if k in first)
     other = PinnedBase(NOT_INSTALLED.package, NOT_INSTALLED.version, NOT_INSTALLED.file, "cd" * 32)
     other.state_dict(tmp_path / "cache")
-    assert loads == [NOT_INSTALLED.sha256, other.sha256]  # another base never reuses the file
-    cached = next((tmp_path / "cache" / "pinned_base").glob("abab*"))
-    cached.write_bytes(b"damaged")
+    assert len(gguf_reads) == 2  # another base never reuses the folder
+    (NOT_INSTALLED.cached_folder(tmp_path / "cache") / "model.safetensors").write_bytes(b"damaged")
     assert NOT_INSTALLED.state_dict(tmp_path / "cache").keys() == first.keys()
-    assert len(loads) == 3  # a damaged cache is rebuilt
+    assert len(gguf_reads) == 3  # a damaged cache is rebuilt
+    assert NOT_INSTALLED.state_dict(tmp_path / "cache").keys() == first.keys() and len(gguf_reads) == 3
     NOT_INSTALLED.state_dict(None)
-    assert len(loads) == 4  # no cache: always de-quantised
+    assert len(gguf_reads) == 4  # no cache: always de-quantised
+    assert sorted(p.name for p in (tmp_path / "cache" / "pinned_base").iterdir()) == sorted(
+        f"{sha[:32]}.transformers" for sha in (NOT_INSTALLED.sha256, other.sha256))  # one copy per base
 
 
 def test_the_loaded_base_is_kept_as_a_folder_and_read_back_equal(tmp_path, monkeypatch):
     """`PinnedBase.load` de-quantises once per machine, then reads its cache folder: the same weights, config and
     tokenizer; a folder that does not name this base (damaged, or a killed write) is rebuilt; no cache, no folder."""
-    base, tokenizer = _base(), chatml_tokenizer("{% for m in messages %}{{ m['content'] }}{% endfor %}")
-    gguf_reads: list[Path] = []
-    monkeypatch.setattr(PinnedBase, "path", lambda self: tmp_path / "w.gguf")
-    monkeypatch.setattr(PinnedBase, "_from_gguf", staticmethod(lambda path: (gguf_reads.append(path), (base, tokenizer))[1]))
+    base, tokenizer, gguf_reads = _fake_gguf(tmp_path, monkeypatch)
     NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
     again, tokenizer_again = NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
     assert len(gguf_reads) == 1 and again is not base  # the second came from the folder

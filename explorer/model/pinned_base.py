@@ -11,8 +11,8 @@ dependencies (the `llm` CLI and llama-cpp-python, a C++ build) are not needed.
 
 A model folder built on a pinned base names it in `pinned_base.json` (`PinnedBase.write` / `PinnedBase.read`);
 `PinnedBase.load` de-quantises the file once per machine and keeps the model and tokenizer as a transformers folder
-under the cache root, and `PinnedBase.state_dict` its weights as one safetensors file (both keyed by the file's
-SHA-256), so a second start reads them in seconds rather than parsing the GGUF file again.
+under the cache root, named by the file's SHA-256; `PinnedBase.state_dict` reads the weights from there, so a second
+start takes seconds rather than parsing the GGUF file again.
 
 >>> base = SMOLLM2_135M_INSTRUCT                    # doctest: +SKIP
 >>> model, tokenizer = base.load(torch.float32)    # doctest: +SKIP
@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from explorer.core.storage import CacheDir, atomic_path, resolve_cache_dir
+from explorer.core.storage import CacheDir, resolve_cache_dir
 from explorer.model.models import ModelLoadError
 
 __all__ = ["PINNED_BASE_FILE", "SMOLLM2_135M_INSTRUCT", "PinnedBase", "file_sha256"]
@@ -154,30 +154,24 @@ class PinnedBase:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def state_dict(self, cache_dir: CacheDir = "default") -> dict[str, torch.Tensor]:
-        """The base model's float32 weights (tied weights once), de-quantised once per machine and cached.
+        """The base model's float32 weights (tied weights once): the weights file of `load`'s cache folder (made by
+        the first load on the machine), or, with caching off, the de-quantised model's. The GGUF file is checked
+        (`path`) on every call, cached or not."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
 
-        The cache file is named by the GGUF file's SHA-256 and records it, so another base never reuses it; the
-        GGUF file is checked (`path`) on every call, cached or not."""
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import save_file
-
-        self.path()
-        folder = resolve_cache_dir(cache_dir)
-        cached = folder / "pinned_base" / f"{self.sha256[:32]}.float32.safetensors" if folder else None
-        if cached is not None and cached.is_file():
-            try:
-                with safe_open(str(cached), framework="pt") as handle:
-                    if (handle.metadata() or {}).get("sha256") == self.sha256:
-                        return {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-            except (OSError, SafetensorError):
-                pass  # a damaged cache file is rebuilt below
-        model, _ = self.load(torch.float32, cache_dir)
-        state = _once(model.state_dict())
-        if cached is not None:
-            with atomic_path(cached) as tmp:
-                save_file(state, str(tmp), metadata={"sha256": self.sha256, "package": self.package,
-                                                     "version": self.version})
-        return state
+        cached = self.cached_folder(cache_dir)
+        if cached is None or not self._holds(cached):
+            model, _ = self.load(torch.float32, cache_dir)  # keeps the folder, where caching is on
+            if cached is None or not self._holds(cached):
+                return _once(model.state_dict())
+        else:
+            self.path()
+        try:
+            return load_file(str(cached / "model.safetensors"))
+        except (OSError, SafetensorError):  # damaged: de-quantised and kept again
+            shutil.rmtree(cached, ignore_errors=True)
+            return _once(self.load(torch.float32, cache_dir)[0].state_dict())
 
     def write(self, folder: Path) -> None:
         """Name this base in `folder` (PINNED_BASE_FILE)."""
