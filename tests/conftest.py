@@ -29,7 +29,7 @@ from tiny_models import build_tiny_model  # noqa: E402
 #: Session fixtures that load the shipped demo checkpoint (`running_app` serves it whenever it is built): a test
 #: that uses one is marked `checkpoint` and `slow`, so `-m "not slow"` never waits for the demo to load.
 CHECKPOINT_FIXTURES = frozenset({"demo_model", "demo_runs", "running_app"})
-#: The most xdist workers `-n auto` starts: each loads torch, transformers and Gradio (~1.5 GB resident with the demo).
+#: The most xdist workers `-n auto` starts: each loads torch, transformers and Gradio (1.3-2 GB resident measured).
 MAX_WORKERS = 4
 
 
