@@ -179,8 +179,13 @@ def test_the_loaded_base_is_kept_as_a_folder_and_read_back_equal(tmp_path, monke
     (folder / PINNED_BASE_FILE).write_text("{}")  # does not name this base
     NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
     assert len(gguf_reads) == 2 and PinnedBase.read(folder / PINNED_BASE_FILE) == NOT_INSTALLED  # rebuilt
+    (folder / "model.safetensors").write_bytes(b"damaged")  # names this base, but its weights are unreadable
+    NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
+    assert len(gguf_reads) == 3  # rebuilt ...
+    NOT_INSTALLED.load(torch.float32, tmp_path / "cache")
+    assert len(gguf_reads) == 3  # ... and read back from then on
     NOT_INSTALLED.load(torch.float32, None)
-    assert len(gguf_reads) == 3  # no cache: always de-quantised
+    assert len(gguf_reads) == 4  # no cache: always de-quantised
     assert not list(folder.parent.glob(".*"))  # no temporary folder left
 
 

@@ -91,11 +91,15 @@ class PinnedBase:
         later loads read that folder in about a second."""
         path = self.path()
         cached = self.cached_folder(cache_dir)
-        if cached is not None and self._holds(cached):
-            try:
-                return self._from_folder(cached, dtype)
-            except (OSError, ValueError):
-                pass  # a damaged cache folder is rebuilt below
+        if cached is not None and cached.exists():
+            if self._holds(cached):
+                from safetensors import SafetensorError
+
+                try:
+                    return self._from_folder(cached, dtype)
+                except (OSError, ValueError, SafetensorError):
+                    pass
+            shutil.rmtree(cached, ignore_errors=True)  # damaged, or not this base's: rebuilt below
         model, tokenizer = self._from_gguf(path)
         if cached is not None:
             self._keep(model, tokenizer, cached)
@@ -133,12 +137,10 @@ class PinnedBase:
 
     def _keep(self, model: Any, tokenizer: Any, cached: Path) -> None:
         """Write the folder beside `cached` and rename it into place, naming this base last: a killed write leaves
-        a folder that `_holds` refuses, and of two processes writing at once the second keeps the first's."""
+        only its temporary folder, and of two processes writing at once the second keeps the first's."""
         from safetensors.torch import save_file
 
         cached.parent.mkdir(parents=True, exist_ok=True)
-        if cached.exists() and not self._holds(cached):
-            shutil.rmtree(cached, ignore_errors=True)  # damaged, or a killed write's
         tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
         try:
             # transformers refuses save_pretrained on a model read from GGUF, though its weights are plain float32 now
@@ -161,17 +163,13 @@ class PinnedBase:
         from safetensors.torch import load_file
 
         cached = self.cached_folder(cache_dir)
-        if cached is None or not self._holds(cached):
-            model, _ = self.load(torch.float32, cache_dir)  # keeps the folder, where caching is on
-            if cached is None or not self._holds(cached):
-                return _once(model.state_dict())
-        else:
+        if cached is not None and self._holds(cached):
             self.path()
-        try:
-            return load_file(str(cached / "model.safetensors"))
-        except (OSError, SafetensorError):  # damaged: de-quantised and kept again
-            shutil.rmtree(cached, ignore_errors=True)
-            return _once(self.load(torch.float32, cache_dir)[0].state_dict())
+            try:
+                return load_file(str(cached / "model.safetensors"))
+            except (OSError, SafetensorError):  # damaged: `load` rebuilds it
+                shutil.rmtree(cached, ignore_errors=True)
+        return _once(self.load(torch.float32, cache_dir)[0].state_dict())  # keeps the folder, where caching is on
 
     def write(self, folder: Path) -> None:
         """Name this base in `folder` (PINNED_BASE_FILE)."""
