@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from served_app import live_objects, rss_mb
+from served_app import memory_in_use, objects_one_answer_holds, rss_mb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -378,30 +378,26 @@ def test_a_cancelled_generation_event_stops_its_worker(small_app, long_generatio
 
 @pytest.mark.slow
 def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_state, monkeypatch):
-    """4 clients × 40 "Analyse" requests, each with a strength no request used before, so each re-captures the
+    """4 clients × 24 "Analyse" requests, each with a strength no request used before, so each re-captures the
     calibration and writes a corrected-cache file: the disk cache stays within its bound, the uncorrected states
     stay, the in-memory caches within their entries, no request fails, and memory stays flat: the objects alive
     (Python's collector counts them exactly) and the resident memory."""
     from gradio_client import Client, handle_file
 
     from explorer.app import page as app
-    from explorer.app import ui
     from explorer.app.ui_session import _CACHE_ENTRIES
     from explorer.inputs.media import IMAGE_CARRIER
 
-    clients_n, per_client, per_phase = 4, 40, 10
+    # The first phase (32 requests) passes both bounds (12 settings on disk, _CACHE_ENTRIES in memory); the 64
+    # after it are where a leak would show. Exact object counts need no more (400 requests once, 160 until now).
+    clients_n, per_client, per_phase = 4, 24, 8
     session, cache = tiny_state.session, Path(tiny_state.settings.cache_dir)
     uncorrected = len(_files(cache / "states"))
     session.corrected_calibration(session.config("adaptive", 0.001))
     one_file = max(p.stat().st_size for p in _files(cache / "corrected"))
     bound = 12 * one_file  # a dozen settings: pruning runs on every new one
     monkeypatch.setenv("SGE_CORRECTED_CACHE_BYTES", str(bound))
-    # The objects one answer (3 figures, captions, status) keeps alive while it is held, on a request like the soak's:
-    before = live_objects()
-    answer = ui.analyse(tiny_state, "How do I bake bread?", None, None, 1, "adaptive", 0.0005, "", "PCA")
-    one_answer = live_objects() - before
-    assert answer.get("fig_map") is not None, answer["status"]
-    del answer
+    one_answer = objects_one_answer_holds(tiny_state, "adaptive", 0.0005)  # on a request like the soak's
     demo = app.build_app(tiny_state)
     url = _launch(demo)
     try:
@@ -436,9 +432,10 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
         rss, live = [], []
         for start in range(0, per_client, per_phase):
             phase(range(start, start + per_phase))
-            live.append(live_objects())
             raw = rss_mb()
-            rss.append(rss_mb(trim=True))
+            objects, in_use = memory_in_use()
+            live.append(objects)
+            rss.append(in_use)
             print(f"  after {clients_n * (start + per_phase)} requests: {live[-1]} live objects, RSS {raw:.0f} MB, "
                   f"{rss[-1]:.0f} MB trimmed, {time.perf_counter() - started:.0f} s", flush=True)
         wall = time.perf_counter() - started
@@ -454,12 +451,12 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
     assert len(_files(cache / "states")) == uncorrected
     assert len(session._corrected) <= _CACHE_ENTRIES and len(session._embeddings) <= _CACHE_ENTRIES
     # Once the first phase has filled the bounded caches, the objects alive stop growing (they moved by < 500 in the
-    # runs measured): keeping each request's answer would add `one_answer` (~40,000) objects per request; the
+    # runs measured): keeping each request's answer would add `one_answer` (~2,000) objects per request; the
     # allowance over all `later` requests is one answer, so even a leak of 1/`later` of an answer per request fails.
     assert one_answer > 1000
     assert live[-1] - live[0] < one_answer, (live, one_answer)
     # Resident memory (after malloc_trim) is a coarse guard for native memory that no Python object holds: it rose
-    # -13 to +61 MB over these 120 requests in three runs, with the objects alive flat (the server's threads
+    # -13 to +61 MB over 120 such requests in three runs, with the objects alive flat (the server's threads
     # warming the allocator's arenas; with 400 requests it settled after ~100). A native leak of 1 MB per request
     # would add 120 MB.
     assert rss[-1] - rss[0] < 100, f"RSS in use grew {rss[-1] - rss[0]:.0f} MB over {later} requests: {rss}"

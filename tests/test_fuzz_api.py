@@ -9,7 +9,7 @@ request afterwards.
 The server is app.py's app on a tiny Qwen2.5-Omni twin (text, image and audio: every loader is reachable),
 calibrated on media of its own, with the run viewer on. The quick suite tries FUZZ_QUICK examples per endpoint;
 the slow one FUZZ_SLOW (>= 1,000 in all). Each test writes what it tried and what came back to
-test-artifacts/fuzz/<endpoint>.json.
+test-artifacts/fuzz/<endpoint>.<quick|at_length>.json.
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ from hypothesis import strategies as st
 from served_app import (
     RSS_BUDGET_MB,
     PeakRss,
-    live_objects,
+    memory_in_use,
     raw_call,
-    rss_mb,
     serve_app,
     upload,
 )
@@ -245,7 +244,7 @@ def _verdict(reply: str, server_roots: list[str], server_log: str) -> str:
     return "refused" if last == "error" or any("⚠️" in text for text in shown) else "served"
 
 
-def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
+def _fuzz(fuzz_app, endpoint: str, examples: int, run: str) -> None:
     state, url, pool, folder = fuzz_app
     roots = [str(folder), str(Path.cwd()), str(Path.home()) + "/"]
     strategy = _endpoints(url, pool)[endpoint]
@@ -267,15 +266,15 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
                 worst.update(growth_mb=round(peak.growth_mb, 1), data=repr(data)[:300])
             assert peak.growth_mb < RSS_BUDGET_MB, (endpoint, peak.growth_mb, repr(data)[:300])
 
-    objects_before, before, started = live_objects(), rss_mb(trim=True), time.perf_counter()
+    (objects_before, before), started = memory_in_use(), time.perf_counter()
     one()
     seconds = time.perf_counter() - started
-    objects_after, after = live_objects(), rss_mb(trim=True)
+    objects_after, after = memory_in_use()
     still = raw_call(url, "generate_plain", ["Write a poem.", None, None, 4, 0])
     assert "no correction" in still, still  # the app still answers
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    (ARTIFACTS / f"{endpoint}.json").write_text(json.dumps(
-        {"endpoint": endpoint, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
+    (ARTIFACTS / f"{endpoint}.{run}.json").write_text(json.dumps(
+        {"endpoint": endpoint, "run": run, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
          "outcomes": dict(outcomes), "messages": dict(messages.most_common()),
          "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after),
          "live_objects_before": objects_before, "live_objects_after": objects_after}, indent=1))
@@ -284,10 +283,10 @@ def _fuzz(fuzz_app, endpoint: str, examples: int) -> None:
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_fuzz_every_endpoint_quick(fuzz_app, endpoint):
-    _fuzz(fuzz_app, endpoint, FUZZ_QUICK)
+    _fuzz(fuzz_app, endpoint, FUZZ_QUICK, "quick")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_fuzz_every_endpoint_at_length(fuzz_app, endpoint):
-    _fuzz(fuzz_app, endpoint, FUZZ_SLOW)
+    _fuzz(fuzz_app, endpoint, FUZZ_SLOW, "at_length")
