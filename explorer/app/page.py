@@ -60,7 +60,8 @@ CSS = """
 
 
 def _bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn(state, *inputs)` as an event handler; None in its output means "leave that component as it is"."""
+    """`fn(state, *inputs)` as an event handler; None in its output means "leave that component as it is". The
+    request counts as in flight (`state.activity`) while it runs."""
 
     def convert(values: Any) -> Any:
         if isinstance(values, tuple):
@@ -69,13 +70,15 @@ def _bind(state: AppState, fn: Callable[..., Any]) -> Callable[..., Any]:
 
     if inspect.isgeneratorfunction(fn):
         def stream(*inputs: Any) -> Any:
-            for values in fn(state, *inputs):
-                yield convert(values)
+            with state.activity.serving():  # in flight until the stream ends or is closed
+                for values in fn(state, *inputs):
+                    yield convert(values)
         stream.__name__ = fn.__name__
         return stream
 
     def call(*inputs: Any) -> Any:
-        return convert(fn(state, *inputs))
+        with state.activity.serving():
+            return convert(fn(state, *inputs))
     call.__name__ = fn.__name__  # no functools.wraps: Gradio would read fn's signature, state included
     return call
 
@@ -312,7 +315,7 @@ def _wire_model_events(page: Page, state: AppState) -> None:
          trigger_mode="always_last")
     told = ["status", "story", *media, *correction, "layer", *analysis[:-1], "plain_text", "plain_info",
             "corrected_text", "corrected_info"]
-    wire(page["collapse_btn"].click, _named(lambda tokens_, embed: story.show_collapse(state, tokens_, embed), told),
+    wire(page["collapse_btn"].click, _named(_bind(state, story.show_collapse), told),
          ["max_tokens", "method"], told, "show_collapse")
     wire(page["export_btn"].click, _bind(state, ui_export.export),
          ["sid", *media, "layer", *correction, "method", "plain_text", "plain_info", "corrected_text",

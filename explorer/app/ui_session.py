@@ -25,6 +25,7 @@ from typing import Any, Callable, Literal, Sequence, get_args
 import numpy as np
 import torch
 
+from explorer.app.activity import Activity
 from explorer.core.storage import CacheDir
 from explorer.core.vocab import MEDIA_MODALITIES, check_choice
 from explorer.correction.regap import (
@@ -61,6 +62,8 @@ logger = logging.getLogger(__name__)
 #: for a 7B image model (32 × 4096) on the 220-item builtin split (1.8 GB with audio too) and ≈ 6 MB for the demo
 #: (80 items); an embedding is [points, 2] float (≈ 16 KB); `_rendered` keeps 64 requests of ≤ 2,000 characters.
 _CACHE_ENTRIES = 8
+#: UMAP compiles after this long without a request in flight, or after WARM_UP_WAIT_S whatever the traffic.
+WARM_UP_QUIET_S, WARM_UP_WAIT_S = 2.0, 30.0
 STRENGTH_MAX = 3.0  # the strength slider's top, and the largest α (or α_max) any request may ask for
 #: the strength slider's step: every α `--strength auto` can choose (its grids, bisected twice) is a multiple of it,
 #: so the page starts exactly at the chosen α (tests/test_strength.py)
@@ -329,6 +332,7 @@ class AppState:
     session: ModelSession
     export_root: Path = field(default_factory=lambda: temporary_folder("sge-exports-"))
     umap_ready: threading.Event = field(default_factory=threading.Event)
+    activity: Activity = field(default_factory=Activity)
     _load_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -342,8 +346,10 @@ class AppState:
     def start_warm_up(self) -> threading.Thread:
         """In the background, one after the other so they never compete for the cores with each other: the
         calibration re-captured under the page's starting correction (the first "Analyse" then only reads it;
-        a request for the same setting meanwhile waits for it instead of redoing it), then UMAP's compilation.
-        Requests are served all along; until UMAP is ready the map uses PCA and says so."""
+        a request for the same setting meanwhile waits for it instead of redoing it), then UMAP's compilation,
+        once no request has been in flight for WARM_UP_QUIET_S (at the latest after WARM_UP_WAIT_S): it would
+        double the time of a request beside it. Requests are served all along; until UMAP is ready the map uses
+        PCA and says so."""
         session = self.session
 
         def work() -> None:
@@ -351,6 +357,7 @@ class AppState:
                 session.corrected_calibration(session.config("adaptive", session.starting_strength()[0]))
             except Exception:  # noqa: BLE001 - a failed warm-up only costs the first request its time
                 logger.warning("warming up the default correction failed", exc_info=True)
+            self.activity.wait_until_quiet(WARM_UP_QUIET_S, WARM_UP_WAIT_S)
             try:
                 warm_up_umap()
                 self.umap_ready.set()
