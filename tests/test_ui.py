@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 import threading
@@ -14,6 +15,8 @@ import pytest
 from PIL import Image
 
 from explorer.app import story, ui, ui_export
+from explorer.app.analysis import FIGURE_TITLES
+from explorer.app.ui_inputs import analysis_of
 from explorer.app.ui_session import AppSettings, AppState
 from explorer.evaluation.verdicts import verdict_of
 from explorer.inputs.media import AUDIO_CARRIER, IMAGE_CARRIER, render_image
@@ -253,6 +256,11 @@ def test_export_writes_metrics_directions_figures_and_report(state, image_reques
     assert set(zipfile.ZipFile(paths["directions.zip"]).namelist()) == {"profile.json", "profile.safetensors"}
     report = open(paths["report.html"]).read()
     assert "corrected answer" in report and "plotly" in report and "Refusal axis per layer" in report
+    # each figure's section holds its own caption (they pair by name, never by position)
+    sections = re.findall(r"<section>\n<h2>(.*?)</h2>.*?(?:<p class=\"caption\">(.*?)</p>)?\n</section>", report, re.S)
+    assert [title for title, _ in sections] == list(FIGURE_TITLES.values())
+    result = analysis_of(state, carrier, image, None, 2, "adaptive", 1.0, "", "PCA")[0]
+    assert [caption for _, caption in sections] == [html.escape(result.captions[n]) for n in FIGURE_TITLES]
     again, sid2, _ = ui_export.export(state, sid, carrier, image, None, 2, "off", 1.0, "", "PCA")
     assert sid2 == sid and again == files  # the same session folder
     _, sid3, _ = ui_export.export(state, "../../etc", carrier, image, None, 2, "off", 1.0, "", "PCA")

@@ -31,10 +31,16 @@ def describe_prompt(prompt: Prompt) -> str:
     return prompt.text + {"image": " [+ image]", "audio": " [+ audio]"}.get(prompt.modality, "")
 
 
+#: The app's figures by name: the page shows each as the components `fig_<name>` and `cap_<name>` (in this order in
+#: the Analyse event's outputs), and the Export's reports title it so. A figure and its caption share the name.
+FIGURE_TITLES = {"map": "Where prompts sit (2-D map)", "axis": "Refusal axis per layer",
+                 "sep": "Separability and drift per layer"}
+
+
 @dataclass
 class Analysis:
-    figures: dict[str, Any]
-    captions: dict[str, str]
+    figures: dict[str, Any]  # by the names of FIGURE_TITLES
+    captions: dict[str, str]  # by the same names
     metrics: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
@@ -72,9 +78,7 @@ def compute_analysis(state: AppState, session: ModelSession, prompt: Prompt, con
         "regap": _regap_block(prompt, config, score, alpha),
         "layer_shown": layer, "per_layer": per_layer, "embedding": "UMAP" if use_umap else "PCA",
     }
-    figures = {"Where prompts sit (2-D map)": fig_map, "Refusal axis per layer": fig_axis,
-               "Separability and drift per layer": fig_sep}
-    return Analysis(figures, captions, metrics, notes)
+    return Analysis({"map": fig_map, "axis": fig_axis, "sep": fig_sep}, captions, metrics, notes)
 
 
 def _regap_block(prompt: Prompt, config: CorrectionConfig, score: float | None, alpha: float) -> dict[str, Any]:
@@ -169,4 +173,4 @@ def _captions(session: ModelSession, prompt: Prompt, config: CorrectionConfig, l
     sep_caption = ("AUROC 1 means the refusal direction tells every harmful request from every harmless one; 0.5 is "
                    "chance. The drift panels show how far a modality moves the states away from text and whether "
                    "that move points along the refusal direction. " + (sentence_case("; ".join(sep_bits)) if sep_bits else ""))
-    return {"map": map_caption, "axis": axis_caption, "separability": sep_caption}
+    return {"map": map_caption, "axis": axis_caption, "sep": sep_caption}

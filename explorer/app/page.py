@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from explorer.app import story, ui, ui_export
+from explorer.app.analysis import FIGURE_TITLES
 from explorer.app.ui_inputs import is_local_request
 from explorer.app.ui_session import (
     STRENGTH_MAX,
@@ -260,9 +261,8 @@ def _results(page: Page) -> None:
             page["corrected_text"] = gr.Textbox(label="With correction", lines=4, interactive=False,
                                                 elem_id="corrected-out")
             page["corrected_info"] = gr.Markdown(elem_id="corrected-info", elem_classes="sge-badge")
-    for name, label in (("map", "Where prompts sit"), ("axis", "Refusal axis per layer"),
-                        ("sep", "Separability and drift")):
-        page[f"fig_{name}"] = gr.Plot(label=label)
+    for name, title in FIGURE_TITLES.items():
+        page[f"fig_{name}"] = gr.Plot(label=title)
         page[f"cap_{name}"] = gr.Markdown(elem_classes="sge-caption")
     with gr.Accordion("Export", open=False):
         page["export_btn"] = gr.Button("Export metrics, directions, figures and report", elem_id="export-btn")
@@ -303,7 +303,7 @@ def _wire_model_events(page: Page, state: AppState) -> None:
         trigger(handler, [page[n] for n in inputs], [page[n] for n in outputs], api_name=api_name,
                 **{**model_event, **options})
 
-    analysis = ["fig_map", "fig_axis", "fig_sep", "cap_map", "cap_axis", "cap_sep", "status"]
+    analysis = [*(f"fig_{name}" for name in FIGURE_TITLES), *(f"cap_{name}" for name in FIGURE_TITLES), "status"]
     wire(page["analyse_btn"].click, _named(_bind(state, ui.analyse), analysis),
          [*media, "layer", *correction, "method"], analysis, "analyse")
     tokens = ["max_tokens", "seed"]

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from explorer.app.analysis import Analysis, compute_analysis
+from explorer.app.analysis import FIGURE_TITLES, Analysis, compute_analysis
 from explorer.app.ui_inputs import (
     InputError,
     analysis_of,
@@ -103,10 +103,9 @@ def problem_message(err: BaseException, keep: tuple[str, ...] = ()) -> str:
 
 
 def analysis_outputs(result: Analysis) -> dict[str, Any]:
-    """The page's three figures and their captions, by the names app.py wires them to."""
-    figs, caps = list(result.figures.values()), result.captions
-    return {"fig_map": figs[0], "fig_axis": figs[1], "fig_sep": figs[2], "cap_map": caps["map"],
-            "cap_axis": caps["axis"], "cap_sep": caps["separability"]}
+    """The page's figures and their captions, by the names the page wires them to (`fig_<name>`, `cap_<name>`)."""
+    return {**{f"fig_{name}": result.figures[name] for name in FIGURE_TITLES},
+            **{f"cap_{name}": result.captions[name] for name in FIGURE_TITLES}}
 
 
 def analyse(state: AppState, text: str | None, image: Any, audio: Any, layer: Any, mode: str, strength: float,

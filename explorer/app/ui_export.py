@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from explorer.app.analysis import describe_prompt, fmt
+from explorer.app.analysis import FIGURE_TITLES, describe_prompt, fmt
 from explorer.app.ui import problem_message, warning_text
 from explorer.app.ui_inputs import analysis_of
 from explorer.app.ui_session import AppState
@@ -96,7 +96,8 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
         zipped = shutil.make_archive(str(Path(scratch) / "directions"), "zip", session.profile.save(Path(scratch) / "p"))
         with atomic_path(paths[2]) as tmp:
             shutil.copyfile(zipped, tmp)
-    write_report(paths[3], f"Safety geometry figures: {session.model.name}", result.figures)
+    figures = {FIGURE_TITLES[name]: figure for name, figure in result.figures.items()}
+    write_report(paths[3], f"Safety geometry figures: {session.model.name}", figures)
     summary = {
         "model": session.model.name, "layers": session.num_layers,
         "calibration": f"{len(session.calibration.items)} requests × {len(session.profile.modalities)} modalities",
@@ -107,8 +108,8 @@ def export(state: AppState, session_id: str | None, text: str | None, image: Any
         "answer with correction": f"{corrected_text or '(not generated)'} [{corrected_info or ''}]",
         "exported": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    captions = dict(zip(result.figures, result.captions.values()))
-    write_report(paths[4], "Safety Geometry Explorer: session report", result.figures, summary, captions)
+    captions = {FIGURE_TITLES[name]: caption for name, caption in result.captions.items()}
+    write_report(paths[4], "Safety Geometry Explorer: session report", figures, summary, captions)
     prune_exports(state.export_root, state.settings.exports_kept, state.settings.export_max_age_s, current=folder)
     return [str(p) for p in paths], sid, f"Exported {len(paths)} files."
 
