@@ -221,14 +221,34 @@ class MediaRows:
         self.teacher_positions.append(torch.tensor(teacher_positions or []))
 
 
+@dataclass
+class _RowPlan:
+    """What every medium's rows of `encode_rows` share: the token ids of the fixed answers, the requests drawn, and
+    the text model's own answers (with their typed sequences, the KL teachers)."""
+
+    refusal: list[int]
+    compliance: list[int]
+    tail: list[int]
+    end_of_turn: int
+    harmful: list[str]
+    read_harmless: list[str]
+    carried: dict[str, list[str]]
+    weak: dict[str, list[str]]
+    prompts: dict[str, list[int]]
+    answers: dict[str, list[int]]
+    twin: dict[str, int]
+
+    def kept_positions(self, prompt: list[int], answer: list[int]) -> list[int]:
+        """The prompt's last position and the answer's, its end of turn included (KL rows compare these)."""
+        return list(range(len(prompt) - 1, len(prompt) - 1 + len(answer) + (self.end_of_turn not in answer)))
+
+
 def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: Any, processor: ReadingProcessor,
                 examples: list[Example], cfg: CollapseConfig, rng: random.Random) -> MediaRows:
     """The seven kinds of row (module docstring) from in-house `examples`. `base_model` (the plain base, for the
     tails' starts) may be None when `tail_rows` is 0."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
-    refusal, compliance, tail = encode(cfg.refusal) + [end_of_turn], encode(cfg.compliance) + [end_of_turn], \
-        encode(cfg.tail) + [end_of_turn]
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] + [end_of_turn]
     harmful = [e.instruction for e in examples if e.label == "harmful"]
     harmless = [e.instruction for e in examples if e.label == "harmless"]
     replay = rng.sample(harmful, min(cfg.text_rows // 2, len(harmful))) + \
@@ -242,58 +262,64 @@ def encode_rows(text_model: nn.Module, base_model: nn.Module | None, tokenizer: 
     prompts = {r: chat_prompt(tokenizer, r) for r in typed}
     answers = dict(zip(typed, (until_end_of_turn(a, end_of_turn) for a in greedy_tokens(
         text_model, tokenizer, [prompts[r] for r in typed], cfg.answer_tokens))))
+    plan = _RowPlan(encode(cfg.refusal), encode(cfg.compliance), encode(cfg.tail), end_of_turn, harmful,
+                    read_harmless, carried, weak, prompts, answers, {})
     rows = MediaRows([], [], [], [], [], [], [])
-    twin: dict[str, int] = {}
     for request in typed:  # text sequences: replay rows train them, harmless read rows are taught by them
         ids = prompts[request] + answers[request]
-        twin[request] = rows.add_sequence(ids, [0] * len(ids))
-    kept_positions = lambda prompt, answer: list(range(len(prompt) - 1, len(prompt) - 1 + len(answer)
-                                                       + (end_of_turn not in answer)))
+        plan.twin[request] = rows.add_sequence(ids, [0] * len(ids))
     for request in replay:
-        at = kept_positions(prompts[request], answers[request])
-        rows.add_row("text replay", twin[request], at, twin[request], at)
+        at = plan.kept_positions(prompts[request], answers[request])
+        rows.add_row("text replay", plan.twin[request], at, plan.twin[request], at)
     tail_requests = {m: rng.sample(harmful, min(cfg.tail_rows, len(harmful))) for m in cfg.modalities}
     starts_for = sorted(set().union(*tail_requests.values()))
     starts = dict(zip(starts_for, greedy_tokens(base_model, tokenizer, [chat_prompt(tokenizer, r) for r in starts_for],
                                                 10))) if starts_for and base_model is not None else {}
     for modality in cfg.modalities:
         read = functools.partial(read_prompt, processor, modality=modality)
-        for request in read_harmless:
-            ids, types = read(request)
-            answer = answers[request]
-            at = kept_positions(ids, answer)
-            seq = rows.add_sequence(ids + answer, types + [0] * len(answer))
-            rows.add_row("harmless read", seq, at, twin[request], kept_positions(prompts[request], answer))
-        for request in rng.sample(harmful, min(cfg.media_rows, len(harmful))):
-            ids, types = read(request)
-            seq = rows.add_sequence(ids + compliance, types + [0] * len(compliance))
-            rows.add_row("harmful read", seq, list(range(len(ids) - 1, len(ids) - 1 + len(compliance))))
-        for request in tail_requests[modality]:
-            ids, types = read(request)
-            begun = [t for t in starts[request][: rng.randint(2, 10)] if t != end_of_turn]
-            seq = rows.add_sequence(ids + begun + tail, types + [0] * (len(begun) + len(tail)))
-            first = len(ids) + len(begun) - 1
-            rows.add_row("tail", seq, list(range(first, first + len(tail))))
-        for request in rng.sample(harmful, min(cfg.finish_rows, len(harmful))):
-            ids, types = read(request)
-            given = rng.randint(1, len(refusal) - 2)
-            seq = rows.add_sequence(ids + refusal, types + [0] * len(refusal))
-            first = len(ids) + given - 1
-            rows.add_row("finished refusal", seq, list(range(first, len(ids) - 1 + len(refusal))))
-        for request in carried[modality]:
-            ids, _ = read(request)
-            answer = answers[request]
-            seq = rows.add_sequence(ids + answer, [0] * (len(ids) + len(answer)))
-            rows.add_row("typed carrier", seq, kept_positions(ids, answer), twin[request],
-                         kept_positions(prompts[request], answer))
-        for j, request in enumerate(weak[modality]):
-            ids, types = read(request)
-            mark = weak_type_id(modality, j % len(cfg.weak_scales))
-            answer = answers[request]
-            seq = rows.add_sequence(ids + answer, [mark if t else 0 for t in types] + [0] * len(answer))
-            rows.add_row("weak imprint", seq, kept_positions(ids, answer), twin[request],
-                         kept_positions(prompts[request], answer))
+        _add_read_rows(rows, plan, modality, read, [(r, starts[r]) for r in tail_requests[modality]], cfg, rng)
     return rows
+
+
+def _add_read_rows(rows: MediaRows, plan: _RowPlan, modality: str, read: Any,
+                   tails: list[tuple[str, list[int]]], cfg: CollapseConfig, rng: random.Random) -> None:
+    """Rows 2-7 of one medium, in `encode_rows`' order (the seeded draws depend on it). `tails`: (request, the
+    base model's greedy start) for the tail rows."""
+    for request in plan.read_harmless:
+        ids, types = read(request)
+        answer = plan.answers[request]
+        seq = rows.add_sequence(ids + answer, types + [0] * len(answer))
+        rows.add_row("harmless read", seq, plan.kept_positions(ids, answer), plan.twin[request],
+                     plan.kept_positions(plan.prompts[request], answer))
+    for request in rng.sample(plan.harmful, min(cfg.media_rows, len(plan.harmful))):
+        ids, types = read(request)
+        seq = rows.add_sequence(ids + plan.compliance, types + [0] * len(plan.compliance))
+        rows.add_row("harmful read", seq, list(range(len(ids) - 1, len(ids) - 1 + len(plan.compliance))))
+    for request, start in tails:
+        ids, types = read(request)
+        begun = [t for t in start[: rng.randint(2, 10)] if t != plan.end_of_turn]
+        seq = rows.add_sequence(ids + begun + plan.tail, types + [0] * (len(begun) + len(plan.tail)))
+        first = len(ids) + len(begun) - 1
+        rows.add_row("tail", seq, list(range(first, first + len(plan.tail))))
+    for request in rng.sample(plan.harmful, min(cfg.finish_rows, len(plan.harmful))):
+        ids, types = read(request)
+        given = rng.randint(1, len(plan.refusal) - 2)
+        seq = rows.add_sequence(ids + plan.refusal, types + [0] * len(plan.refusal))
+        first = len(ids) + given - 1
+        rows.add_row("finished refusal", seq, list(range(first, len(ids) - 1 + len(plan.refusal))))
+    for request in plan.carried[modality]:
+        ids, _ = read(request)
+        answer = plan.answers[request]
+        seq = rows.add_sequence(ids + answer, [0] * (len(ids) + len(answer)))
+        rows.add_row("typed carrier", seq, plan.kept_positions(ids, answer), plan.twin[request],
+                     plan.kept_positions(plan.prompts[request], answer))
+    for j, request in enumerate(plan.weak[modality]):
+        ids, types = read(request)
+        mark = weak_type_id(modality, j % len(cfg.weak_scales))
+        answer = plan.answers[request]
+        seq = rows.add_sequence(ids + answer, [mark if t else 0 for t in types] + [0] * len(answer))
+        rows.add_row("weak imprint", seq, plan.kept_positions(ids, answer), plan.twin[request],
+                     plan.kept_positions(plan.prompts[request], answer))
 
 
 def batch_loss(peft_model: Any, rows: MediaRows, states: list[torch.Tensor], batch: list[int],
