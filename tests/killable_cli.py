@@ -1,15 +1,19 @@
 """The CLI in a fresh interpreter whose `generate_batch` SIGKILLs its own process at the KILL_AT-th call (unset or
 0: never), on every rank or, with KILL_RANK, on that rank only: no cleanup, no finally blocks, exactly what an
 out-of-memory killer or a pulled plug does. The one kill harness of tests/test_evaluation.py (one process) and
-tests/test_distributed.py (torchrun).
+tests/test_distributed.py (torchrun); `in_this_process` runs their reference and resuming runs, which no kill
+touches, without a fresh interpreter.
 
     KILL_AT=5 python tests/killable_cli.py eval --model ... --out DIR
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +31,25 @@ def killing(real: Callable[..., Any]) -> Callable[..., Any]:
         return real(*args, **kwargs)
 
     return generate_batch
+
+
+def in_this_process(args: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
+    """The same CLI, never killed, run by its `main` in the calling interpreter: a reference or resuming run without
+    a fresh interpreter's ~5 s of imports and model loading. `threads`: torch's threads meanwhile (as a rank's
+    OMP_NUM_THREADS=1), else unchanged. Its stderr is captured as a subprocess's would be; stdout is not."""
+    import torch
+
+    from explorer.app.cli import main
+
+    before, stderr = torch.get_num_threads(), io.StringIO()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with contextlib.redirect_stderr(stderr):
+            code = main(args)
+    finally:
+        torch.set_num_threads(before)
+    return subprocess.CompletedProcess(["explorer", *args], code or 0, "", stderr.getvalue())
 
 
 if __name__ == "__main__":

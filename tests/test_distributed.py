@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -15,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from killable_cli import in_this_process
 
 from explorer.core.distributed import (
     SINGLE,
@@ -68,28 +67,12 @@ def _eval(model: str, tmp_path: Path, out: Path, cache: Path, processes: int,
             "--limit", "3", "--max-new-tokens", "5", "--batch-size", "2", "--cache-dir", str(cache), "--out", str(out)]
     if processes == 1:
         assert not kill_at, "the single run is never killed"
-        return _eval_in_this_process(args)
+        return in_this_process(args, threads=1)  # as the ranks run (OMP_NUM_THREADS=1)
     env = {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'tests'}", "KILL_AT": str(kill_at), "KILL_RANK": "1",
            "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                str(script), *args]
     return subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=900)
-
-
-def _eval_in_this_process(args: list[str]) -> subprocess.CompletedProcess:
-    """The one-process reference run through the CLI's `main` in this interpreter (no rank in its environment),
-    with torch's threads at one as in the ranks (OMP_NUM_THREADS=1): the same run as a fresh interpreter, without
-    its ~5 s of imports and model loading."""
-    from explorer.app.cli import main
-
-    threads, stderr = torch.get_num_threads(), io.StringIO()
-    torch.set_num_threads(1)
-    try:
-        with contextlib.redirect_stderr(stderr):
-            code = main(args)
-    finally:
-        torch.set_num_threads(threads)
-    return subprocess.CompletedProcess(["explorer", *args], code or 0, "", stderr.getvalue())
 
 
 def _lines(out: Path) -> list[dict]:

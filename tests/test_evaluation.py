@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from killable_cli import in_this_process
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,8 +30,7 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_generations(tiny_model_dir,
             "--regap", "off,fixed,adaptive", "--strength", "1.5", "--calibration-limit", "4", "--limit", "3",
             "--max-new-tokens", "6", "--batch-size", "2", "--cache-dir", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    whole = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(tmp_path / "whole")],
-                           env={**env, "KILL_AT": "0"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    whole = in_this_process([*args, "--out", str(tmp_path / "whole")])  # the reference: never killed
     assert whole.returncode == 0, whole.stderr[-2000:]
     killed = tmp_path / "killed"
     first = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(killed)],
@@ -40,8 +40,7 @@ def test_sigkilled_eval_resumes_to_the_uninterrupted_generations(tiny_model_dir,
     assert 0 < len(done_before) < len(_records(tmp_path / "whole"))
     with (killed / "generations.jsonl").open("a") as sink:
         sink.write('{"id": "cut-by-the-kil')  # a line cut mid-write, as a kill during write() leaves it
-    again = subprocess.run([sys.executable, str(KILLABLE_CLI), *args, "--out", str(killed)],
-                           env={**env, "KILL_AT": "0"}, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    again = in_this_process([*args, "--out", str(killed)])  # the same command again resumes the killed run
     assert again.returncode == 0, again.stderr[-2000:]
     assert _records(killed) == _records(tmp_path / "whole")
     assert json.loads((killed / "metrics.json").read_text())["refusal_rate"] == \
