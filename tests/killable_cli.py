@@ -1,8 +1,8 @@
 """The CLI in a fresh interpreter whose `generate_batch` SIGKILLs its own process at the KILL_AT-th call (unset or
 0: never), on every rank or, with KILL_RANK, on that rank only: no cleanup, no finally blocks, exactly what an
 out-of-memory killer or a pulled plug does. The one kill harness of tests/test_evaluation.py (one process) and
-tests/test_distributed.py (torchrun); `in_this_process` runs their reference and resuming runs, which no kill
-touches, without a fresh interpreter.
+tests/test_distributed.py (torchrun); `in_this_process` runs test_evaluation's reference and resuming runs, which no
+kill touches, without a fresh interpreter.
 
     KILL_AT=5 python tests/killable_cli.py eval --model ... --out DIR
 """
