@@ -33,22 +33,15 @@ def killing(real: Callable[..., Any]) -> Callable[..., Any]:
     return generate_batch
 
 
-def in_this_process(args: list[str], threads: int | None = None) -> subprocess.CompletedProcess:
+def in_this_process(args: list[str]) -> subprocess.CompletedProcess:
     """The same CLI, never killed, run by its `main` in the calling interpreter: a reference or resuming run without
-    a fresh interpreter's ~5 s of imports and model loading. `threads`: torch's threads meanwhile (as a rank's
-    OMP_NUM_THREADS=1), else unchanged. Its stderr is captured as a subprocess's would be; stdout is not."""
-    import torch
-
+    a fresh interpreter's ~5 s of imports and model loading. Its stderr is captured as a subprocess's would be;
+    stdout is not."""
     from explorer.app.cli import main
 
-    before, stderr = torch.get_num_threads(), io.StringIO()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        with contextlib.redirect_stderr(stderr):
-            code = main(args)
-    finally:
-        torch.set_num_threads(before)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = main(args)
     return subprocess.CompletedProcess(["explorer", *args], code or 0, "", stderr.getvalue())
 
 
