@@ -378,7 +378,7 @@ def test_a_cancelled_generation_event_stops_its_worker(small_app, long_generatio
 
 @pytest.mark.slow
 def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_state, monkeypatch):
-    """4 clients × 24 "Analyse" requests, each with a strength no request used before, so each re-captures the
+    """4 clients × 16 "Analyse" requests, each with a strength no request used before, so each re-captures the
     calibration and writes a corrected-cache file: the disk cache stays within its bound, the uncorrected states
     stay, the in-memory caches within their entries, no request fails, and memory stays flat: the objects alive
     (Python's collector counts them exactly) and the resident memory."""
@@ -388,9 +388,9 @@ def test_soak_a_new_strength_per_request_keeps_disk_and_memory_bounded(tiny_stat
     from explorer.app.ui_session import _CACHE_ENTRIES
     from explorer.inputs.media import IMAGE_CARRIER
 
-    # The first phase (32 requests) passes both bounds (12 settings on disk, _CACHE_ENTRIES in memory); the 64
-    # after it are where a leak would show. Exact object counts need no more (400 requests once, 160 until now).
-    clients_n, per_client, per_phase = 4, 24, 8
+    # The first phase (32 requests) passes both bounds (12 settings on disk, _CACHE_ENTRIES in memory); the 32
+    # after it are where a leak would show. Exact object counts need no more (400 requests once, then 160, 96).
+    clients_n, per_client, per_phase = 4, 16, 8
     session, cache = tiny_state.session, Path(tiny_state.settings.cache_dir)
     uncorrected = len(_files(cache / "states"))
     session.corrected_calibration(session.config("adaptive", 0.001))

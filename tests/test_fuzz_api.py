@@ -2,8 +2,8 @@
 negative), values of the wrong type, paths that are not uploads, and uploaded files of random bytes and truncated
 media. Every reply must be a message (a completed event, or an error event that carries one; a bare error only
 where Gradio refused the payload before any handler ran), never "Unexpected error", a stack trace or a server
-path; no refused request may add more than RSS_BUDGET_MB to the server's memory at its peak, a whole run no more
-than LEAK_BUDGET_MB to the memory in use (after malloc_trim) for good; and the app must still answer a plain
+path; no refused request may add more than RSS_BUDGET_MB to the server's memory at its peak, a whole run at length
+no more than LEAK_BUDGET_MB to the memory in use (after malloc_trim) for good; and the app must still answer a plain
 request afterwards.
 
 The server is app.py's app on a tiny Qwen2.5-Omni twin (text, image and audio: every loader is reachable),
@@ -266,19 +266,24 @@ def _fuzz(fuzz_app, endpoint: str, examples: int, run: str) -> None:
                 worst.update(growth_mb=round(peak.growth_mb, 1), data=repr(data)[:300])
             assert peak.growth_mb < RSS_BUDGET_MB, (endpoint, peak.growth_mb, repr(data)[:300])
 
-    (objects_before, before), started = memory_in_use(), time.perf_counter()
+    # The whole run's memory is measured at length only: 12 cases could not show a leak the budget would catch, and
+    # each measure is a full collection of the server's heap (~0.4 s, two per run).
+    measured = run == "at_length"
+    (objects_before, before), started = memory_in_use() if measured else (None, None), time.perf_counter()
     one()
     seconds = time.perf_counter() - started
-    objects_after, after = memory_in_use()
+    objects_after, after = memory_in_use() if measured else (None, None)
     still = raw_call(url, "generate_plain", ["Write a poem.", None, None, 4, 0])
     assert "no correction" in still, still  # the app still answers
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / f"{endpoint}.{run}.json").write_text(json.dumps(
         {"endpoint": endpoint, "run": run, "cases": sum(outcomes.values()), "seconds": round(seconds, 1),
          "outcomes": dict(outcomes), "messages": dict(messages.most_common()),
-         "worst_refused_peak_rss": worst, "rss_mb_before": round(before), "rss_mb_after": round(after),
-         "live_objects_before": objects_before, "live_objects_after": objects_after}, indent=1))
-    assert after - before < LEAK_BUDGET_MB, (endpoint, before, after)
+         "worst_refused_peak_rss": worst, "rss_mb_before": before and round(before),
+         "rss_mb_after": after and round(after), "live_objects_before": objects_before,
+         "live_objects_after": objects_after}, indent=1))
+    if measured:
+        assert after - before < LEAK_BUDGET_MB, (endpoint, before, after)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
