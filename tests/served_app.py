@@ -71,7 +71,7 @@ def objects_one_answer_holds(state: Any, mode: str, strength: float) -> int:
 
 def memory_in_use() -> tuple[int, float]:
     """(`live_objects()`, `rss_mb(trim=True)`) after one collection instead of two: a full collection of the
-    served app's heap takes a third of a second, and the fuzz measures before and after each of its 24 runs."""
+    served app's heap takes a third of a second, and the soaks and the fuzz measure before and after."""
     objects = live_objects()
     return objects, _trimmed_rss_mb()
 

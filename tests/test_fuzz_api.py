@@ -269,7 +269,8 @@ def _fuzz(fuzz_app, endpoint: str, examples: int, run: str) -> None:
     # The whole run's memory is measured at length only: 12 cases could not show a leak the budget would catch, and
     # each measure is a full collection of the server's heap (~0.4 s, two per run).
     measured = run == "at_length"
-    (objects_before, before), started = memory_in_use() if measured else (None, None), time.perf_counter()
+    objects_before, before = memory_in_use() if measured else (None, None)
+    started = time.perf_counter()
     one()
     seconds = time.perf_counter() - started
     objects_after, after = memory_in_use() if measured else (None, None)
