@@ -24,6 +24,7 @@ if "SGE_CACHE_DIR" not in os.environ:
     os.environ["SGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="sge-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SGE_CACHE_DIR"], ignore_errors=True)
 
+from file_order import pytest_addoption, pytest_configure, recorded_seconds, slowest_files_first  # noqa: E402, F401
 from tiny_models import build_tiny_model  # noqa: E402
 
 #: Session fixtures that load the shipped demo checkpoint (`running_app` serves it whenever it is built): a test
@@ -35,7 +36,8 @@ MAX_WORKERS = 4
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Marks from what a test uses, not from memory: the demo-loading fixtures make it `checkpoint` + `slow`; a
-    `checkpoint` test is always `slow` too."""
+    `checkpoint` test is always `slow` too. Then the slowest files first (tests/file_order.py)."""
+    slowest_files_first(items, recorded_seconds())
     for item in items:
         if CHECKPOINT_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.checkpoint)

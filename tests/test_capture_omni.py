@@ -108,3 +108,40 @@ def test_generate_without_correction(omni, modality):
     assert len(result.token_ids) == 6 and result.modality == modality and result.alpha == 0.0
     again = generate(omni, prompt, None, CorrectionConfig(mode="off"), max_new_tokens=6)
     assert again.token_ids == result.token_ids  # greedy decoding is deterministic
+
+
+def test_a_short_window_gives_the_whole_windows_real_frames_bit_for_bit(omni):
+    """Omni's processor pads every clip to 300 s; the engine pads to the longest clip plus one STFT window
+    (models.masked_audio_length). Each clip length at the rounding's edges alone: its real frames' features are
+    the whole window's exactly; and a batch of them gives the whole window's hidden states exactly."""
+    from explorer.model.models import masked_audio_length
+
+    processor = omni.backend("audio").processor
+    features = processor.feature_extractor
+    rate, n_fft, hop = features.sampling_rate, features.n_fft, features.hop_length
+    lengths = [rate - n_fft, rate - n_fft + 1, rate, 3 * rate - n_fft - 1, 1600]
+    assert [masked_audio_length(features, n) for n in lengths] == [rate, 2 * rate, 2 * rate, 3 * rate, rate]
+    assert masked_audio_length(features, features.n_samples) == features.n_samples  # never past the window
+    prompts = [Prompt(text=AUDIO_CARRIER + " " + TEXTS[0], audio=_audio(i, n / rate), modality="audio")
+               for i, n in enumerate(lengths)]
+
+    def whole_window(batch: list[Prompt]) -> dict:
+        return processor(text=[omni.chat_text(p) for p in batch], audio=[p.audio for p in batch],
+                         sampling_rate=rate, return_tensors="pt", padding=True, padding_side="right")
+
+    for prompt in prompts:
+        whole, short = whole_window([prompt]), omni.encode([prompt])
+        frames = short["input_features"].shape[-1]
+        assert frames == masked_audio_length(features, len(prompt.audio)) // hop
+        assert whole["input_features"].shape[-1] == features.n_samples // hop
+        assert whole["feature_attention_mask"][:, frames:].sum() == 0
+        assert torch.equal(whole["feature_attention_mask"][:, :frames], short["feature_attention_mask"])
+        real = short["feature_attention_mask"].bool()
+        assert torch.equal(whole["input_features"][:, :, :frames].permute(0, 2, 1)[real],
+                           short["input_features"].permute(0, 2, 1)[real])
+    model = omni.backend("audio").model
+    with torch.no_grad():
+        states = [model(**inputs, output_hidden_states=True, use_cache=False).hidden_states
+                  for inputs in (whole_window(prompts), omni.encode(prompts))]
+    for layer_whole, layer_short in zip(*states):
+        torch.testing.assert_close(layer_whole, layer_short, rtol=0, atol=0)

@@ -53,6 +53,11 @@ SUPPORTED_FAMILIES: dict[str, tuple[Modality, ...]] = {
 
 #: Processors that want one list of images per sample rather than a flat list.
 _NESTED_IMAGES = {"idefics3", "smolvlm", "gemma3"}
+#: Families whose model reads audio features only where the feature attention mask is 1 (Qwen2.5-Omni's
+#: `get_audio_features` selects those frames before its audio tower), so padding every clip to the feature
+#: extractor's whole window (300 s, 4.8 M samples, for Omni) changes nothing the model sees. Qwen2-Audio is not
+#: here: its encoder expects the full 3,000-frame window.
+_MASKED_AUDIO = {"qwen2_5_omni"}
 
 
 class ModelLoadError(ValueError):
@@ -181,6 +186,10 @@ class LoadedModel:
                 check_audio_length(len(prompt.audio) / SAMPLE_RATE)
             kwargs["audio"] = [p.audio for p in prompts]
             kwargs["sampling_rate"] = SAMPLE_RATE
+            if backend.family in _MASKED_AUDIO:
+                longest = max(len(p.audio) for p in prompts)
+                kwargs["audio_kwargs"] = {"max_length": masked_audio_length(backend.processor.feature_extractor,
+                                                                            longest)}
         with self._encode_lock:  # processors keep per-call state in a few families; serialise only this step
             inputs = backend.processor(**kwargs)
         return inputs.to(self.device)
@@ -198,6 +207,20 @@ class LoadedModel:
 
     def decode(self, modality: Modality, token_ids: Sequence[int]) -> str:
         return self.backend(modality).tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+
+
+def masked_audio_length(feature_extractor: Any, longest: int) -> int:
+    """The samples to pad a batch of clips to when the model reads only the masked frames: the longest clip plus
+    one STFT window (the last real frames' windows and the centre padding then see zeros, as they do in the whole
+    window), rounded up to a whole second, never more than the extractor's own window.
+
+    Why: Qwen2.5-Omni's processor pads every clip to 300 s and computes its log-mel over all of it: 0.25 s of CPU
+    and 19 MB per clip however short, the slowest step of an audio request. The real frames come out bit for bit
+    the same (tests/test_capture_omni.py checks features and hidden states against the whole window).
+    """
+    rate = int(feature_extractor.sampling_rate)
+    needed = -(-(longest + int(feature_extractor.n_fft)) // rate) * rate
+    return min(int(feature_extractor.n_samples), needed)
 
 
 def chat_messages(text: str, has_image: bool, has_audio: bool) -> list[dict[str, Any]]:
