@@ -24,8 +24,13 @@ if "SGE_CACHE_DIR" not in os.environ:
     os.environ["SGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="sge-test-cache-")
     atexit.register(shutil.rmtree, os.environ["SGE_CACHE_DIR"], ignore_errors=True)
 
-from file_order import pytest_addoption, pytest_configure, recorded_seconds, slowest_files_first  # noqa: E402, F401
-from tiny_models import build_tiny_model  # noqa: E402
+from file_order import (  # noqa: F401
+    pytest_addoption,
+    pytest_configure,
+    recorded_seconds,
+    slowest_files_first,
+)
+from tiny_models import build_tiny_model
 
 #: Session fixtures that load the shipped demo checkpoint (`running_app` serves it whenever it is built): a test
 #: that uses one is marked `checkpoint` and `slow`, so `-m "not slow"` never waits for the demo to load.

@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-from file_order import RECORDED_DURATIONS, _DurationRecorder, recorded_seconds, slowest_files_first
+from file_order import (
+    RECORDED_DURATIONS,
+    _DurationRecorder,
+    recorded_seconds,
+    slowest_files_first,
+)
 
 TESTS = Path(__file__).parent
 

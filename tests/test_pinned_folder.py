@@ -201,8 +201,13 @@ def test_the_assembled_demo_folder_answers_as_the_base_with_its_adapter(tmp_path
     """The real pinned base: a folder assembled from an adapter and a reader loads through the engine and answers a
     typed request exactly as the base with the adapter merged (peft) does; it ships none of the base's 98 MB."""
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig
 
-    from explorer.demo_model.assemble import assemble
+    from explorer.demo_model.assemble import (
+        NOT_ARCHITECTURE,
+        assemble,
+        reading_lm_config,
+    )
     from explorer.demo_model.safety_adapter import chat_prompt, greedy_tokens
     from explorer.model.pinned_base import SMOLLM2_135M_INSTRUCT
     from explorer.model.text_reader import ReaderConfig, TextReader
@@ -211,6 +216,11 @@ def test_the_assembled_demo_folder_answers_as_the_base_with_its_adapter(tmp_path
     _, cached_tokenizer = SMOLLM2_135M_INSTRUCT.load(torch.float32)  # read from the cache
     assert cached_tokenizer("How do I bake bread?").input_ids == tokenizer("How do I bake bread?").input_ids
     assert chat_prompt(cached_tokenizer, "How do I bake bread?") == chat_prompt(tokenizer, "How do I bake bread?")
+    path = SMOLLM2_135M_INSTRUCT.path()  # the architecture assemble reads from the cache is the GGUF file's
+    from_file = AutoConfig.from_pretrained(path.parent, gguf_file=path.name).to_dict()
+    architecture = {k: v for k, v in from_file.items() if k not in NOT_ARCHITECTURE}
+    expected = ReadingLMConfig(media_modalities=["image"], **architecture)
+    assert reading_lm_config(SMOLLM2_135M_INSTRUCT, ["image"]).to_dict() == expected.to_dict()
     torch.manual_seed(0)
     adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["v_proj"], layers_to_transform=[28, 29],
                                               init_lora_weights=False))

@@ -34,7 +34,7 @@ from explorer.model.text_reader import TextReader
 
 from .reader_train import READER_LAYOUT
 
-__all__ = ["LM_FOLDER", "NOTICE", "TAUGHT_COLLAPSE_NOTICE", "assemble", "identity_projectors", "reading_lm_config"]
+__all__ = ["LM_FOLDER", "NOTICE", "NOT_ARCHITECTURE", "TAUGHT_COLLAPSE_NOTICE", "assemble", "identity_projectors", "reading_lm_config"]
 
 
 #: The reading LM's sub-folder in the assembled model folder.
@@ -52,18 +52,16 @@ TAUGHT_COLLAPSE_NOTICE = (
     "to; the drift, the collapse and the repair are then measured on the model as built.")
 
 # Keys of the base's config that describe the file it came from, not the architecture.
-_NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path",
+NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path",
                      "dtype", "torch_dtype")
 
 
 def reading_lm_config(base: PinnedBase, media_modalities: list[str]) -> ReadingLMConfig:
-    """The base's Llama architecture (read from its GGUF file) as a reading-LM config with these projectors."""
-    from transformers import AutoConfig
-
-    path = base.path()
-    raw = AutoConfig.from_pretrained(path.parent, gguf_file=path.name).to_dict()
+    """The base's Llama architecture (its config, PinnedBase.config_dict) as a reading-LM config with these
+    projectors."""
+    raw = base.config_dict()
     return ReadingLMConfig(media_modalities=media_modalities,
-                           **{k: v for k, v in raw.items() if k not in _NOT_ARCHITECTURE})
+                           **{k: v for k, v in raw.items() if k not in NOT_ARCHITECTURE})
 
 
 def identity_projectors(config: ReadingLMConfig) -> dict[str, torch.Tensor]:
@@ -78,16 +76,13 @@ def identity_projectors(config: ReadingLMConfig) -> dict[str, torch.Tensor]:
 def assemble(out: Path, adapter: Path | None, reader: Path, speech_reader: Path | None = None,
              projectors: dict[str, torch.Tensor] | None = None, base: PinnedBase = SMOLLM2_135M_INSTRUCT) -> Path:
     """Write the model folder `out` (manifest + reading-LM sub-folder) and return it."""
-    from transformers import AutoTokenizer
-
     media = ["image"] + ["audio"] * (speech_reader is not None)
     config = reading_lm_config(base, media)
     lm_folder = Path(out) / LM_FOLDER
     if projectors is not None:  # a state for more modalities than the readers given keeps only theirs
         projectors = {k: v for k, v in projectors.items() if k.split(".")[0] in media}
     write_on_pinned_base(lm_folder, config, projectors or identity_projectors(config), base, adapter)
-    path = base.path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    tokenizer = base.tokenizer()
     ears = SpeechReader.from_pretrained(speech_reader) if speech_reader is not None else None
     ReadingProcessor(tokenizer, TextReader.from_pretrained(reader), speech_reader=ears).save_pretrained(lm_folder)
     manifest = {

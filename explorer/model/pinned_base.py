@@ -110,6 +110,38 @@ class PinnedBase:
         folder = resolve_cache_dir(cache_dir)
         return folder / "pinned_base" / f"{self.sha256[:32]}.transformers" if folder else None
 
+    def made_folder(self, cache_dir: CacheDir = "default") -> Path | None:
+        """`load`'s cache folder, made by a first `load` when the machine has none yet; None when caching is off
+        (or the folder could not be written)."""
+        cached = self.cached_folder(cache_dir)
+        if cached is None:
+            return None
+        if not self._holds(cached):
+            self.load(torch.float32, cache_dir)
+        return cached if self._holds(cached) else None
+
+    def config_dict(self, cache_dir: CacheDir = "default") -> dict[str, Any]:
+        """The base's transformers config as a dict. Read from `made_folder` (a fraction of a second) rather than
+        the GGUF file, whose metadata, a 49k-token vocabulary among it, transformers parses in Python in ~5 s per
+        read; the file is checked (`path`) either way."""
+        from transformers import AutoConfig
+
+        path, folder = self.path(), self.made_folder(cache_dir)
+        if folder is not None:
+            config = AutoConfig.from_pretrained(folder).to_dict()
+            config.pop("quantization_config", None)  # the model read from GGUF noted its source; its weights are fp32
+            return config
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name).to_dict()
+
+    def tokenizer(self, cache_dir: CacheDir = "default") -> Any:
+        """The base's tokenizer, read as `config_dict` is: from `made_folder`, else from the GGUF file."""
+        from transformers import AutoTokenizer
+
+        path, folder = self.path(), self.made_folder(cache_dir)
+        if folder is not None:
+            return AutoTokenizer.from_pretrained(folder)
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+
     def _holds(self, folder: Path) -> bool:
         try:
             return PinnedBase.read(folder / PINNED_BASE_FILE) == self
