@@ -34,7 +34,8 @@ from explorer.model.text_reader import TextReader
 
 from .reader_train import READER_LAYOUT
 
-__all__ = ["LM_FOLDER", "NOTICE", "NOT_ARCHITECTURE", "TAUGHT_COLLAPSE_NOTICE", "assemble", "identity_projectors", "reading_lm_config"]
+__all__ = ["LM_FOLDER", "NOTICE", "NOT_ARCHITECTURE", "TAUGHT_COLLAPSE_NOTICE", "assemble", "identity_projectors",
+           "reading_lm_config"]
 
 
 #: The reading LM's sub-folder in the assembled model folder.
@@ -53,7 +54,7 @@ TAUGHT_COLLAPSE_NOTICE = (
 
 # Keys of the base's config that describe the file it came from, not the architecture.
 NOT_ARCHITECTURE = ("model_type", "architectures", "transformers_version", "_name_or_path", "_model_name_or_path",
-                     "dtype", "torch_dtype")
+                    "dtype", "torch_dtype")
 
 
 def reading_lm_config(base: PinnedBase, media_modalities: list[str]) -> ReadingLMConfig:
